@@ -1,0 +1,331 @@
+"""LSNet building blocks as Flax NNX modules (NHWC).
+
+Names follow the paper and the official PyTorch code (ConvBN = ``Conv2d_BN``, LKP, SKA, LSConv,
+RepVGGDW ...) so that a reader of either finds their way, and so that checkpoint conversion is a
+name mapping (``lsnet_jax.convert``). Every module takes ``deploy``: the deploy form has the
+BatchNorms folded into the convolutions (see ``lsnet_jax.fold``), the training form has them apart.
+Parameters are float32; ``dtype`` is the compute dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lsnet_jax import ops
+
+Array = jax.Array
+BN_EPS = 1e-5
+
+
+class Buffer(nnx.Variable):
+    """A constant array carried with the model (the deploy form's precomputed attention bias)."""
+
+
+def torch_uniform_init(key: Array, shape: tuple[int, ...], fan_in: int) -> Array:
+    """PyTorch's default Conv2d weight/bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class Conv(nnx.Module):
+    """2-D convolution, HWIO kernel, PyTorch padding semantics, initialised as PyTorch does.
+
+    The formulation is picked from the shape: depthwise (``groups == cin == cout``) as shifted
+    multiply-adds, 1x1 as a matrix product, anything else as a dense XLA convolution.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 1, stride: int = 1, pad: int = 0,
+                 groups: int = 1, use_bias: bool = False, *, rngs: nnx.Rngs):
+        if groups != 1 and not groups == cin == cout:
+            raise ValueError(f"Conv supports dense or depthwise convolutions, got groups={groups} for {cin}->{cout}")
+        self.depthwise = groups == cin and groups > 1
+        if self.depthwise and pad != kernel_size // 2:
+            raise ValueError("depthwise convolutions use padding kernel_size // 2")
+        self.stride, self.pad = stride, pad
+        fan_in = (cin // groups) * kernel_size * kernel_size
+        shape = (kernel_size, kernel_size, cin // groups, cout)
+        self.kernel = nnx.Param(torch_uniform_init(rngs.params(), shape, fan_in))
+        self.bias = nnx.Param(torch_uniform_init(rngs.params(), (cout,), fan_in)) if use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel[...]
+        b = None if self.bias is None else self.bias[...].astype(x.dtype)
+        if self.depthwise:
+            return ops.depthwise_conv(x, k, self.stride, b)
+        if k.shape[0] == 1 and self.stride == 1 and self.pad == 0:
+            return ops.conv1x1(x, k.astype(x.dtype), b)
+        return ops.conv2d(x, k, self.stride, self.pad, b)
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over all axes but the last, with PyTorch's semantics.
+
+    momentum 0.1 on the running statistics, unbiased running variance, eps 1e-5. In training mode
+    (``use_running_average=False``) the statistics are taken over the whole (global) batch, or
+    per group of ``group_size`` images as the official per-GPU BatchNorm did.
+    """
+
+    def __init__(self, num_features: int, scale_init: float = 1.0, momentum: float = 0.1,
+                 group_size: int | None = None):
+        self.scale = nnx.Param(jnp.full((num_features,), scale_init, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.momentum = momentum
+        self.group_size = group_size
+        self.use_running_average = False
+
+    def __call__(self, x: Array) -> Array:
+        if self.use_running_average:
+            return self._affine(x, self.mean[...], self.var[...])
+        mean, var = ops.batch_norm_stats(x, self.group_size)
+        per_group = x.size // x.shape[-1] // (1 if self.group_size is None else x.shape[0] // self.group_size)
+        unbiased = var * (per_group / max(per_group - 1, 1))
+        if self.group_size is not None:  # running stats follow the average group
+            batch_mean, unbiased = jnp.mean(mean, 0), jnp.mean(unbiased, 0)
+        else:
+            batch_mean = mean
+        m = self.momentum
+        self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(batch_mean)
+        self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
+        if self.group_size is None:
+            return self._affine(x, mean, var)
+        n = x.shape[0]
+        xg = x.reshape((n // self.group_size, self.group_size) + x.shape[1:])
+        bshape = (mean.shape[0],) + (1,) * (x.ndim - 1) + (mean.shape[1],)
+        y = self._affine(xg, mean.reshape(bshape), var.reshape(bshape))
+        return y.reshape(x.shape)
+
+    def _affine(self, x: Array, mean: Array, var: Array) -> Array:
+        a = self.scale[...] * jax.lax.rsqrt(var + BN_EPS)
+        b = self.bias[...] - mean * a
+        return x * a.astype(x.dtype) + b.astype(x.dtype)
+
+
+class ConvBN(nnx.Module):
+    """``Conv2d_BN``: convolution without bias, then BatchNorm (deploy: one conv with bias)."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 1, stride: int = 1, pad: int = 0,
+                 groups: int = 1, bn_weight_init: float = 1.0, *, deploy: bool = False,
+                 bn_group_size: int | None = None, rngs: nnx.Rngs):
+        self.c = Conv(cin, cout, kernel_size, stride, pad, groups, use_bias=deploy, rngs=rngs)
+        self.bn = None if deploy else BatchNorm(cout, bn_weight_init, group_size=bn_group_size)
+
+    def __call__(self, x: Array) -> Array:
+        x = self.c(x)
+        return x if self.bn is None else self.bn(x)
+
+
+class Linear(nnx.Module):
+    """Linear layer, kernel ``(in, out)``, timm's trunc-normal init (std 0.02, cut at +-2)."""
+
+    def __init__(self, din: int, dout: int, std: float = 0.02, *, rngs: nnx.Rngs):
+        w = jax.random.truncated_normal(rngs.params(), -2.0 / std, 2.0 / std, (din, dout), jnp.float32)
+        self.kernel = nnx.Param(w * std)
+        self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
+
+    def __call__(self, x: Array) -> Array:
+        return x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+
+class BNLinear(nnx.Module):
+    """``BN_Linear``: BatchNorm1d then Linear (deploy: one Linear)."""
+
+    def __init__(self, din: int, dout: int, *, deploy: bool = False, bn_group_size: int | None = None,
+                 rngs: nnx.Rngs):
+        self.bn = None if deploy else BatchNorm(din, group_size=bn_group_size)
+        self.l = Linear(din, dout, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.l(x if self.bn is None else self.bn(x))
+
+
+class FFN(nnx.Module):
+    """Pointwise MLP ``pw1`` (C -> 2C), ReLU, ``pw2`` (2C -> C, BN weight init 0). No residual."""
+
+    def __init__(self, dim: int, hidden: int, **kw):
+        self.pw1 = ConvBN(dim, hidden, **kw)
+        self.pw2 = ConvBN(hidden, dim, bn_weight_init=0.0, **kw)
+
+    def __call__(self, x: Array) -> Array:
+        return self.pw2(jax.nn.relu(self.pw1(x)))
+
+
+class RepVGGDW(nnx.Module):
+    """Depthwise 3x3 ConvBN + depthwise 1x1 ConvBN + identity (deploy: one 3x3 depthwise conv)."""
+
+    def __init__(self, dim: int, *, deploy: bool = False, **kw):
+        self.conv = ConvBN(dim, dim, 3, 1, 1, groups=dim, deploy=deploy, **kw)
+        self.conv1 = None if deploy else ConvBN(dim, dim, 1, 1, 0, groups=dim, deploy=deploy, **kw)
+
+    def __call__(self, x: Array) -> Array:
+        if self.conv1 is None:
+            return self.conv(x)
+        return self.conv(x) + self.conv1(x) + x
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """timm's rounding of SE widths (``round_limit=0``): nearest multiple of ``divisor``."""
+    return max(divisor, int(v + divisor / 2) // divisor * divisor)
+
+
+class SqueezeExcite(nnx.Module):
+    """timm's SEModule: mean -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid gate."""
+
+    def __init__(self, dim: int, rd_ratio: float = 0.25, *, rngs: nnx.Rngs, **_):
+        rd = make_divisible(dim * rd_ratio)
+        self.fc1 = Conv(dim, rd, use_bias=True, rngs=rngs)
+        self.fc2 = Conv(rd, dim, use_bias=True, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = self.fc2(jax.nn.relu(self.fc1(s)))
+        return x * jax.nn.sigmoid(s)
+
+
+class GroupNorm(nnx.Module):
+    """GroupNorm (eps 1e-5) returning the grouped view ``(N, H, W, groups, C/groups)``.
+
+    LKP's normalised output is directly the SKA kernel tensor: channel ``g*9 + k`` is tap k of
+    kernel g, and each group is exactly one kernel's 9 taps.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int):
+        self.num_groups = num_groups
+        self.scale = nnx.Param(jnp.ones((num_channels,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_channels,), jnp.float32))
+
+    def __call__(self, x: Array) -> Array:
+        n, h, w, c = x.shape
+        g = self.num_groups
+        xg = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(n, h, w, g, c // g)
+        mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
+        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
+        y = (xg - mean) * jax.lax.rsqrt(var + BN_EPS)
+        y = y * self.scale[...].reshape(g, c // g) + self.bias[...].reshape(g, c // g)
+        return y.astype(x.dtype)
+
+
+class LKP(nnx.Module):
+    """Large-kernel perception: produces the per-pixel SKA kernels ``(N, H, W, C/groups, sks**2)``."""
+
+    def __init__(self, dim: int, lks: int = 7, sks: int = 3, groups: int = 8, *, rngs: nnx.Rngs, **kw):
+        half = dim // 2
+        self.cv1 = ConvBN(dim, half, rngs=rngs, **kw)
+        self.cv2 = ConvBN(half, half, lks, 1, (lks - 1) // 2, groups=half, rngs=rngs, **kw)
+        self.cv3 = ConvBN(half, half, rngs=rngs, **kw)
+        self.cv4 = Conv(half, sks * sks * dim // groups, use_bias=True, rngs=rngs)
+        self.norm = GroupNorm(dim // groups, sks * sks * dim // groups)
+
+    def __call__(self, x: Array) -> Array:
+        x = jax.nn.relu(self.cv3(self.cv2(jax.nn.relu(self.cv1(x)))))
+        return self.norm(self.cv4(x))
+
+
+class LSConv(nnx.Module):
+    """LS convolution: ``BN(SKA(x, LKP(x))) + x``."""
+
+    def __init__(self, dim: int, *, deploy: bool = False, bn_group_size: int | None = None,
+                 rngs: nnx.Rngs):
+        self.lkp = LKP(dim, deploy=deploy, bn_group_size=bn_group_size, rngs=rngs)
+        self.bn = BatchNorm(dim, group_size=bn_group_size)
+
+    def __call__(self, x: Array) -> Array:
+        return self.bn(ops.ska(x, self.lkp(x))) + x
+
+
+@functools.lru_cache(maxsize=None)
+def attention_bias_idxs(resolution: int) -> np.ndarray:
+    """Index of the bias of each (query, key) pair: distinct (|dy|, |dx|) offsets, first-seen order."""
+    points = list(itertools.product(range(resolution), range(resolution)))
+    offsets: dict[tuple[int, int], int] = {}
+    idxs = []
+    for p1 in points:
+        for p2 in points:
+            off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+            idxs.append(offsets.setdefault(off, len(offsets)))
+    n = len(points)
+    out = np.asarray(idxs, np.int32).reshape(n, n)
+    out.setflags(write=False)
+    return out
+
+
+class Attention(nnx.Module):
+    """LeViT-style attention with a depthwise 3x3 on the queries and a relative-position bias table.
+
+    The bias table is built for a ``resolution x resolution`` grid; another input size needs the
+    table resized (``lsnet_jax.model.resize_attention_biases``).
+    """
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int,
+                 *, deploy: bool = False, rngs: nnx.Rngs, **kw):
+        self.num_heads, self.key_dim, self.resolution = num_heads, key_dim, resolution
+        self.d = int(attn_ratio * key_dim)
+        nh_kd, dh = key_dim * num_heads, self.d * num_heads
+        self.qkv = ConvBN(dim, dh + 2 * nh_kd, deploy=deploy, rngs=rngs, **kw)
+        self.dw = ConvBN(nh_kd, nh_kd, 3, 1, 1, groups=nh_kd, deploy=deploy, rngs=rngs, **kw)
+        self.proj = ConvBN(dh, dim, bn_weight_init=0.0, deploy=deploy, rngs=rngs, **kw)
+        n_offsets = resolution * resolution
+        if deploy:
+            n = resolution * resolution
+            self.attention_biases = None
+            self.ab = Buffer(jnp.zeros((num_heads, n, n), jnp.float32))
+        else:
+            self.attention_biases = nnx.Param(jnp.zeros((num_heads, n_offsets), jnp.float32))
+            self.ab = None
+
+    def bias(self) -> Array:
+        if self.ab is not None:
+            return self.ab[...]
+        return self.attention_biases[...][:, attention_bias_idxs(self.resolution)]
+
+    def __call__(self, x: Array) -> Array:
+        b, h, w, _ = x.shape
+        if (h, w) != (self.resolution, self.resolution):
+            raise ValueError(
+                f"Attention was built for a {self.resolution}x{self.resolution} grid but got {h}x{w}; "
+                "build the model with the matching img_size (create_model(..., img_size=...)), which "
+                "resizes the bias tables of pretrained weights")
+        nh, kd, d = self.num_heads, self.key_dim, self.d
+        qkv = self.qkv(x)
+        q, k, v = jnp.split(qkv, [nh * kd, 2 * nh * kd], axis=-1)
+        q = self.dw(q)
+        n = h * w
+        q, k, v = q.reshape(b, n, nh, kd), k.reshape(b, n, nh, kd), v.reshape(b, n, nh, d)
+        attn = jnp.einsum("bihc,bjhc->bhij", q, k) * (kd ** -0.5) + self.bias().astype(x.dtype)
+        attn = jax.nn.softmax(attn, axis=-1)
+        out = jnp.einsum("bhij,bjhd->bihd", attn, v).reshape(b, h, w, nh * d)
+        return self.proj(jax.nn.relu(out))
+
+
+class Block(nnx.Module):
+    """LSNet block ``depth`` of stage ``stage``: (RepVGGDW + SE | LSConv | Attention) then FFN."""
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int,
+                 stage: int, depth: int, **kw):
+        if depth % 2 == 0:
+            self.mixer = RepVGGDW(dim, **kw)
+            self.se = SqueezeExcite(dim, 0.25, **kw)
+        elif stage == 3:
+            self.mixer = Attention(dim, key_dim, num_heads, attn_ratio, resolution, **kw)
+            self.se = None
+        else:
+            self.mixer = LSConv(dim, **kw)
+            self.se = None
+        self.ffn = FFN(dim, 2 * dim, **kw)
+
+    def __call__(self, x: Array) -> Array:
+        if isinstance(self.mixer, Attention):
+            x = x + self.mixer(x)
+        else:
+            x = self.mixer(x)  # RepVGGDW and LSConv carry their own residual
+        if self.se is not None:
+            x = self.se(x)
+        return x + self.ffn(x)

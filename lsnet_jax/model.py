@@ -1,0 +1,197 @@
+"""LSNet: the network, its variants and their default configurations.
+
+Ordered as timm's model files: stage -> model -> variant table -> default configs. The registry
+(``create_model``) is in ``lsnet_jax.registry``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lsnet_jax.layers import Block, BNLinear, ConvBN
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LSNetConfig:
+    """Everything that determines an LSNet's structure and its parameter shapes."""
+
+    embed_dim: tuple[int, int, int, int]
+    depth: tuple[int, int, int, int]
+    num_heads: tuple[int, int, int, int] = (3, 3, 3, 4)
+    key_dim: int = 16
+    img_size: int = 224
+    patch_size: int = 8
+    in_chans: int = 3
+    num_classes: int = 1000
+    distillation: bool = False
+
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map side of each stage: img/8, then halved (rounding up) three times."""
+        r = self.img_size // self.patch_size
+        out = [r]
+        for _ in range(3):
+            r = (r - 1) // 2 + 1
+            out.append(r)
+        return tuple(out)
+
+
+class Downsample(nnx.Module):
+    """Between stages: depthwise 3x3 stride-2 ConvBN, then 1x1 ConvBN to the next width."""
+
+    def __init__(self, cin: int, cout: int, **kw):
+        self.dw = ConvBN(cin, cin, 3, 2, 1, groups=cin, **kw)
+        self.pw = ConvBN(cin, cout, **kw)
+
+    def __call__(self, x: Array) -> Array:
+        return self.pw(self.dw(x))
+
+
+class Stage(nnx.Module):
+    def __init__(self, cfg: LSNetConfig, i: int, **kw):
+        dim = cfg.embed_dim[i]
+        self.downsample = Downsample(cfg.embed_dim[i - 1], dim, **kw) if i > 0 else None
+        attn_ratio = dim / (cfg.key_dim * cfg.num_heads[i])
+        res = cfg.resolutions()[i]
+        self.blocks = nnx.List([
+            Block(dim, cfg.key_dim, cfg.num_heads[i], attn_ratio, res, stage=i, depth=d, **kw)
+            for d in range(cfg.depth[i])
+        ])
+
+    def __call__(self, x: Array) -> Array:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+class LSNet(nnx.Module):
+    """LSNet on NHWC images.
+
+    ``model(x)`` returns logits. For a distilled model in training mode (``model.train()``) it
+    returns the pair (head, head_dist); in eval mode (``model.eval()``) their mean, as the
+    official code. ``deploy=True`` builds the folded form (see ``lsnet_jax.fold``).
+    """
+
+    def __init__(self, cfg: LSNetConfig, *, deploy: bool = False, dtype: jnp.dtype = jnp.float32,
+                 bn_group_size: int | None = None, rngs: nnx.Rngs):
+        self.cfg, self.deploy, self.dtype = cfg, deploy, dtype
+        kw = dict(deploy=deploy, bn_group_size=bn_group_size, rngs=rngs)
+        e0 = cfg.embed_dim[0]
+        self.patch_embed = nnx.List([
+            ConvBN(cfg.in_chans, e0 // 4, 3, 2, 1, **kw),
+            ConvBN(e0 // 4, e0 // 2, 3, 2, 1, **kw),
+            ConvBN(e0 // 2, e0, 3, 2, 1, **kw),
+        ])
+        self.stages = nnx.List([Stage(cfg, i, **kw) for i in range(4)])
+        self.num_features = cfg.embed_dim[-1]
+        has_head = cfg.num_classes > 0
+        self.head = BNLinear(self.num_features, cfg.num_classes, **kw) if has_head else None
+        self.head_dist = (
+            BNLinear(self.num_features, cfg.num_classes, **kw) if has_head and cfg.distillation else None
+        )
+        self.deterministic = False  # set True by model.eval(): distilled models average their heads
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """Channels and stride of each stage output, as timm's ``feature_info``."""
+        return [dict(num_chs=c, reduction=8 * 2 ** i, module=f"stages.{i}")
+                for i, c in enumerate(self.cfg.embed_dim)]
+
+    def _stem(self, x: Array) -> Array:
+        x = x.astype(self.dtype)
+        for i, conv in enumerate(self.patch_embed):
+            x = conv(x)
+            if i < 2:
+                x = jax.nn.relu(x)
+        return x
+
+    def forward_intermediates(self, x: Array) -> list[Array]:
+        """The four stage outputs (strides 8, 16, 32, 64), for dense-prediction heads."""
+        x = self._stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward_features(self, x: Array) -> Array:
+        """The last stage's feature map ``(N, H/64, W/64, C)``, before pooling."""
+        x = self._stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: Array, pre_logits: bool = False) -> Array | tuple[Array, Array]:
+        x = jnp.mean(x, axis=(1, 2))
+        out_dtype = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 compute, float32 logits
+        if pre_logits or self.head is None:
+            return x.astype(out_dtype)
+        logits = self.head(x).astype(out_dtype)
+        if self.head_dist is None:
+            return logits
+        dist = self.head_dist(x).astype(out_dtype)
+        if self.deterministic:
+            return (logits + dist) / 2
+        return logits, dist
+
+    def __call__(self, x: Array) -> Array | tuple[Array, Array]:
+        return self.forward_head(self.forward_features(x))
+
+
+# name -> (embed_dim, depth); all variants: img 224, patch 8, key_dim 16, heads (3, 3, 3, 4).
+VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "lsnet_t": ((64, 128, 256, 384), (0, 2, 8, 10)),
+    "lsnet_s": ((96, 192, 320, 448), (1, 2, 8, 10)),
+    "lsnet_b": ((128, 256, 384, 512), (4, 6, 8, 10)),
+}
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+def _default_cfg(top1: float) -> dict:
+    return dict(input_size=(224, 224, 3), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                crop_pct=0.875, interpolation="bicubic", num_classes=1000, top1=top1)
+
+
+# Per-variant defaults as timm keeps them (input size HWC here, NHWC model).
+DEFAULT_CFGS: dict[str, dict] = {
+    "lsnet_t": _default_cfg(74.9),
+    "lsnet_t_distill": _default_cfg(76.1),
+    "lsnet_s": _default_cfg(77.8),
+    "lsnet_s_distill": _default_cfg(79.0),
+    "lsnet_b": _default_cfg(80.3),
+    "lsnet_b_distill": _default_cfg(81.6),
+}
+
+
+def model_config(name: str, num_classes: int = 1000, img_size: int = 224) -> LSNetConfig:
+    base = name.removesuffix("_distill")
+    if name not in DEFAULT_CFGS:
+        raise ValueError(f"unknown model {name!r}; available: {sorted(DEFAULT_CFGS)}")
+    embed_dim, depth = VARIANTS[base]
+    if img_size % 8:
+        raise ValueError(f"img_size must be a multiple of 8 (the stem's stride), got {img_size}")
+    return LSNetConfig(embed_dim=tuple(embed_dim), depth=tuple(depth), img_size=img_size,
+                       num_classes=num_classes, distillation=name.endswith("_distill"))
+
+
+def resize_attention_biases(table: Array, new_resolution: int) -> Array:
+    """Resize a ``(heads, r*r)`` bias table to ``(heads, R*R)`` bicubically, as the official
+    fine-tuning code does for another input size. The table is a grid over (|dy|, |dx|)."""
+    heads, n = table.shape
+    r = int(round(n ** 0.5))
+    if r * r != n:
+        raise ValueError(f"attention bias table of {n} entries is not a square grid")
+    if r == new_resolution:
+        return table
+    grid = table.reshape(heads, r, r)
+    out = jax.image.resize(grid, (heads, new_resolution, new_resolution), method="bicubic")
+    return out.reshape(heads, new_resolution * new_resolution)

@@ -1,0 +1,124 @@
+"""Pure array operations behind the LSNet layers (NHWC throughout).
+
+Formulations were chosen by measurement (see ``docs/performance.md``): on XLA:CPU a depthwise
+convolution written as ``feature_group_count=C`` ran ~30x slower than the same thing written as
+``k*k`` shifted multiply-adds, which XLA fuses into a single loop; 1x1 convolutions are plain
+matrix products.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+
+def conv1x1(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+    """1x1 convolution as a matrix product. ``kernel`` is HWIO ``(1, 1, Cin, Cout)``."""
+    y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+    return y if bias is None else y + bias
+
+
+def _window(xp: Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> Array:
+    """The (i, j) tap of a strided k x k window over the padded input ``xp``."""
+    return lax.slice(
+        xp,
+        (0, i, j, 0),
+        (xp.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, xp.shape[3]),
+        (1, stride, stride, 1),
+    )
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def depthwise_conv(x: Array, kernel: Array, stride: int = 1, bias: Array | None = None) -> Array:
+    """Depthwise k x k convolution with 'same'-style padding ``k // 2`` (PyTorch ``padding=k//2``).
+
+    ``kernel`` is HWIO ``(k, k, 1, C)``. Computed as k*k shifted multiply-adds of the zero-padded
+    input; XLA fuses them into one elementwise loop, so nothing of size k*k x input is stored.
+    """
+    k = kernel.shape[0]
+    pad = k // 2
+    n, h, w, c = x.shape
+    if kernel.shape != (k, k, 1, c):
+        raise ValueError(f"depthwise kernel must have shape {(k, k, 1, c)}, got {kernel.shape}")
+    out_h, out_w = conv_out_size(h, k, stride, pad), conv_out_size(w, k, stride, pad)
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kernel = kernel[:, :, 0, :].astype(x.dtype)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            term = _window(xp, i, j, stride, out_h, out_w) * kernel[i, j]
+            out = term if out is None else out + term
+    return out if bias is None else out + bias
+
+
+def conv2d(x: Array, kernel: Array, stride: int, pad: int, bias: Array | None = None) -> Array:
+    """Dense convolution (the stem), HWIO kernel, symmetric zero padding."""
+    y = lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        (stride, stride),
+        [(pad, pad), (pad, pad)],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y if bias is None else y + bias
+
+
+def ska(x: Array, w: Array) -> Array:
+    """Small-kernel aggregation: per-pixel dynamic 3x3 depthwise filtering.
+
+    ``out[n, h, w, c] = sum_{i,j} x[n, h+i-1, w+j-1, c] * w[n, h, w, c mod G, 3*i + j]``
+    with zero padding, where ``x`` is ``(N, H, W, C)`` and ``w`` is ``(N, H, W, G, 9)`` with
+    ``G = C / r``. The G kernels are TILED across channels (channel c uses kernel c mod G), as in
+    the official Triton kernel.
+
+    The tiling is expressed without copying the kernels: x is viewed as ``(N, H, W, r, G)`` and w
+    broadcasts along the ``r`` axis. Forward, it materialises the padded input and the output only
+    (the nine shifted products are fused into one loop). Backward (autodiff of the same slices),
+    dx is nine shifted products of ``g * w`` accumulated into one padded buffer and dw is nine
+    fused multiply-reductions over ``r``; the residuals are ``x`` and ``w`` themselves, nothing of
+    size 9 x input is kept.
+    """
+    n, h, wd, c = x.shape
+    if w.ndim != 5 or w.shape[:3] != (n, h, wd) or w.shape[4] != 9:
+        raise ValueError(f"SKA kernels must have shape (N, H, W, G, 9) = ({n}, {h}, {wd}, G, 9), got {w.shape}")
+    g = w.shape[3]
+    if c % g:
+        raise ValueError(f"SKA: channels ({c}) must be a multiple of the kernel groups ({g})")
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    w = w.astype(x.dtype)
+    out = None
+    for i in range(3):
+        for j in range(3):
+            tap = _window(xp, i, j, 1, h, wd).reshape(n, h, wd, c // g, g)
+            term = tap * w[:, :, :, None, :, 3 * i + j]
+            out = term if out is None else out + term
+    return out.reshape(n, h, wd, c)
+
+
+def batch_norm_stats(x: Array, group_size: int | None) -> tuple[Array, Array]:
+    """Per-channel mean and biased variance over (N, H, W), float32.
+
+    With ``group_size`` the batch is split into groups of that many images and every group gets
+    its own statistics (as PyTorch's per-GPU BatchNorm under DDP); the results then have a leading
+    group axis and broadcast against ``x`` reshaped to ``(groups, group_size, ...)``.
+    """
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if group_size is None:
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x32, axes)
+        var = jnp.mean(jnp.square(x32 - mean), axes)
+        return mean, var
+    n = x.shape[0]
+    if n % group_size:
+        raise ValueError(f"batch of {n} images is not divisible into BatchNorm groups of {group_size}")
+    xg = x32.reshape((n // group_size, group_size) + x.shape[1:])
+    axes = tuple(range(1, xg.ndim - 1))
+    mean = jnp.mean(xg, axes)
+    var = jnp.mean(jnp.square(xg - jnp.expand_dims(mean, axes)), axes)
+    return mean, var

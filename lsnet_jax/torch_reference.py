@@ -1,0 +1,240 @@
+"""A PyTorch LSNet written from ``LSNET_SPEC.md`` with the official state-dict names (NCHW).
+
+An independent implementation to prove conversion and parity against (tests, ``convert_torch.py
+--check`` and the benchmark's ``--torch``); it needs no Triton: SKA is pure torch (nine shifted
+multiply-adds, no loop over pixels). Requires the ``[torch]`` extra.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Conv2d_BN(nn.Sequential):
+    def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1,
+                 bn_weight_init: float = 1.0):
+        super().__init__()
+        self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(b))
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.constant_(self.bn.bias, 0)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        c, bn = self.c, self.bn
+        s = bn.weight / (bn.running_var + bn.eps).sqrt()
+        m = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, groups=c.groups)
+        m.weight.copy_(c.weight * s[:, None, None, None])
+        m.bias.copy_(bn.bias - bn.running_mean * s)
+        return m
+
+
+class BN_Linear(nn.Sequential):
+    def __init__(self, a: int, b: int, std: float = 0.02):
+        super().__init__()
+        self.add_module("bn", nn.BatchNorm1d(a))
+        self.add_module("l", nn.Linear(a, b))
+        nn.init.trunc_normal_(self.l.weight, std=std, a=-2.0, b=2.0)
+        nn.init.constant_(self.l.bias, 0)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        bn, l = self.bn, self.l
+        s = bn.weight / (bn.running_var + bn.eps).sqrt()
+        shift = bn.bias - bn.running_mean * s
+        m = nn.Linear(l.in_features, l.out_features)
+        m.weight.copy_(l.weight * s[None, :])
+        m.bias.copy_(l.weight @ shift + l.bias)
+        return m
+
+
+class Residual(nn.Module):
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return x + self.m(x)
+
+
+class FFN(nn.Module):
+    def __init__(self, ed: int, h: int):
+        super().__init__()
+        self.pw1 = Conv2d_BN(ed, h)
+        self.pw2 = Conv2d_BN(h, ed, bn_weight_init=0.0)
+
+    def forward(self, x):
+        return self.pw2(F.relu(self.pw1(x)))
+
+
+class RepVGGDW(nn.Module):
+    def __init__(self, ed: int):
+        super().__init__()
+        self.conv = Conv2d_BN(ed, ed, 3, 1, 1, groups=ed)
+        self.conv1 = Conv2d_BN(ed, ed, 1, 1, 0, groups=ed)
+
+    def forward(self, x):
+        return self.conv(x) + self.conv1(x) + x
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, ch: int, rd_ratio: float = 0.25, divisor: int = 8):
+        super().__init__()
+        rd = max(divisor, int(ch * rd_ratio + divisor / 2) // divisor * divisor)
+        self.fc1 = nn.Conv2d(ch, rd, 1)
+        self.fc2 = nn.Conv2d(rd, ch, 1)
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+def ska_torch(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """SKA: x (B, C, H, W), w (B, G, 9, H, W); channel c uses kernel c mod G (kernels tiled)."""
+    b, c, h, wd = x.shape
+    g = w.shape[1]
+    xp = F.pad(x, (1, 1, 1, 1)).view(b, c // g, g, h + 2, wd + 2)
+    out = torch.zeros(b, c // g, g, h, wd, dtype=x.dtype, device=x.device)
+    for i in range(3):
+        for j in range(3):
+            out += xp[..., i:i + h, j:j + wd] * w[:, None, :, 3 * i + j]
+    return out.view(b, c, h, wd)
+
+
+class LKP(nn.Module):
+    def __init__(self, dim: int, lks: int = 7, sks: int = 3, groups: int = 8):
+        super().__init__()
+        self.cv1 = Conv2d_BN(dim, dim // 2)
+        self.cv2 = Conv2d_BN(dim // 2, dim // 2, lks, 1, (lks - 1) // 2, groups=dim // 2)
+        self.cv3 = Conv2d_BN(dim // 2, dim // 2)
+        self.cv4 = nn.Conv2d(dim // 2, sks * sks * dim // groups, 1)
+        self.norm = nn.GroupNorm(dim // groups, sks * sks * dim // groups)
+        self.g, self.taps = dim // groups, sks * sks
+
+    def forward(self, x):
+        x = F.relu(self.cv3(self.cv2(F.relu(self.cv1(x)))))
+        w = self.norm(self.cv4(x))
+        return w.view(w.shape[0], self.g, self.taps, w.shape[2], w.shape[3])
+
+
+class LSConv(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.lkp = LKP(dim)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x):
+        return self.bn(ska_torch(x, self.lkp(x))) + x
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int):
+        super().__init__()
+        self.nh, self.kd = num_heads, key_dim
+        self.d = int(attn_ratio * key_dim)
+        self.qkv = Conv2d_BN(dim, 2 * num_heads * key_dim + num_heads * self.d)
+        self.dw = Conv2d_BN(num_heads * key_dim, num_heads * key_dim, 3, 1, 1, groups=num_heads * key_dim)
+        self.proj = nn.Sequential(nn.ReLU(), Conv2d_BN(num_heads * self.d, dim, bn_weight_init=0.0))
+        pts = list(itertools.product(range(resolution), range(resolution)))
+        table: dict = {}
+        idx = [table.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(table)) for a in pts for b in pts]
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(table)))
+        self.register_buffer("attention_bias_idxs", torch.LongTensor(idx).view(len(pts), len(pts)))
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        n = h * w
+        q, k, v = self.qkv(x).split([self.nh * self.kd, self.nh * self.kd, self.nh * self.d], dim=1)
+        q = self.dw(q).reshape(b, self.nh, self.kd, n)
+        k = k.reshape(b, self.nh, self.kd, n)
+        v = v.reshape(b, self.nh, self.d, n)
+        bias = self.attention_biases[:, self.attention_bias_idxs]
+        attn = (q.transpose(-2, -1) @ k * self.kd ** -0.5 + bias).softmax(-1)
+        return self.proj((v @ attn.transpose(-2, -1)).reshape(b, -1, h, w))
+
+
+class Block(nn.Module):
+    def __init__(self, ed: int, kd: int, nh: int, ar: float, resolution: int, stage: int, depth: int):
+        super().__init__()
+        if depth % 2 == 0:
+            self.mixer = RepVGGDW(ed)
+            self.se = SqueezeExcite(ed, 0.25)
+        else:
+            self.se = nn.Identity()
+            self.mixer = Residual(Attention(ed, kd, nh, ar, resolution)) if stage == 3 else LSConv(ed)
+        self.ffn = Residual(FFN(ed, 2 * ed))
+
+    def forward(self, x):
+        return self.ffn(self.se(self.mixer(x)))
+
+
+class LSNet(nn.Module):
+    def __init__(self, embed_dim, depth, num_heads=(3, 3, 3, 4), key_dim=16, img_size=224, patch_size=8,
+                 in_chans=3, num_classes=1000, distillation=False):
+        super().__init__()
+        e = embed_dim
+        self.patch_embed = nn.Sequential(
+            Conv2d_BN(in_chans, e[0] // 4, 3, 2, 1), nn.ReLU(),
+            Conv2d_BN(e[0] // 4, e[0] // 2, 3, 2, 1), nn.ReLU(),
+            Conv2d_BN(e[0] // 2, e[0], 3, 2, 1))
+        res = img_size // patch_size
+        for i in range(4):
+            seq = nn.Sequential()
+            if i > 0:
+                seq.append(Conv2d_BN(e[i - 1], e[i - 1], 3, 2, 1, groups=e[i - 1]))
+                seq.append(Conv2d_BN(e[i - 1], e[i], 1))
+                res = (res - 1) // 2 + 1
+            for d in range(depth[i]):
+                seq.append(Block(e[i], key_dim, num_heads[i], e[i] / (key_dim * num_heads[i]), res, i, d))
+            setattr(self, f"blocks{i + 1}", seq)
+        self.distillation = distillation
+        self.head = BN_Linear(e[-1], num_classes)
+        if distillation:
+            self.head_dist = BN_Linear(e[-1], num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        x = self.blocks4(self.blocks3(self.blocks2(self.blocks1(x))))
+        x = x.mean((2, 3))
+        if not self.distillation:
+            return self.head(x)
+        out = self.head(x), self.head_dist(x)
+        return out if self.training else (out[0] + out[1]) / 2
+
+
+def fuse_(module: nn.Module) -> nn.Module:
+    """Fold ConvBN, RepVGGDW and BN_Linear in place (for a fair folded-BN torch benchmark)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, Conv2d_BN):
+            setattr(module, name, child.fuse())
+        elif isinstance(child, BN_Linear):
+            setattr(module, name, child.fuse())
+        elif isinstance(child, RepVGGDW):
+            conv, conv1 = child.conv.fuse(), child.conv1.fuse()
+            with torch.no_grad():
+                conv.weight[:, :, 1, 1] += conv1.weight[:, :, 0, 0] + 1.0
+                conv.bias += conv1.bias
+            setattr(module, name, conv)
+        else:
+            fuse_(child)
+    return module
+
+
+_VARIANTS = {
+    "lsnet_t": ((64, 128, 256, 384), (0, 2, 8, 10)),
+    "lsnet_s": ((96, 192, 320, 448), (1, 2, 8, 10)),
+    "lsnet_b": ((128, 256, 384, 512), (4, 6, 8, 10)),
+}
+
+
+def create_torch_model(name: str, num_classes: int = 1000, img_size: int = 224) -> LSNet:
+    """The reference for ``lsnet_{t,s,b}[_distill]``, in eval mode."""
+    base = name.removesuffix("_distill")
+    if base not in _VARIANTS:
+        raise ValueError(f"unknown model {name!r}")
+    e, d = _VARIANTS[base]
+    return LSNet(e, d, num_classes=num_classes, img_size=img_size, distillation=name.endswith("_distill")).eval()

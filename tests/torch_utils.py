@@ -1,0 +1,69 @@
+"""Random PyTorch reference models with realistic, non-trivial statistics (for parity tests)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lsnet_jax.testing import diverse_images
+from lsnet_jax.torch_reference import FFN, Attention, LSConv, RepVGGDW
+
+
+def residual_branch_end_bns(model: nn.Module) -> list[nn.Module]:
+    """BatchNorms that close a residual branch (zero- or small-initialised in trained networks)."""
+    out: list[nn.Module] = []
+    for m in model.modules():
+        if isinstance(m, FFN):
+            out.append(m.pw2.bn)
+        elif isinstance(m, Attention):
+            out.append(m.proj[1].bn)
+        elif isinstance(m, LSConv):
+            out.append(m.bn)
+        elif isinstance(m, RepVGGDW):
+            out += [m.conv.bn, m.conv1.bn]
+    return out
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int, img_size: int = 224, logit_scale: float = 10.0) -> nn.Module:
+    """Random affines, biases and bias tables; BatchNorm running statistics measured on a random
+    batch (activations stay of order 1, as in a trained network) and then perturbed; heads scaled
+    so the logits are of order ``logit_scale``. Returns the model in eval mode.
+
+    BatchNorms closing a residual branch get gammas in [0.02, 0.1] (others [0.5, 1.5]), as trained
+    residual networks have: with gammas of order 1 everywhere a random LSNet is chaotic, and even
+    PyTorch float32 against float64 differs by 1e-2 of the logits' std, which would hide any real
+    conversion error (with this, about 1e-5; every block of a random LSNet still amplifies
+    perturbations 1.1x or so).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(shape, lo, hi):
+        return torch.rand(shape, generator=g) * (hi - lo) + lo
+
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
+            m.weight.copy_(rand(m.weight.shape, 0.5, 1.5))
+            m.bias.copy_(rand(m.bias.shape, -0.3, 0.3))
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            m.bias.copy_(rand(m.bias.shape, -0.2, 0.2))
+        if hasattr(m, "attention_biases"):
+            m.attention_biases.copy_(torch.randn(m.attention_biases.shape, generator=g))
+    for bn in residual_branch_end_bns(model):
+        bn.weight.copy_(rand(bn.weight.shape, 0.02, 0.1))
+    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for m in bns:  # one training-mode pass with momentum 1 takes the batch statistics
+        m.momentum = 1.0
+    model.train()
+    model(torch.from_numpy(diverse_images(16, img_size, seed + 1)))
+    for m in bns:
+        m.momentum = 0.1
+        m.running_var.mul_(rand(m.running_var.shape, 0.95, 1.05))  # not exactly the batch's
+        m.running_mean.add_(rand(m.running_mean.shape, -0.02, 0.02))
+    model.eval()
+    heads = [model.head] + ([model.head_dist] if getattr(model, "distillation", False) else [])
+    std = model(torch.from_numpy(diverse_images(4, img_size, seed + 2))).std()
+    for h in heads:
+        h.l.weight.mul_(logit_scale / std)
+        h.l.bias.mul_(logit_scale / std)
+    return model
