@@ -193,10 +193,9 @@ def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int, int]
     else:
         num_classes = int(np.shape(state_dict["head.l.weight"])[0])
     distill = any(k.startswith("head_dist.") for k in state_dict)
-    res = 4
-    idx = [k for k in state_dict if k.endswith("attention_biases")]
-    if idx:
-        res = int(round(np.shape(state_dict[idx[0]])[1] ** 0.5))
+    sizes = [np.shape(v)[-1] for k, v in state_dict.items() if k.endswith("attention_biases")]
+    # the most common table size (one damaged table must not decide the input size)
+    res = int(round(max(set(sizes), key=sizes.count) ** 0.5)) if sizes else 4
     img_size = 224 if res == 4 else res * 64  # the last grid is ceil(img / 64)
     best = None
     for base in VARIANTS:
