@@ -54,7 +54,6 @@ def read_checkpoint(path: Path, use_ema: bool = False, trust_pickle: bool = Fals
 
 def to_jax(args: argparse.Namespace) -> None:
     from lsnet_jax.convert import detect_variant, expected_jax_shapes, torch_to_jax
-    from lsnet_jax.registry import create_model
     from lsnet_jax.weights import load_flat, save_weights
 
     sd = read_checkpoint(Path(args.ckpt), args.ema, args.trust_pickle)

@@ -272,13 +272,12 @@ class Attention(nnx.Module):
         self.qkv = ConvBN(dim, dh + 2 * nh_kd, deploy=deploy, rngs=rngs, **kw)
         self.dw = ConvBN(nh_kd, nh_kd, 3, 1, 1, groups=nh_kd, deploy=deploy, rngs=rngs, **kw)
         self.proj = ConvBN(dh, dim, bn_weight_init=0.0, deploy=deploy, rngs=rngs, **kw)
-        n_offsets = resolution * resolution
+        n = resolution * resolution  # grid points, and also the number of distinct offsets
         if deploy:
-            n = resolution * resolution
             self.attention_biases = None
             self.ab = Buffer(jnp.zeros((num_heads, n, n), jnp.float32))
         else:
-            self.attention_biases = nnx.Param(jnp.zeros((num_heads, n_offsets), jnp.float32))
+            self.attention_biases = nnx.Param(jnp.zeros((num_heads, n), jnp.float32))
             self.ab = None
 
     def bias(self) -> Array:

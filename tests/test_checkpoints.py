@@ -50,7 +50,8 @@ def test_convert_safetensors_and_load_every_way(official_t, tmp_path):
     back = jax_to_torch(a)
     assert back.keys() == sd.keys()
     for k in sd:
-        np.testing.assert_array_equal(back[k], sd[k], err_msg=k) if not k.endswith("num_batches_tracked") else None
+        if not k.endswith("num_batches_tracked"):  # buffers are regenerated as 0
+            np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
 
 
 def test_new_head_keeps_the_trunk(official_t, tmp_path):
