@@ -54,7 +54,7 @@ def read_checkpoint(path: Path, use_ema: bool = False, trust_pickle: bool = Fals
 
 def to_jax(args: argparse.Namespace) -> None:
     from lsnet_jax.convert import detect_variant, expected_jax_shapes, torch_to_jax
-    from lsnet_jax.weights import load_flat, save_weights
+    from lsnet_jax.weights import save_weights
 
     sd = read_checkpoint(Path(args.ckpt), args.ema, args.trust_pickle)
     if args.model:
@@ -63,14 +63,9 @@ def to_jax(args: argparse.Namespace) -> None:
         name = args.model
     else:
         name, num_classes, img_size = detect_variant(sd)
+    # torch_to_jax has checked every key and shape against the model, both ways
     flat = torch_to_jax(sd, expected_jax_shapes(name, num_classes, img_size), what=args.ckpt)
-    from flax import nnx
-
-    from lsnet_jax.model import LSNet, model_config
-
-    model = nnx.eval_shape(lambda: LSNet(model_config(name, num_classes, img_size), rngs=nnx.Rngs(0)))
-    load_flat(model, flat, what=args.ckpt)
-    out = save_weights(args.out, model, dict(model=name, num_classes=num_classes, img_size=img_size,
+    out = save_weights(args.out, flat, dict(model=name, num_classes=num_classes, img_size=img_size,
                                              source=str(Path(args.ckpt).name), ema=bool(args.ema)))
     print(f"{args.ckpt}: {name}, {num_classes} classes, {img_size}px -> {out}")
     if args.check:

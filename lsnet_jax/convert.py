@@ -176,9 +176,9 @@ def expected_jax_shapes(name: str, num_classes: int = 1000, img_size: int = 224)
     from flax import nnx
 
     from lsnet_jax.model import LSNet, model_config
+    from lsnet_jax.weights import state_shapes
 
-    model = nnx.eval_shape(lambda: LSNet(model_config(name, num_classes, img_size), rngs=nnx.Rngs(0)))
-    return {tuple(p): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(model))}
+    return state_shapes(nnx.eval_shape(lambda: LSNet(model_config(name, num_classes, img_size), rngs=nnx.Rngs(0))))
 
 
 def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int, int]:

@@ -55,14 +55,14 @@ def load_flat(model: nnx.Module, flat: Mapping[JaxPath, Any], what: str = "weigh
     nnx.update(model, state)
 
 
-def save_weights(directory: str | os.PathLike, model: nnx.Module, meta: Mapping[str, Any]) -> Path:
-    """Write ``model``'s state to ``directory`` (Orbax + safetensors + config.json)."""
+def save_weights(directory: str | os.PathLike, state: Mapping[JaxPath, Any], meta: Mapping[str, Any]) -> Path:
+    """Write a flat state (``flat_state(model)``) to ``directory`` (Orbax + safetensors + config.json)."""
     import orbax.checkpoint as ocp
     from safetensors.numpy import save_file
 
     d = Path(directory).absolute()
     d.mkdir(parents=True, exist_ok=True)
-    flat = {path_str(p): np.ascontiguousarray(a) for p, a in flat_state(model).items()}
+    flat = {path_str(p): np.ascontiguousarray(a) for p, a in state.items()}
     save_file(flat, str(d / SAFETENSORS_FILE))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(d / ORBAX_DIR, flat, force=True)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flax import nnx
 from safetensors.numpy import save_file
 
 import convert_torch
-from lsnet_jax import LSNet, create_model, model_config
-from lsnet_jax.convert import CheckpointMismatchError, detect_variant, jax_to_torch
-from lsnet_jax.weights import flat_state, load_flat, save_weights
+from lsnet_jax import create_model
+from lsnet_jax.convert import CheckpointMismatchError, detect_variant, expected_jax_shapes, jax_to_torch
+from lsnet_jax.weights import flat_state, save_weights
 
 
 def random_official_sd(name: str, seed: int = 0) -> dict[str, np.ndarray]:
     """An official-layout state dict with random values (built from the model's shapes)."""
-    model = nnx.eval_shape(lambda: LSNet(model_config(name), rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(seed)
-    flat = {tuple(p): rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
-            for p, v in nnx.to_flat_state(nnx.state(model))}
+    flat = {p: rng.uniform(0.5, 1.5, s).astype(np.float32) for p, s in expected_jax_shapes(name).items()}
     return jax_to_torch(flat)
 
 
@@ -110,10 +107,8 @@ def test_truncated_files_are_explained(official_t, tmp_path, capsys):
 
 
 def test_jax_weights_of_another_variant_are_refused(tmp_path):
-    m = nnx.eval_shape(lambda: LSNet(model_config("lsnet_t"), rngs=nnx.Rngs(0)))
-    load_flat(m, {p: np.zeros(s.shape, np.float32) for p, s in
-                  ((tuple(p), v) for p, v in nnx.to_flat_state(nnx.state(m)))})
-    save_weights(tmp_path / "t", m, {"model": "lsnet_t", "num_classes": 1000})
+    zeros = {p: np.zeros(s, np.float32) for p, s in expected_jax_shapes("lsnet_t").items()}
+    save_weights(tmp_path / "t", zeros, {"model": "lsnet_t", "num_classes": 1000})
     with pytest.raises(ValueError, match="holds weights of 'lsnet_t'"):
         create_model("lsnet_s", pretrained=tmp_path / "t")
     with pytest.raises(CheckpointMismatchError, match="missing in the checkpoint"):
