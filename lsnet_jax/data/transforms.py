@@ -1,0 +1,240 @@
+"""Per-image transforms of the published recipe, on PIL images and numpy arrays (host side).
+
+What is hand-written here and why: timm holds the reference implementations (RandomResizedCrop,
+RandAugment ``rand-m9-mstd0.5-inc1``, RandomErasing), but timm depends on torch, which the core
+package must not. So these follow timm's semantics (timm 0.5.4, the version of the published
+recipe) on PIL and numpy: the same ops, magnitudes, probabilities and fallbacks. Pixel operations
+themselves are PIL's (``ImageOps``, ``ImageEnhance``, affine ``transform``), as in timm.
+Mixup/CutMix run on the device (``lsnet_jax.data.mix``).
+
+Randomness comes from a ``numpy.random.Generator`` passed in, so that grain's per-record seeds
+make every epoch reproducible.
+
+Decoding is cheap where the crop allows it: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+DCT scaling, ``Image.draft``) when the region that will be resized to the output is still at least
+the output size after that reduction; crop and resize are one ``Image.resize(box=...)`` call.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+BICUBIC = Image.Resampling.BICUBIC
+_LEVEL_DENOM = 10.0
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def open_image(data: bytes) -> Image.Image:
+    """A lazily decoded PIL image (only the header is read). Raises on non-image bytes."""
+    return Image.open(io.BytesIO(data))
+
+
+def decode_rgb(img: Image.Image, need: tuple[int, int] | None = None) -> tuple[Image.Image, float, float]:
+    """Decode to RGB. With ``need=(w, h)`` a JPEG may be decoded at a reduced scale whose size is
+    still at least ``need``; returns the image and the x and y scale factors applied (1, 1/2, ...)."""
+    w0, h0 = img.size
+    if need is not None and img.format == "JPEG":
+        img.draft("RGB", need)
+    img = img.convert("RGB")  # forces the (possibly reduced) decode; raises on truncated data
+    return img, img.size[0] / w0, img.size[1] / h0
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def rrc_params(rng: np.random.Generator, width: int, height: int, scale: Sequence[float] = (0.08, 1.0),
+               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """RandomResizedCrop box ``(top, left, h, w)`` as torchvision/timm draw it: ten tries at a
+    random area and log-uniform aspect ratio, then a centre crop clamped to the ratio range."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = rng.uniform(scale[0], scale[1]) * area
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(img: Image.Image, rng: np.random.Generator, size: int,
+                        scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        fast_decode: bool = True) -> Image.Image:
+    """Decode ``img`` (lazy PIL image) and return the bicubic RandomResizedCrop at ``size``."""
+    width, height = img.size
+    top, left, h, w = rrc_params(rng, width, height, scale, ratio)
+    need = None
+    if fast_decode:  # the crop must keep >= size pixels after the DCT reduction
+        factor = min(w / size, h / size)
+        need = (max(1, math.ceil(width / factor)), max(1, math.ceil(height / factor))) if factor > 1 else None
+    img, sx, sy = decode_rgb(img, need)
+    box = (left * sx, top * sy, min((left + w) * sx, img.size[0]), min((top + h) * sy, img.size[1]))
+    return img.resize((size, size), BICUBIC, box=box)
+
+
+def eval_resize_crop(img: Image.Image, size: int, crop_pct: float, fast_decode: bool = False) -> Image.Image:
+    """timm's eval transform: resize the shorter side to ``int(size / crop_pct)`` (bicubic), then
+    centre-crop ``size`` (torchvision's rounding of the sides and of the crop offset). With
+    ``fast_decode`` a JPEG is decoded at a reduced scale no smaller than the resize target, which
+    changes pixels slightly; evaluation leaves it off."""
+    width, height = img.size
+    short = int(math.floor(size / crop_pct))
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    need = (new_w, new_h) if fast_decode else None
+    img = decode_rgb(img, need)[0]
+    img = img.resize((new_w, new_h), BICUBIC)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+# ----------------------------------------------------------------------------- RandAugment
+
+
+def _randomly_negate(rng: np.random.Generator, v: float) -> float:
+    return -v if rng.random() > 0.5 else v
+
+
+def _affine(img: Image.Image, matrix: tuple, fill: tuple[int, ...]) -> Image.Image:
+    return img.transform(img.size, Image.Transform.AFFINE, matrix, resample=BICUBIC, fillcolor=fill)
+
+
+def _solarize_add(img: Image.Image, add: int, thresh: int = 128) -> Image.Image:
+    lut = [min(255, i + add) if i < thresh else i for i in range(256)]
+    return img.point(lut * len(img.getbands()))
+
+
+def _posterize(img: Image.Image, bits: int) -> Image.Image:
+    return img if bits >= 8 else ImageOps.posterize(img, bits)
+
+
+def _enhance(kind):
+    return lambda img, f, fill: kind(img).enhance(f)
+
+
+# name -> (op(img, arg, fill), level -> arg). The '*Increasing' variants ('inc1') grow stronger
+# with the magnitude; arguments as timm's ``_LEVEL_TO_ARG``.
+def _enhance_increasing(rng: np.random.Generator, level: float, hparams: dict) -> float:
+    return 1.0 + _randomly_negate(rng, level / _LEVEL_DENOM * 0.9)
+
+
+_OPS = {
+    "AutoContrast": (lambda img, a, fill: ImageOps.autocontrast(img), lambda rng, lv, hp: None),
+    "Equalize": (lambda img, a, fill: ImageOps.equalize(img), lambda rng, lv, hp: None),
+    "Invert": (lambda img, a, fill: ImageOps.invert(img), lambda rng, lv, hp: None),
+    "Rotate": (lambda img, a, fill: img.rotate(a, resample=BICUBIC, fillcolor=fill),
+               lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * 30.0)),
+    "PosterizeIncreasing": (lambda img, a, fill: _posterize(img, a),
+                            lambda rng, lv, hp: 4 - int(lv / _LEVEL_DENOM * 4)),
+    "SolarizeIncreasing": (lambda img, a, fill: ImageOps.solarize(img, a),
+                           lambda rng, lv, hp: 256 - int(lv / _LEVEL_DENOM * 256)),
+    "SolarizeAdd": (lambda img, a, fill: _solarize_add(img, a),
+                    lambda rng, lv, hp: int(lv / _LEVEL_DENOM * 110)),
+    "ColorIncreasing": (_enhance(ImageEnhance.Color), _enhance_increasing),
+    "ContrastIncreasing": (_enhance(ImageEnhance.Contrast), _enhance_increasing),
+    "BrightnessIncreasing": (_enhance(ImageEnhance.Brightness), _enhance_increasing),
+    "SharpnessIncreasing": (_enhance(ImageEnhance.Sharpness), _enhance_increasing),
+    "ShearX": (lambda img, a, fill: _affine(img, (1, a, 0, 0, 1, 0), fill),
+               lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * 0.3)),
+    "ShearY": (lambda img, a, fill: _affine(img, (1, 0, 0, a, 1, 0), fill),
+               lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * 0.3)),
+    "TranslateXRel": (lambda img, a, fill: _affine(img, (1, 0, a * img.size[0], 0, 1, 0), fill),
+                      lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * hp["translate_pct"])),
+    "TranslateYRel": (lambda img, a, fill: _affine(img, (1, 0, 0, 0, 1, a * img.size[1]), fill),
+                      lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * hp["translate_pct"])),
+}
+RAND_INCREASING_TRANSFORMS = tuple(_OPS)  # timm's _RAND_INCREASING_TRANSFORMS, same order
+
+
+class RandAugment:
+    """timm's ``rand_augment_transform`` for configs like ``rand-m9-mstd0.5-inc1``.
+
+    Each call picks ``n`` ops uniformly with replacement; each is applied with probability 0.5 at a
+    magnitude drawn from N(m, mstd) clipped to [0, 10]. Only the increasing op set (``inc1``) is
+    provided, the one the recipe uses. Geometric ops fill with the mean pixel.
+    """
+
+    def __init__(self, config: str = "rand-m9-mstd0.5-inc1", fill: Sequence[int] = (124, 116, 104),
+                 translate_pct: float = 0.45):
+        parts = config.split("-")
+        if parts[0] != "rand":
+            raise ValueError(f"RandAugment config must start with 'rand', got {config!r}")
+        self.n, self.m, self.mstd, inc = 2, 10.0, 0.0, False
+        for p in parts[1:]:
+            if p.startswith("mstd"):
+                self.mstd = float(p[4:])
+            elif p.startswith("inc"):
+                inc = bool(int(p[3:]))
+            elif p[:1] == "m":
+                self.m = float(p[1:])
+            elif p[:1] == "n":
+                self.n = int(p[1:])
+            else:
+                raise ValueError(f"unknown RandAugment option {p!r} in {config!r}")
+        if not inc:
+            raise ValueError(f"only the increasing op set ('inc1') is implemented, got {config!r}")
+        self.fill = tuple(int(v) for v in fill)
+        self.hparams = dict(translate_pct=translate_pct)
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        names = rng.choice(len(RAND_INCREASING_TRANSFORMS), self.n, replace=True)
+        for i in names:
+            if rng.random() > 0.5:  # each op applied with probability 0.5
+                continue
+            level = rng.normal(self.m, self.mstd) if self.mstd > 0 else self.m
+            level = min(_LEVEL_DENOM, max(0.0, level))
+            op, to_arg = _OPS[RAND_INCREASING_TRANSFORMS[i]]
+            img = op(img, to_arg(rng, level, self.hparams), self.fill)
+        return img
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def normalize(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 HWC -> float32 HWC, ``(x / 255 - mean) / std``."""
+    x = np.asarray(img, dtype=np.float32)
+    scale = np.float32(1 / 255) / np.asarray(std, np.float32)
+    shift = np.asarray(mean, np.float32) / np.asarray(std, np.float32)
+    return x * scale - shift
+
+
+def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25,
+                   area: Sequence[float] = (0.02, 1 / 3), min_aspect: float = 0.3) -> np.ndarray:
+    """timm's RandomErasing, mode 'pixel', one box: with probability ``prob`` a box of random area
+    and log-uniform aspect is filled with N(0, 1) noise (in normalised space). In place."""
+    if rng.random() > prob:
+        return x
+    height, width, chans = x.shape
+    log_ratio = (math.log(min_aspect), math.log(1 / min_aspect))
+    for _ in range(10):
+        target_area = rng.uniform(*area) * height * width
+        aspect = math.exp(rng.uniform(*log_ratio))
+        h = int(round(math.sqrt(target_area * aspect)))
+        w = int(round(math.sqrt(target_area / aspect)))
+        if w < width and h < height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            x[top:top + h, left:left + w] = rng.standard_normal((h, w, chans), dtype=np.float32)
+            break
+    return x

@@ -1,0 +1,280 @@
+"""The input pipeline on a tiny TFDS dataset of real JPEG files built on the fly."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from data_utils import CLASS_COLOURS, build_folder_dataset, make_folder_tree, sample_photos
+from PIL import Image
+
+from lsnet_jax.data import mix, pipeline
+from lsnet_jax.data import transforms as T
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet")
+    tree = make_folder_tree(root / "tree")
+    build_folder_dataset(tree, root / "tfds")
+    return tree, str(root / "tfds")
+
+
+def _train(data_dir, size=64, batch=6, seed=0, repeats=1, workers=0, **tf):
+    src, info = pipeline.open_source("imagenet_folder", "train", data_dir)
+    kw = dict(size=size, mean=MEAN, std=STD) | tf
+    return pipeline.train_loader(src, info, pipeline.TrainTransform(**kw), batch, seed, num_epochs=2,
+                                 repeats=repeats, workers=workers)
+
+
+def _take(loader, n, state=None):
+    it = iter(loader.dataset)
+    if state is not None:
+        it.set_state(state)
+    return [next(it) for _ in range(n)]
+
+
+def test_source_counts_and_classes(folder):
+    tree, data_dir = folder
+    src, info = pipeline.open_source("imagenet_folder", "train", data_dir)
+    n_files = sum(1 for p in (tree / "train").rglob("*") if p.is_file())
+    assert info.num_examples == n_files == 3 * 8 + 2 + len(sample_photos())
+    assert info.num_classes == 3
+    _, vinfo = pipeline.open_source("imagenet_folder", "validation", data_dir)
+    assert vinfo.num_examples == 12
+    assert isinstance(src[0]["image"], bytes) and src[0]["image"][:2] == b"\xff\xd8"
+
+
+def test_train_batches_shapes_ranges_and_determinism(folder):
+    _, data_dir = folder
+    loader = _train(data_dir)
+    a = _take(loader, 4)
+    b = _take(_train(data_dir), 4)
+    for x, y in zip(a, b):
+        assert x["image"].shape == (6, 64, 64, 3) and x["image"].dtype == np.float32
+        assert x["label"].shape == (6,) and x["label"].dtype == np.int32
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    imgs = np.concatenate([x["image"] for x in a])
+    lo, hi = (0 - np.array(MEAN)) / np.array(STD), (1 - np.array(MEAN)) / np.array(STD)
+    erased = imgs.min() < lo.min() - 1e-3 or imgs.max() > hi.max() + 1e-3  # erasing draws N(0, 1)
+    assert imgs.std() > 0.3 and (erased or (imgs.min() >= lo.min() - 1e-4))
+    other_seed = _take(_train(data_dir, seed=1), 1)[0]
+    assert not np.array_equal(other_seed["image"], a[0]["image"])
+
+
+def test_epoch_order_is_a_permutation_per_epoch():
+    for repeats in (1, 3):
+        e0, e1 = (pipeline.epoch_order(7, e, 50, repeats) for e in (0, 1))
+        assert len(e0) == 50 and not np.array_equal(e0, e1)
+        counts = np.bincount(e0, minlength=50)
+        if repeats == 1:
+            assert (counts == 1).all()
+        else:
+            assert counts.max() == 3 and np.all(e0[:48].reshape(16, 3) == e0[:48].reshape(16, 3)[:, :1])
+    np.testing.assert_array_equal(pipeline.epoch_order(7, 0, 50, 1), pipeline.epoch_order(7, 0, 50, 1))
+
+
+def test_process_slices_do_not_overlap_and_rebuild_the_global_batch():
+    n, gb = 40, 8
+    one = pipeline._Positions(n, gb, gb, 0, seed=3, repeats=1, shuffle=True)
+    two = [pipeline._Positions(n, gb, gb // 2, p, seed=3, repeats=1, shuffle=True) for p in range(2)]
+    for b in range(2 * n // gb):
+        glob = [one(b * gb + j) for j in range(gb)]
+        parts = [two[p](b * gb // 2 + j) for p in range(2) for j in range(gb // 2)]
+        assert parts == glob
+        per_proc = [{two[p](b * gb // 2 + j)[1] for j in range(gb // 2)} for p in range(2)]
+        assert not per_proc[0] & per_proc[1]
+    # one epoch of positions covers every record once
+    seen = [one(k)[1] for k in range(n // gb * gb)]
+    assert sorted(seen) == list(range(n))
+
+
+def test_repeated_augmentation_spreads_copies_across_the_batch():
+    gb = 12
+    pos = pipeline._Positions(36, gb, gb, 0, seed=0, repeats=3, shuffle=True)
+    idx = [pos(k)[1] for k in range(gb)]
+    thirds = [idx[i * 4:(i + 1) * 4] for i in range(3)]
+    assert thirds[0] == thirds[1] == thirds[2] and len(set(thirds[0])) == 4
+
+
+def test_resume_from_iterator_state_mid_epoch(folder):
+    _, data_dir = folder
+    full = _take(_train(data_dir), 7)
+    it = iter(_train(data_dir).dataset)
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    rest = _take(_train(data_dir), 4, state=state)
+    for x, y in zip(full[3:], rest):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_worker_processes_give_the_same_batches_and_resume(folder):
+    _, data_dir = folder
+    ref = _take(_train(data_dir), 5)
+    it = iter(_train(data_dir, workers=2).dataset)
+    got = [next(it) for _ in range(3)]
+    state = it.get_state()
+    got += _take(_train(data_dir, workers=2), 2, state=state)
+    for x, y in zip(ref, got):
+        np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_corrupt_records_are_skipped_and_counted_labels_stay_right(folder, caplog):
+    _, data_dir = folder
+    loader = _train(data_dir, size=48, batch=8, randaugment=None, reprob=0.0, scale=(0.5, 1.0))
+    src, info = pipeline.open_source("imagenet_folder", "train", data_dir)
+    bad = {i for i in range(len(src)) if b"zz_" in src[i]["file_name"]}
+    pos = pipeline._Positions(info.num_examples, 8, 8, 0, seed=0, repeats=1, shuffle=True)
+    n_batches = 2 * info.num_examples // 8
+    expected = sum(pos(k)[1] in bad for k in range(n_batches * 8))
+    skipped, checked = 0, 0
+    colours = (CLASS_COLOURS / 255 - np.array(MEAN)) / np.array(STD)
+    photos = {p.name for p in sample_photos()}
+    with caplog.at_level("WARNING"):
+        for batch in _take(loader, 2 * info.num_examples // 8):
+            skipped += int(batch["skipped"])
+            for img, label in zip(batch["image"], batch["label"]):
+                mean = img.reshape(-1, 3).mean(0)
+                nearest = int(np.argmin(((colours - mean) ** 2).sum(-1)))
+                if np.abs(colours[nearest] - mean).max() < 0.6:  # a synthetic image, not a photo
+                    assert nearest == label
+                    checked += 1
+    assert len(bad) == 2 and skipped == expected >= 2
+    assert checked > 20
+    assert "skipped unreadable record" in caplog.text and "zz_truncated" in caplog.text
+    assert photos  # the photos were decoded (class c0) without complaint
+    assert "china.jpg" not in caplog.text and "flower.jpg" not in caplog.text
+
+
+def test_eval_transform_equals_pil_resize_then_crop():
+    for path in sample_photos():
+        data = path.read_bytes()
+        got = pipeline.EvalTransform(224, MEAN, STD, crop_pct=0.875)(data)
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        short = int(224 / 0.875)  # 256
+        size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        img = img.resize(size, Image.Resampling.BICUBIC)
+        left, top = int(round((size[0] - 224) / 2)), int(round((size[1] - 224) / 2))
+        ref = np.asarray(img, np.float32)[top:top + 224, left:left + 224] / 255
+        ref = (ref - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+        assert got.shape == (224, 224, 3)
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_eval_loader_pads_and_masks(folder):
+    _, data_dir = folder
+    src, info = pipeline.open_source("imagenet_folder", "validation", data_dir)
+    loader = pipeline.eval_loader(src, info, pipeline.EvalTransform(32, MEAN, STD), 8)
+    batches = list(loader.dataset)
+    assert len(batches) == loader.steps_per_epoch == 2
+    assert sum(b["mask"].sum() for b in batches) == 12
+    assert batches[-1]["mask"].tolist() == [1] * 4 + [0] * 4
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    assert sorted(np.bincount(labels).tolist()) == [4, 4, 4]
+
+
+def test_rrc_params_follow_torchvision():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        top, left, h, w = T.rrc_params(rng, 500, 375)
+        assert 0 <= top and top + h <= 375 and 0 <= left and left + w <= 500
+        assert 0.08 * 500 * 375 * 0.9 <= h * w <= 500 * 375
+        assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+    # an extreme panorama falls back to a centre crop clamped to the largest ratio
+    assert T.rrc_params(np.random.default_rng(0), 4000, 10, scale=(0.9, 1.0)) == (0, 1993, 10, 13)
+
+
+def test_fast_decode_keeps_the_crop_close():
+    data = sample_photos()[0].read_bytes()
+    slow = T.random_resized_crop(T.open_image(data), np.random.default_rng(5), 64, (0.9, 1.0), fast_decode=False)
+    fast = T.random_resized_crop(T.open_image(data), np.random.default_rng(5), 64, (0.9, 1.0), fast_decode=True)
+    diff = np.abs(np.asarray(slow, np.float32) - np.asarray(fast, np.float32))
+    assert diff.mean() < 4.0  # of 255: DCT-domain downscaling differs from bicubic only slightly
+
+
+def test_randaugment_ops_all_run_and_change_images():
+    img = Image.open(sample_photos()[1]).convert("RGB").resize((96, 64))
+    rng = np.random.default_rng(0)
+    ra = T.RandAugment("rand-m9-mstd0.5-inc1")
+    assert (ra.n, ra.m, ra.mstd) == (2, 9.0, 0.5)
+    for name in T.RAND_INCREASING_TRANSFORMS:
+        op, to_arg = T._OPS[name]
+        out = op(img, to_arg(rng, 9.0, ra.hparams), ra.fill)
+        assert out.size == img.size and out.mode == "RGB"
+        assert not np.array_equal(np.asarray(out), np.asarray(img)), name
+    outs = [np.asarray(ra(img, np.random.default_rng(s))) for s in range(20)]
+    assert sum(not np.array_equal(o, np.asarray(img)) for o in outs) >= 10
+    np.testing.assert_array_equal(np.asarray(ra(img, np.random.default_rng(3))), outs[3])
+    with pytest.raises(ValueError, match="inc1"):
+        T.RandAugment("rand-m9-mstd0.5")
+
+
+def test_random_erasing_probability_and_box():
+    rng = np.random.default_rng(0)
+    hits, areas = 0, []
+    for _ in range(2000):
+        x = np.full((40, 50, 3), 7.0, np.float32)
+        T.random_erasing(x, rng, prob=0.25)
+        changed = np.any(x != 7.0, axis=-1)
+        if changed.any():
+            hits += 1
+            ys, xs = np.nonzero(changed)
+            areas.append((np.ptp(ys) + 1) * (np.ptp(xs) + 1) / 2000)
+    assert abs(hits / 2000 - 0.25) < 0.03
+    assert 0.015 <= min(areas) and max(areas) <= 1 / 3 + 0.03
+
+
+def test_mixup_cutmix_targets_sum_to_one_and_match_the_images():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(8, 16, 16, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 8))
+    kinds = set()
+    for s in range(20):
+        out, t = mix.mixup_cutmix(jax.random.key(s), x, y, 10, 0.8, 1.0, 1.0, 0.5, 0.1)
+        np.testing.assert_allclose(np.asarray(t).sum(-1), 1.0, rtol=1e-6)
+        out, t = np.asarray(out), np.asarray(t)
+        xs, xr = np.asarray(x), np.asarray(x)[::-1]
+        own = np.isclose(out, xs).all(-1)  # (N, H, W): pixel taken from the image itself
+        if (own | np.isclose(out, xr).all(-1)).all():  # cutmix: a pasted box from the partner
+            kinds.add("cutmix")
+            lam = own[0].mean()
+            box = ~own[0]
+            if box.any():  # one rectangle, the same for every image
+                ys, xs_ = np.nonzero(box)
+                assert box.sum() == (np.ptp(ys) + 1) * (np.ptp(xs_) + 1)
+                assert (~own == box).all()
+        else:  # mixup: a convex combination
+            kinds.add("mixup")
+            d = xs - xr
+            lam = float(((out - xr) * d).sum() / (d * d).sum())
+            np.testing.assert_allclose(out, lam * xs + (1 - lam) * xr, atol=1e-5)
+        ref = lam * mix.smooth_one_hot(y, 10, 0.1) + (1 - lam) * mix.smooth_one_hot(y[::-1], 10, 0.1)
+        np.testing.assert_allclose(t, np.asarray(ref), atol=1e-5)
+    assert kinds == {"cutmix", "mixup"}
+    plain, t = mix.mixup_cutmix(jax.random.key(0), x, y, 10, 0.0, 0.0, 1.0, 0.5, 0.1)
+    np.testing.assert_allclose(np.asarray(t).max(-1), 0.9 + 0.01, rtol=1e-6)
+
+
+def test_missing_dataset_says_how_to_prepare(tmp_path):
+    with pytest.raises(pipeline.DatasetNotFoundError, match="prepare_imagenet.py"):
+        pipeline.open_source("imagenet_folder", "train", str(tmp_path))
+    with pytest.raises(pipeline.DatasetNotFoundError, match="not found|not prepared"):
+        pipeline.open_source("no_such_dataset_xyz", "train", str(tmp_path))
+
+
+def test_digits_dataset_is_built_on_the_fly(tmp_path):
+    src, info = pipeline.open_source("lsnet_digits", "train", str(tmp_path))
+    _, tinfo = pipeline.open_source("lsnet_digits", "test", str(tmp_path))
+    assert (info.num_examples, tinfo.num_examples, info.num_classes) == (1438, 359, 10)
+    img = Image.open(__import__("io").BytesIO(src[0]["image"]))
+    assert img.format == "JPEG" and img.size == (48, 48)
+    assert math.isclose(sum(np.bincount([int(src[i]["label"]) for i in range(len(src))])), 1438)
