@@ -1,0 +1,1 @@
+"""Training: optimisation pieces, step functions, checkpoints, reporting and the loop."""

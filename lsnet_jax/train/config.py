@@ -1,0 +1,77 @@
+"""The published recipe as an ``ml_collections.ConfigDict``; ``configs/*.py`` start from it.
+
+Every hyper-parameter of a run lives here; ``train.py --config configs/X.py --config.key=value``
+overrides any of them, and an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lsnet_jax.model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """LSNet on ImageNet-1k as published (DeiT-style recipe, timm 0.5.4; see LSNET_SPEC.md)."""
+    c = ml_collections.ConfigDict()
+    c.model = "lsnet_t"
+    c.num_classes = 0  # 0: the dataset's class count
+    c.img_size = 224
+    c.dtype = "float32"  # published: float32 (autocast off); "bfloat16" computes in bfloat16
+    c.bn_group_size = ml_collections.config_dict.placeholder(int)  # None: BN over the global batch;
+    # 256 reproduces the official per-GPU BatchNorm (8 GPUs x 256)
+    c.seed = 0
+
+    c.batch_size = 2048  # global
+    c.eval_batch_size = ml_collections.config_dict.placeholder(int)  # None: batch_size
+    c.epochs = 300
+    c.lr = 1e-3  # per 512 images; scaled linearly with batch_size (2048 -> 4e-3)
+    c.warmup_lr = 1e-6
+    c.min_lr = 1e-5
+    c.warmup_epochs = 5
+    c.weight_decay = 0.025
+    c.opt_betas = (0.9, 0.999)
+    c.opt_eps = 1e-8
+    c.clip_grad = 0.02  # adaptive gradient clipping factor (timm 'agc'); 0 disables
+    c.ema_decay = 0.99996
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "imagenet2012"  # any TFDS image-classification dataset; or 'imagenet_folder'
+    c.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS's default
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.repeats = 3  # repeated augmentation
+    c.data.workers = 8  # grain worker processes per host (0: in the main process)
+    c.data.threads = 4
+    c.data.prefetch = 2
+
+    c.aug = ml_collections.ConfigDict()
+    c.aug.scale = (0.08, 1.0)
+    c.aug.ratio = (3 / 4, 4 / 3)
+    c.aug.hflip = 0.5
+    c.aug.randaugment = "rand-m9-mstd0.5-inc1"  # '' disables
+    c.aug.reprob = 0.25
+    c.aug.mixup = 0.8
+    c.aug.cutmix = 1.0
+    c.aug.mix_prob = 1.0
+    c.aug.switch_prob = 0.5
+    c.aug.smoothing = 0.1
+    c.aug.crop_pct = 0.875
+    c.aug.mean = IMAGENET_DEFAULT_MEAN
+    c.aug.std = IMAGENET_DEFAULT_STD
+    c.aug.fast_decode = True
+
+    c.distillation = ml_collections.ConfigDict()
+    c.distillation.type = "none"  # 'hard' for the *_distill models
+    c.distillation.alpha = 0.5
+    c.distillation.teacher_model = ""
+    c.distillation.teacher_checkpoint = ""
+
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.async_checkpoint = True
+    c.eval_every_epochs = 1
+    c.max_steps = ml_collections.config_dict.placeholder(int)  # stop early (tests, smoke runs)
+    c.tensorboard = True
+    return c

@@ -1,0 +1,111 @@
+"""What a run writes for people: the official JSON-lines ``log.txt``, per-step losses, TensorBoard
+scalars (tensorboardX: a maintained writer without TensorFlow), a progress line with images/s and
+ETA, and ``curves.png`` next to the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger("lsnet_jax.train")
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Periodic progress lines: step, epoch, loss, lr, images/s (since the last line) and ETA."""
+
+    def __init__(self, total_steps: int, steps_per_epoch: int, global_batch: int, start_step: int):
+        self.total, self.spe, self.batch = total_steps, steps_per_epoch, global_batch
+        self._t, self._step = time.time(), start_step
+
+    def line(self, step: int, loss: float, lr: float, skipped: int) -> str:
+        now = time.time()
+        rate = (step - self._step) * self.batch / max(now - self._t, 1e-9)
+        eta = (self.total - step) * self.batch / max(rate, 1e-9)
+        self._t, self._step = now, step
+        epoch, in_epoch = divmod(step - 1, self.spe)
+        in_epoch += 1
+        extra = f" skipped {skipped}" if skipped else ""
+        return (f"epoch {epoch} step {in_epoch}/{self.spe} ({step}/{self.total}) loss {loss:.4f} "
+                f"lr {lr:.3e} {rate:.1f} img/s ETA {_fmt_time(eta)}{extra}")
+
+
+class Reporter:
+    """Writes ``log.txt`` (one JSON object per epoch, the official field names), ``steps.jsonl``
+    (every step's loss and lr), TensorBoard events and ``curves.png`` into the work directory."""
+
+    def __init__(self, workdir: str | os.PathLike, resume_step: int, tensorboard: bool = True):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path, self.steps_path = self.dir / "log.txt", self.dir / "steps.jsonl"
+        self._truncate(self.steps_path, lambda r: r["step"] <= resume_step)
+        self._truncate(self.log_path, lambda r: (r["epoch"] + 1) * r.get("steps_per_epoch", 0) <= resume_step)
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step + 1)
+
+    @staticmethod
+    def _truncate(path: Path, keep) -> None:
+        """Drop lines a killed run wrote after the checkpoint it resumes from."""
+        if not path.exists():
+            return
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+
+    def steps(self, rows: list[dict]) -> None:
+        with self.steps_path.open("a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        if self._tb is not None:
+            for r in rows:
+                self._tb.add_scalar("train/loss", r["loss"], r["step"])
+                self._tb.add_scalar("train/lr", r["lr"], r["step"])
+
+    def epoch(self, stats: dict, step: int) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(stats) + "\n")
+        if self._tb is not None:
+            for k, v in stats.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "n_parameters"):
+                    self._tb.add_scalar(k.replace("_", "/", 1), v, step)
+            self._tb.flush()
+        self.plot()
+
+    def plot(self) -> None:
+        """``curves.png``: training loss per step, test top-1 (model and EMA) and lr per epoch."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
+        steps = [json.loads(x) for x in self.steps_path.read_text().splitlines()] if self.steps_path.exists() else []
+        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        if steps:
+            ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.7)
+        ax[0].set(title="train loss", xlabel="step")
+        e = [r["epoch"] for r in epochs]
+        ax[1].plot(e, [r.get("test_acc1") for r in epochs], "o-", label="model")
+        if epochs and "test_ema_acc1" in epochs[0]:
+            ax[1].plot(e, [r.get("test_ema_acc1") for r in epochs], "s--", label="EMA")
+        ax[1].set(title="test top-1 (%)", xlabel="epoch")
+        ax[1].legend()
+        ax[2].plot(e, [r.get("train_lr") for r in epochs], "o-")
+        ax[2].set(title="lr (epoch mean)", xlabel="epoch")
+        for a in ax:
+            a.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.dir / "curves.png", dpi=90)
+        plt.close(fig)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

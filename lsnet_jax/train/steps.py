@@ -1,0 +1,118 @@
+"""Module-level training and evaluation steps (pure functions, jit-compiled by the loop).
+
+The state is a plain pytree of pure dicts (``TrainState``); the model's structure travels as an
+``nnx.GraphDef`` bound statically. Under ``jit`` with the batch sharded along the mesh's data axis
+and the state replicated, XLA computes BatchNorm statistics over the global batch (or per group of
+``bn_group_size`` images, see ``lsnet_jax.layers.BatchNorm``) and all-reduces the gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from lsnet_jax.data.mix import mixup_cutmix
+from lsnet_jax.train import optim
+
+Array = jax.Array
+
+
+@struct.dataclass
+class TrainState:
+    step: Array
+    params: dict
+    batch_stats: dict
+    opt_state: Any
+    ema_params: dict
+    ema_stats: dict
+    rng: Array  # the run's base key; each step folds in its number
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Everything a training step needs besides the state and the batch (hashable, static)."""
+
+    num_classes: int
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    smoothing: float = 0.1
+    distillation: str = "none"  # 'none' | 'hard'
+    distill_alpha: float = 0.5
+    ema_decay: float = 0.99996
+
+
+def soft_target_cross_entropy(logits: Array, targets: Array) -> Array:
+    """timm's SoftTargetCrossEntropy: mean over the batch of ``-sum(t * log_softmax(x))``."""
+    return jnp.mean(jnp.sum(-targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1))
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    """Per-example cross-entropy with integer labels (float32)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def hard_distillation_loss(logits: Array, dist_logits: Array, targets: Array, teacher_logits: Array,
+                           alpha: float) -> Array:
+    """DeiT's hard distillation: ``(1 - alpha) * CE(head, targets) + alpha * CE(head_dist, argmax teacher)``."""
+    teacher_labels = jnp.argmax(teacher_logits, axis=-1)
+    return ((1 - alpha) * soft_target_cross_entropy(logits, targets)
+            + alpha * jnp.mean(cross_entropy(dist_logits, teacher_labels)))
+
+
+def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, cfg: StepConfig,
+               teacher_graphdef: nnx.GraphDef | None = None) -> tuple[TrainState, dict[str, Array]]:
+    """One optimisation step: mixup/cutmix, forward in training mode, loss, AGC + AdamW, EMA."""
+    key = jax.random.fold_in(state.rng, state.step)
+    images, targets = mixup_cutmix(key, batch["image"], batch["label"], cfg.num_classes, cfg.mixup_alpha,
+                                   cfg.cutmix_alpha, cfg.mix_prob, cfg.switch_prob, cfg.smoothing)
+    teacher_logits = None
+    if cfg.distillation == "hard":
+        t_model = nnx.merge(teacher_graphdef, teacher["params"], teacher["batch_stats"])
+        teacher_logits = jax.lax.stop_gradient(t_model(images))
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.batch_stats)
+        out = model(images)
+        new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        if isinstance(out, tuple):  # distilled model in training mode: (head, head_dist)
+            logits, dist = out
+            if cfg.distillation == "hard":
+                loss = hard_distillation_loss(logits, dist, targets, teacher_logits, cfg.distill_alpha)
+            else:  # no teacher: both heads learn the labels (the official model without distillation)
+                loss = (soft_target_cross_entropy(logits, targets) + soft_target_cross_entropy(dist, targets)) / 2
+        else:
+            loss = soft_target_cross_entropy(out, targets)
+        return loss, new_stats
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    d = cfg.ema_decay
+    new = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state,
+                        ema_params=optim.ema_update(state.ema_params, params, d),
+                        ema_stats=optim.ema_update(state.ema_stats, new_stats, d))
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new, metrics
+
+
+def eval_step(params: dict, batch_stats: dict, batch: dict[str, Array], *,
+              graphdef: nnx.GraphDef) -> dict[str, Array]:
+    """Sums over the real (``mask`` 1) samples of a batch: loss, top-1 and top-5 hits, count."""
+    model = nnx.merge(graphdef, params, batch_stats)
+    logits = model(batch["image"]).astype(jnp.float32)
+    labels, mask = batch["label"], batch["mask"]
+    k = min(5, logits.shape[-1])
+    top = jax.lax.top_k(logits, k)[1]
+    hit = top == labels[:, None]
+    return {"loss": jnp.sum(cross_entropy(logits, labels) * mask),
+            "acc1": jnp.sum(hit[:, 0] * mask),
+            "acc5": jnp.sum(jnp.any(hit, axis=-1) * mask),
+            "count": jnp.sum(mask)}
