@@ -43,6 +43,9 @@ def main(argv: list[str]) -> None:
     except (ConfigError, DatasetNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # non-finite loss: the message names the step
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                           f"({config.batch_size // num_devices})")
 
 
+def check_finite(rows: list[dict], steps_per_epoch: int, checkpoint_dir: Any) -> None:
+    """Stop on the first non-finite loss, naming its step."""
+    bad = next((r for r in rows if not math.isfinite(r["loss"])), None)
+    if bad is not None:
+        raise FloatingPointError(
+            f"non-finite loss {bad['loss']} at step {bad['step']} (epoch {(bad['step'] - 1) // steps_per_epoch}); "
+            f"lower config.lr or check the data. Checkpoints up to the last good step are in {checkpoint_dir}")
+
+
 def _pure(model: nnx.Module, kind) -> dict:
     return nnx.to_pure_dict(nnx.state(model, kind))
 
@@ -92,10 +101,11 @@ def _read_steps(path: Path, first: int, last: int) -> list[dict]:
     return [r for r in _read_jsonl(path) if first < r["step"] <= last]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Train (or resume) in ``workdir``; returns the last epoch's log entry."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       devices: list[jax.Device] | None = None) -> dict[str, Any]:
+    """Train (or resume) in ``workdir`` on ``devices`` (default: all); returns the last epoch's log entry."""
     workdir = Path(workdir)
-    devices = jax.devices()
+    devices = jax.devices() if devices is None else list(devices)
     validate_config(config, len(devices))
     mesh = Mesh(np.asarray(devices), ("data",))
     rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -180,15 +190,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             return
         losses = jax.device_get([m for _, m in pending])
         rows = [{"step": s + 1, "loss": float(v), "lr": float(schedule(s))} for (s, _), v in zip(pending, losses)]
-        bad = next((r for r in rows if not math.isfinite(r["loss"])), None)
         pending = []
         if is_main:
             reporter.steps([r for r in rows if math.isfinite(r["loss"])])
-        if bad is not None:
-            raise FloatingPointError(
-                f"non-finite loss {bad['loss']} at step {bad['step']} (epoch {(bad['step'] - 1) // spe}); "
-                f"lower config.lr or check the data. Checkpoints up to the last good step are in "
-                f"{manager.directory}")
+        check_finite(rows, spe, manager.directory)
         if is_main:
             log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], skipped))
 

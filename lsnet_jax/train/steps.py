@@ -99,7 +99,7 @@ def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None,
     new = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state,
                         ema_params=optim.ema_update(state.ema_params, params, d),
                         ema_stats=optim.ema_update(state.ema_stats, new_stats, d))
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return new, metrics
 
 

@@ -1,0 +1,126 @@
+"""The training run on the small default (digits): data-parallel equality, exact resume after
+SIGKILL (with a corrupt newest checkpoint), and bad configs stopping at start."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from lsnet_jax.data.pipeline import DatasetNotFoundError
+from lsnet_jax.train.loop import ConfigError, train_and_evaluate, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def digits_config(data_dir: str, **overrides):
+    spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.data.data_dir = data_dir
+    c.tensorboard = False
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tfds")
+    from lsnet_jax.data.pipeline import open_source
+
+    open_source("lsnet_digits", "train", str(d))  # prepare once for the module
+    return str(d)
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (workdir / "steps.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_eight_devices_equal_one_device(data_dir, tmp_path):
+    assert jax.device_count() == 8
+    cfg = dict(batch_size=16, eval_batch_size=120, max_steps=3, log_every_steps=1, checkpoint_every_steps=1000,
+               async_checkpoint=False)
+    train_and_evaluate(digits_config(data_dir, **cfg), tmp_path / "one", devices=jax.devices()[:1])
+    train_and_evaluate(digits_config(data_dir, **cfg), tmp_path / "eight", devices=jax.devices())
+    one, eight = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+    assert sorted(one) == sorted(eight) == [1, 2, 3]
+    assert len({round(v, 3) for v in one.values()}) == 3  # real, changing losses
+    for s in one:
+        assert eight[s] == pytest.approx(one[s], rel=1e-5, abs=1e-6), (s, one[s], eight[s])
+
+
+def _run_train(workdir: Path, data_dir: str, extra: list[str], env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "digits.py"),
+           "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a laptop
+    env |= {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": str(ROOT)}
+    extra = ["--config.epochs=1", "--config.log_every_steps=1", "--config.checkpoint_every_steps=4",
+             "--config.tensorboard=False", "--config.eval_batch_size=120"]
+    ref = _run_train(tmp_path / "ref", data_dir, extra, env)
+    out, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, out[-3000:]
+
+    work = tmp_path / "killed"
+    proc = _run_train(work, data_dir, extra, env)
+    deadline = time.time() + 600
+    while not (work / "checkpoints" / "12").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+    assert 12 in steps and max(steps) < 22, steps  # killed mid-epoch (22 steps per epoch)
+    # the newest checkpoint is damaged: the run must report it and use the previous one
+    newest = work / "checkpoints" / str(max(steps))
+    for f in (newest / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 1000:
+            f.write_bytes(f.read_bytes()[:100])
+    resumed = _run_train(work, data_dir, extra, env)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"checkpoint at step {max(steps)}" in out and "trying the previous one" in out
+    assert "resumed from step" in out
+    ref_losses, got = _losses(tmp_path / "ref"), _losses(work)
+    assert sorted(got) == sorted(ref_losses) == list(range(1, 23))
+    np.testing.assert_allclose([got[s] for s in range(1, 23)], [ref_losses[s] for s in range(1, 23)],
+                               rtol=1e-5)
+    log = [json.loads(x) for x in (work / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0]
+    assert {"train_lr", "train_loss", "test_loss", "test_acc1", "test_acc5", "epoch", "n_parameters",
+            "test_ema_acc1"} <= set(log[0])
+    assert (work / "curves.png").stat().st_size > 10_000
+
+
+def test_bad_configs_stop_at_start(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
+        validate_config(digits_config(data_dir, batch_size=12), 8)
+    with pytest.raises(ConfigError, match="is not a model"):
+        validate_config(digits_config(data_dir, model="resnet50"), 1)
+    with pytest.raises(ConfigError, match="teacher"):
+        validate_config(digits_config(data_dir, model="lsnet_t_distill", **{"distillation.type": "hard"}), 1)
+    with pytest.raises(DatasetNotFoundError, match="prepare_imagenet.py"):
+        train_and_evaluate(digits_config(str(tmp_path), **{"data.name": "imagenet_folder"}), tmp_path / "w")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
+    p = _run_train(tmp_path / "w2", data_dir, ["--config.no_such_key=1"], env)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode != 0 and "no_such_key" in out
