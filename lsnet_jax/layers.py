@@ -29,9 +29,17 @@ class Buffer(nnx.Variable):
 
 
 def torch_uniform_init(key: Array, shape: tuple[int, ...], fan_in: int) -> Array:
-    """PyTorch's default Conv2d weight/bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """PyTorch's default Conv2d weight/bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Eagerly the draw is made on the host by numpy, seeded from ``key``: ``jax.random.uniform``
+    compiles once per shape, which made building a model take ~10 s on CPU. Under a trace
+    (``nnx.eval_shape``, ``jit``) it falls back to ``jax.random``.
+    """
     bound = 1.0 / math.sqrt(fan_in)
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    if isinstance(key, jax.core.Tracer):
+        return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    return jnp.asarray(np.random.default_rng(seed).uniform(-bound, bound, shape).astype(np.float32))
 
 
 class Conv(nnx.Module):
