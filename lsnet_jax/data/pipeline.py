@@ -151,13 +151,13 @@ class _Load:
         record = self.source[idx]
         rng = np.random.default_rng([self.seed, q])
         try:
-            image = self.transform(record["image"], rng)
+            out = self.transform(record["image"], rng)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... on bad files
             name = record.get("file_name", b"")
             name = name.decode() if isinstance(name, bytes) else name
             log.warning("skipped unreadable record %d (%s): %s: %s", idx, name, type(e).__name__, e)
             return None
-        return {"image": image, "label": int(record["label"])}
+        return out | {"label": int(record["label"])}
 
 
 def collate_train(items: Sequence[dict | None]) -> dict[str, np.ndarray]:
@@ -165,15 +165,15 @@ def collate_train(items: Sequence[dict | None]) -> dict[str, np.ndarray]:
     if not good:
         raise RuntimeError(f"all {len(items)} records of a batch are unreadable; check the dataset")
     filled = [x if x is not None else good[i % len(good)] for i, x in enumerate(items)]
-    return {"image": np.stack([x["image"] for x in filled]),
-            "label": np.asarray([x["label"] for x in filled], np.int32),
-            "skipped": np.asarray(len(items) - len(good), np.int32)}
+    out = {k: np.stack([x[k] for x in filled]) for k in good[0] if k != "label"}
+    return out | {"label": np.asarray([x["label"] for x in filled], np.int32),
+                  "skipped": np.asarray(len(items) - len(good), np.int32)}
 
 
 def _collate_eval(items: Sequence[dict | None], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     def ok(x):
         return x is not None and "pad" not in x
-    return {"image": np.stack([x["image"] if ok(x) else np.zeros(shape, np.float32) for x in items]),
+    return {"image": np.stack([x["image"] if ok(x) else np.zeros(shape, np.uint8) for x in items]),
             "label": np.asarray([x["label"] if ok(x) else 0 for x in items], np.int32),
             "mask": np.asarray([ok(x) for x in items], np.float32),
             "skipped": np.asarray(sum(x is None for x in items), np.int32)}
@@ -192,7 +192,9 @@ class _CollateEval:
 
 @dataclasses.dataclass
 class TrainTransform:
-    """JPEG bytes -> float32 HWC: RandomResizedCrop, flip, RandAugment, normalise, RandomErasing."""
+    """JPEG bytes -> ``{'image': uint8 HWC, 'erase': (top, left, h, w)}``: RandomResizedCrop, flip,
+    RandAugment, and RandomErasing's box. The step normalises with ``mean``/``std`` and fills the
+    box with noise on the device (``lsnet_jax.data.mix``)."""
 
     size: int
     mean: Sequence[float]
@@ -215,23 +217,21 @@ class TrainTransform:
             img = img.transpose(T.Image.Transpose.FLIP_LEFT_RIGHT)
         if self._ra is not None:
             img = self._ra(img, rng)
-        x = T.normalize(img, self.mean, self.std)
-        return T.random_erasing(x, rng, self.reprob) if self.reprob > 0 else x
+        return {"image": np.asarray(img, np.uint8), "erase": T.erasing_box(rng, self.size, self.size, self.reprob)}
 
 
 @dataclasses.dataclass
 class EvalTransform:
-    """JPEG bytes -> float32 HWC: resize the shorter side to size/crop_pct, centre crop, normalise."""
+    """JPEG bytes -> ``{'image': uint8 HWC}``: resize the shorter side to size/crop_pct (bicubic),
+    centre crop. The step normalises on the device."""
 
     size: int
-    mean: Sequence[float]
-    std: Sequence[float]
     crop_pct: float = 0.875
     fast_decode: bool = False
 
-    def __call__(self, data: bytes, rng: np.random.Generator | None = None) -> np.ndarray:
+    def __call__(self, data: bytes, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         img = T.eval_resize_crop(T.open_image(data), self.size, self.crop_pct, self.fast_decode)
-        return T.normalize(img, self.mean, self.std)
+        return {"image": np.asarray(img, np.uint8)}
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -269,7 +269,8 @@ def _local_batch(global_batch: int) -> int:
 def train_loader(source: Sequence[dict], info: SourceInfo, transform: Callable, global_batch: int,
                  seed: int, num_epochs: int, repeats: int = 1, workers: int = 0, threads: int = 2,
                  prefetch: int = 2) -> Loader:
-    """Batches of ``{'image' (B_local, H, W, 3) float32, 'label' (B_local,) int32, 'skipped'}``
+    """Batches of ``{'image' (B_local, H, W, 3) uint8, 'erase' (B_local, 4), 'label' (B_local,) int32,
+    'skipped'}``
     for ``num_epochs`` epochs (plus one, as slack for skipped records)."""
     local = _local_batch(global_batch)
     if info.num_examples < global_batch:

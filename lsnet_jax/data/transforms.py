@@ -5,10 +5,11 @@ RandAugment ``rand-m9-mstd0.5-inc1``, RandomErasing), but timm depends on torch,
 package must not. So these follow timm's semantics (timm 0.5.4, the version of the published
 recipe) on PIL and numpy: the same ops, magnitudes, probabilities and fallbacks. Pixel operations
 themselves are PIL's (``ImageOps``, ``ImageEnhance``, affine ``transform``), as in timm.
-Mixup/CutMix run on the device (``lsnet_jax.data.mix``).
+Normalisation, the erasing noise and Mixup/CutMix run on the device (``lsnet_jax.data.mix``): the
+host ships uint8 images.
 
-Randomness comes from a ``numpy.random.Generator`` passed in, so that grain's per-record seeds
-make every epoch reproducible.
+Randomness comes from a ``numpy.random.Generator`` passed in, seeded per record by the pipeline
+from (seed, global position), so every epoch is reproducible.
 
 Decoding is cheap where the crop allows it: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
 DCT scaling, ``Image.draft``) when the region that will be resized to the output is still at least
@@ -211,21 +212,15 @@ class RandAugment:
 # ----------------------------------------------------------------------------- tensors
 
 
-def normalize(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 HWC -> float32 HWC, ``(x / 255 - mean) / std``."""
-    x = np.asarray(img, dtype=np.float32)
-    scale = np.float32(1 / 255) / np.asarray(std, np.float32)
-    shift = np.asarray(mean, np.float32) / np.asarray(std, np.float32)
-    return x * scale - shift
-
-
-def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25,
-                   area: Sequence[float] = (0.02, 1 / 3), min_aspect: float = 0.3) -> np.ndarray:
-    """timm's RandomErasing, mode 'pixel', one box: with probability ``prob`` a box of random area
-    and log-uniform aspect is filled with N(0, 1) noise (in normalised space). In place."""
+def erasing_box(rng: np.random.Generator, height: int, width: int, prob: float = 0.25,
+                area: Sequence[float] = (0.02, 1 / 3), min_aspect: float = 0.3) -> np.ndarray:
+    """timm's RandomErasing (mode 'pixel', one box) drawn on the host: ``(top, left, h, w)``, all
+    zero when nothing is erased. With probability ``prob``, ten tries at a box of random area and
+    log-uniform aspect that fits. The box is filled with N(0, 1) noise in normalised space on the
+    device (``lsnet_jax.data.mix.erase``), so the host ships uint8 images."""
+    box = np.zeros(4, np.int32)
     if rng.random() > prob:
-        return x
-    height, width, chans = x.shape
+        return box
     log_ratio = (math.log(min_aspect), math.log(1 / min_aspect))
     for _ in range(10):
         target_area = rng.uniform(*area) * height * width
@@ -235,6 +230,6 @@ def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25,
         if w < width and h < height:
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
-            x[top:top + h, left:left + w] = rng.standard_normal((h, w, chans), dtype=np.float32)
+            box[:] = (top, left, h, w)
             break
-    return x
+    return box

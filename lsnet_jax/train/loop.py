@@ -116,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     num_classes = config.num_classes or info.num_classes
     train_tf = pipeline.TrainTransform(config.img_size, tuple(a.mean), tuple(a.std), tuple(a.scale), tuple(a.ratio),
                                        a.hflip, a.randaugment or None, a.reprob, a.fast_decode)
-    eval_tf = pipeline.EvalTransform(config.img_size, tuple(a.mean), tuple(a.std), a.crop_pct)
+    eval_tf = pipeline.EvalTransform(config.img_size, a.crop_pct)
     loader = pipeline.train_loader(src, info, train_tf, config.batch_size, config.seed, config.epochs,
                                    d.repeats, d.workers, d.threads, d.prefetch)
     eval_batch = config.eval_batch_size or config.batch_size
@@ -166,11 +166,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     step_cfg = StepConfig(num_classes=num_classes, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, mix_prob=a.mix_prob,
                           switch_prob=a.switch_prob, smoothing=a.smoothing, distillation=config.distillation.type,
-                          distill_alpha=config.distillation.alpha, ema_decay=config.ema_decay)
+                          distill_alpha=config.distillation.alpha, ema_decay=config.ema_decay,
+                          mean=tuple(a.mean), std=tuple(a.std))
     train_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=step_cfg,
                                          teacher_graphdef=teacher_graphdef),
                        in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef), in_shardings=(rep, rep, dat),
+    eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, mean=tuple(a.mean), std=tuple(a.std)),
+                      in_shardings=(rep, rep, dat),
                       out_shardings=rep)
 
     reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard and jax.process_index() == 0)

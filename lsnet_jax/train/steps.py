@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from lsnet_jax.data.mix import mixup_cutmix
+from lsnet_jax.data.mix import erase, mixup_cutmix, normalize
 from lsnet_jax.train import optim
 
 Array = jax.Array
@@ -46,6 +46,8 @@ class StepConfig:
     distillation: str = "none"  # 'none' | 'hard'
     distill_alpha: float = 0.5
     ema_decay: float = 0.99996
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
 
 def soft_target_cross_entropy(logits: Array, targets: Array) -> Array:
@@ -69,9 +71,14 @@ def hard_distillation_loss(logits: Array, dist_logits: Array, targets: Array, te
 def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, cfg: StepConfig,
                teacher_graphdef: nnx.GraphDef | None = None) -> tuple[TrainState, dict[str, Array]]:
-    """One optimisation step: mixup/cutmix, forward in training mode, loss, AGC + AdamW, EMA."""
+    """One optimisation step: normalise, erase, mixup/cutmix, forward in training mode, loss,
+    AGC + AdamW, EMA. ``batch``: uint8 images, labels and RandomErasing boxes from the pipeline."""
     key = jax.random.fold_in(state.rng, state.step)
-    images, targets = mixup_cutmix(key, batch["image"], batch["label"], cfg.num_classes, cfg.mixup_alpha,
+    k_erase, k_mix = jax.random.split(key)
+    images = normalize(batch["image"], cfg.mean, cfg.std)
+    if "erase" in batch:
+        images = erase(k_erase, images, batch["erase"])
+    images, targets = mixup_cutmix(k_mix, images, batch["label"], cfg.num_classes, cfg.mixup_alpha,
                                    cfg.cutmix_alpha, cfg.mix_prob, cfg.switch_prob, cfg.smoothing)
     teacher_logits = None
     if cfg.distillation == "hard":
@@ -103,11 +110,11 @@ def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None,
     return new, metrics
 
 
-def eval_step(params: dict, batch_stats: dict, batch: dict[str, Array], *,
-              graphdef: nnx.GraphDef) -> dict[str, Array]:
+def eval_step(params: dict, batch_stats: dict, batch: dict[str, Array], *, graphdef: nnx.GraphDef,
+              mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Array]:
     """Sums over the real (``mask`` 1) samples of a batch: loss, top-1 and top-5 hits, count."""
     model = nnx.merge(graphdef, params, batch_stats)
-    logits = model(batch["image"]).astype(jnp.float32)
+    logits = model(normalize(batch["image"], mean, std)).astype(jnp.float32)
     labels, mask = batch["label"], batch["mask"]
     k = min(5, logits.shape[-1])
     top = jax.lax.top_k(logits, k)[1]
