@@ -1,0 +1,357 @@
+"""Throughput of LSNet in JAX (XLA, ahead-of-time compiled), optionally side by side with PyTorch.
+
+    python scripts/benchmark.py --model lsnet_t --batch 32 --deploy
+    python scripts/benchmark.py --model lsnet_t lsnet_s lsnet_b --batch 32 256 2048 \
+        --dtype float32 bfloat16 --deploy --unfolded --train --torch --json out.json --plot out.png
+
+Modes (none given: all three): ``--deploy`` folded inference, ``--unfolded`` inference with
+BatchNorms and RepVGG branches, ``--train`` one full training step (normalise, mixup/cutmix,
+forward, soft-target loss, backward, AGC, AdamW, EMA: ``lsnet_jax.train.steps.train_step``).
+JAX functions are lowered and compiled ahead of time (compile seconds reported apart), warmed up,
+then timed with ``block_until_ready`` until ``--min-time`` has passed. FLOPs come from XLA's cost
+analysis; memory is the peak the device reports (GPU) or XLA's buffer estimate (CPU).
+
+``--torch`` times the PyTorch model in the same run: the project's reference
+(``lsnet_jax.torch_reference``, SKA as nine shifted multiply-adds), or the official code from a
+local clone (``--torch-repo PATH``, needs timm), with its Triton SKA where CUDA and Triton exist
+and the reference SKA elsewhere. Inference is folded, under ``torch.inference_mode()``, on all
+cores; the training step is forward, loss, backward, AGC, AdamW and EMA. Ratios come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lsnet_jax import create_model, fold, list_models  # noqa: E402
+from lsnet_jax.train import optim  # noqa: E402
+from lsnet_jax.train.steps import StepConfig, TrainState, train_step  # noqa: E402
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _timeit(run, min_time: float, warmup: int) -> float:
+    """Seconds per call: ``warmup`` calls, then calls until ``min_time`` has passed (at least 3)."""
+    for _ in range(warmup):
+        run()
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < min_time:
+        run()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _device_peak_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def _xla_bytes(compiled) -> int | None:
+    try:
+        m = compiled.memory_analysis()
+        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+                   - m.alias_size_in_bytes)
+    except Exception:
+        return None
+
+
+def _flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def jax_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_time: float,
+             warmup: int) -> list[dict]:
+    rows = []
+    model = create_model(name, img_size=img, dtype=DTYPES[dtype])
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, img, img, 3)), DTYPES[dtype])
+    for mode in modes:
+        base = dict(model=name, impl="jax", batch=batch, img_size=img, dtype=dtype, mode=mode,
+                    deploy=mode == "deploy", device=jax.devices()[0].device_kind)
+        if mode in ("deploy", "unfolded"):
+            m = fold(model) if mode == "deploy" else model
+            graph, state = nnx.split(m)
+            params = _count(nnx.state(m, nnx.Param))
+
+            def infer(state, x, graph=graph):
+                return nnx.merge(graph, state)(x)
+
+            t0 = time.perf_counter()
+            compiled = jax.jit(infer).lower(state, x).compile()
+            compile_s = time.perf_counter() - t0
+            per_batch = _timeit(lambda: compiled(state, x).block_until_ready(), min_time, warmup)
+        else:
+            compiled, state, batch_in, compile_s, params = _train_setup(model, name, batch, img, dtype)
+            holder = [state]
+
+            def run():
+                holder[0], metrics = compiled(holder[0], batch_in)
+                metrics["loss"].block_until_ready()
+
+            per_batch = _timeit(run, min_time, warmup)
+        flops = _flops(compiled)
+        rows.append(base | dict(images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch,
+                                compile_s=compile_s, params=params,
+                                gflops_per_image=flops / batch / 1e9 if flops else None,
+                                peak_mb=(_device_peak_bytes() or _xla_bytes(compiled) or 0) / 2 ** 20))
+        print(_fmt(rows[-1]), flush=True)
+    return rows
+
+
+def _train_setup(model, name: str, batch: int, img: int, dtype: str):
+    model.train()
+    graphdef = nnx.graphdef(model)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    model.eval()
+    num_classes = model.cfg.num_classes
+    tx = optim.make_optimizer(optim.lr_schedule(4e-3, 625, 300), weight_decay=0.025)
+    copy = functools.partial(jax.tree.map, jnp.copy)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats, opt_state=tx.init(params),
+                       ema_params=copy(params), ema_stats=copy(stats), rng=jax.random.key_data(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    batch_in = {"image": jnp.asarray(rng.integers(0, 256, (batch, img, img, 3)), jnp.uint8),
+                "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),
+                "erase": jnp.zeros((batch, 4), jnp.int32)}
+    step = functools.partial(train_step, teacher=None, graphdef=graphdef, tx=tx,
+                             cfg=StepConfig(num_classes=num_classes))
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch_in).compile()
+    return compiled, state, batch_in, time.perf_counter() - t0, _count(params)
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+def _torch_model(name: str, img: int, repo: str | None):
+    import torch
+
+    if repo is None:
+        from lsnet_jax.torch_reference import create_torch_model, fuse_
+
+        return create_torch_model(name, img_size=img), fuse_, "torch-ref"
+    sys.path.insert(0, os.path.abspath(repo))
+    impl = "torch-official"
+    try:
+        import triton  # noqa: F401
+
+        if not torch.cuda.is_available():
+            raise ImportError("no CUDA device")
+    except ImportError:  # the official SKA is a Triton kernel: use the reference SKA instead
+        import types
+
+        from lsnet_jax.torch_reference import ska_torch
+
+        shim = types.ModuleType("model.ska")
+
+        class SKA(torch.nn.Module):
+            def forward(self, x, w):
+                return ska_torch(x, w)
+
+        shim.SKA = SKA
+        sys.modules["model.ska"] = shim
+        impl = "torch-official(ref SKA)"
+    try:
+        from model import lsnet as official
+    except ImportError as e:
+        raise SystemExit(f"cannot import model/lsnet.py from {repo}: {e} (the official code needs timm)")
+    base = name.removesuffix("_distill")
+    model = getattr(official, base)(distillation=name.endswith("_distill")).eval()
+
+    def fuse_any(module):
+        for child_name, child in list(module.named_children()):
+            if hasattr(child, "fuse"):
+                setattr(module, child_name, child.fuse())
+            else:
+                fuse_any(child)
+        return module
+
+    return model, fuse_any, impl
+
+
+def _unit_norm(t):
+    import torch
+
+    if t.ndim <= 1:
+        return torch.linalg.vector_norm(t)
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)), keepdim=True)
+
+
+def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_time: float, warmup: int,
+               repo: str | None) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    rows = []
+    for mode in modes:
+        model, fuse, impl = _torch_model(name, img, repo)
+        model = model.to(dev)
+        x = torch.randn(batch, 3, img, img, device=dev, dtype=tdtype)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        if mode in ("deploy", "unfolded"):
+            if mode == "deploy":
+                with torch.no_grad():
+                    model = fuse(model)
+            model = model.to(tdtype).eval()
+            params = sum(p.numel() for p in model.parameters())
+
+            def run():
+                with torch.inference_mode():
+                    model(x)
+                sync()
+        else:
+            model = model.train()
+            params = sum(p.numel() for p in model.parameters())
+            opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=0.025)
+            ema = [p.detach().clone() for p in model.parameters()]
+            y = torch.randint(0, 1000, (batch,), device=dev)
+            targets = torch.nn.functional.one_hot(y, 1000).float() * 0.9 + 0.1 / 1000
+
+            def run():
+                with torch.autocast(dev.type, dtype=tdtype, enabled=tdtype != torch.float32):
+                    out = model(x.float())
+                    out = out[0] if isinstance(out, tuple) else out
+                    loss = torch.sum(-targets * torch.log_softmax(out.float(), -1), -1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                with torch.no_grad():  # timm's AGC
+                    for p in model.parameters():
+                        pn, gn = _unit_norm(p), _unit_norm(p.grad)
+                        mx = pn.clamp(min=1e-3) * 0.02
+                        p.grad.copy_(torch.where(gn < mx, p.grad, p.grad * (mx / gn.clamp(min=1e-6))))
+                opt.step()
+                with torch.no_grad():
+                    for e, p in zip(ema, model.parameters()):
+                        e.mul_(0.99996).add_(p.detach(), alpha=1 - 0.99996)
+                sync()
+        per_batch = _timeit(run, min_time, warmup)
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else None
+        rows.append(dict(model=name, impl=impl, batch=batch, img_size=img, dtype=dtype, mode=mode,
+                         deploy=mode == "deploy", device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+                         images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=None,
+                         params=params, gflops_per_image=None, peak_mb=peak))
+        print(_fmt(rows[-1]), flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- output
+
+_HEAD = (f"{'model':<16}{'impl':<24}{'mode':<10}{'dtype':<10}{'batch':>6}{'images/s':>11}{'ms/batch':>10}"
+         f"{'compile s':>10}{'peak MB':>9}{'GFLOPs/img':>11}{'params':>12}")
+
+
+def _fmt(r: dict) -> str:
+    return (f"{r['model']:<16}{r['impl']:<24}{r['mode']:<10}{r['dtype']:<10}{r['batch']:>6}"
+            f"{r['images_per_s']:>11.1f}{r['ms_per_batch']:>10.1f}"
+            f"{(format(r['compile_s'], '.1f') if r['compile_s'] is not None else '-'):>10}"
+            f"{(format(r['peak_mb'], '.0f') if r['peak_mb'] else '-'):>9}"
+            f"{(format(r['gflops_per_image'], '.3f') if r['gflops_per_image'] else '-'):>11}{r['params']:>12,}")
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """JAX images/s over the PyTorch images/s of the same model, mode, dtype and batch."""
+    out = []
+    for r in rows:
+        if r["impl"] != "jax":
+            continue
+        for t in rows:
+            if t["impl"] != "jax" and all(t[k] == r[k] for k in ("model", "mode", "dtype", "batch", "img_size")):
+                out.append(f"{r['model']} {r['mode']} {r['dtype']} batch {r['batch']}: JAX / {t['impl']} = "
+                           f"{r['images_per_s'] / t['images_per_s']:.2f}x")
+    return out
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keys = sorted({(r["model"], r["impl"], r["mode"], r["dtype"]) for r in rows})
+    for k in keys:
+        pts = sorted((r["batch"], r["images_per_s"]) for r in rows if (r["model"], r["impl"], r["mode"], r["dtype"]) == k)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=" ".join(k))
+    ax.set(xscale="log", xlabel="batch size", ylabel="images / s", title=f"LSNet throughput on {rows[0]['device']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs="+", default=["lsnet_t"], choices=list_models())
+    ap.add_argument("--batch", nargs="+", type=int, default=[32])
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=sorted(DTYPES))
+    ap.add_argument("--deploy", action="store_true", help="folded inference")
+    ap.add_argument("--unfolded", action="store_true", help="inference with BN and RepVGG branches")
+    ap.add_argument("--train", action="store_true", help="a full training step")
+    ap.add_argument("--torch", action="store_true", help="also time PyTorch in the same run")
+    ap.add_argument("--torch-repo", default=None, help="a local clone of the official LSNet code")
+    ap.add_argument("--min-time", type=float, default=3.0, help="seconds of timed calls per row")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--csv", default=None)
+    ap.add_argument("--plot", default=None, help="PNG of images/s against batch size")
+    args = ap.parse_args(argv)
+    modes = [m for m in ("deploy", "unfolded", "train") if getattr(args, m)] or ["deploy", "unfolded", "train"]
+
+    import platform
+
+    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} ({jax.device_count()} device(s)), "
+          f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+          f"{args.img_size}x{args.img_size}")
+    print(_HEAD + "\n" + "-" * len(_HEAD))
+    rows = []
+    for name in args.model:
+        for dtype in args.dtype:
+            for batch in args.batch:
+                rows += jax_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup)
+                if args.torch or args.torch_repo:
+                    rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
+                                       args.torch_repo)
+    for line in ratios(rows):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
