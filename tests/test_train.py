@@ -109,6 +109,17 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, tmp_path)
     assert {"train_lr", "train_loss", "test_loss", "test_acc1", "test_acc5", "epoch", "n_parameters",
             "test_ema_acc1"} <= set(log[0])
     assert (work / "curves.png").stat().st_size > 10_000
+    # the trained weights leave the run and score what the run logged
+    from lsnet_jax.train.export import export_weights
+
+    export_weights(work, tmp_path / "weights")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import eval as eval_script
+
+    assert eval_script.main(["--weights", str(tmp_path / "weights"), "--data", "lsnet_digits", "--split", "test",
+                             "--data_dir", data_dir, "--batch", "120", "--json", str(tmp_path / "e.json")]) == 0
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["images"] == 359 and ev["top1"] == pytest.approx(log[0]["test_acc1"], abs=1e-6)
 
 
 def test_bad_configs_stop_at_start(data_dir, tmp_path):
