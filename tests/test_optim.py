@@ -166,3 +166,19 @@ def test_non_finite_loss_names_the_step():
     with pytest.raises(FloatingPointError, match=r"at step 13 \(epoch 1\)"):
         check_finite([{"step": 12, "loss": 2.0}, {"step": 13, "loss": float("nan")},
                       {"step": 14, "loss": float("inf")}], 10, "ckpt")
+
+
+@pytest.mark.parametrize("name,wd", [("lsnet_t", 0.025), ("lsnet_s", 0.025), ("lsnet_b", 0.05)])
+def test_variant_configs_hold_the_published_recipe(name, wd):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c, d = module.get_config(), module.get_config("distill")
+    assert (c.model, d.model, d.distillation.type) == (name, f"{name}_distill", "hard")
+    assert (c.epochs, c.batch_size, c.weight_decay, c.warmup_epochs, c.clip_grad) == (300, 2048, wd, 5, 0.02)
+    assert optim.scaled_lr(c.lr, c.batch_size) == pytest.approx(4e-3)
+    assert (c.min_lr, c.warmup_lr, c.ema_decay, c.dtype) == (1e-5, 1e-6, 0.99996, "float32")
+    assert (c.aug.randaugment, c.aug.reprob, c.aug.mixup, c.aug.cutmix, c.aug.smoothing, c.data.repeats) == \
+        ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 0.1, 3)

@@ -75,3 +75,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_steps = ml_collections.config_dict.placeholder(int)  # stop early (tests, smoke runs)
     c.tensorboard = True
     return c
+
+
+def variant_config(model: str, weight_decay: float, arg: str = "") -> ml_collections.ConfigDict:
+    """The recipe for ``model`` (``lsnet_t``/``_s``/``_b``); ``arg == "distill"`` selects the
+    distillation-head model with hard distillation (teacher given on the command line).
+    300 epochs at a global batch of 2048 (lr 4e-3); ``--config.bn_group_size=256`` reproduces the
+    official per-GPU BatchNorm. The published distilled models used a RegNetY-160 teacher; any
+    model ``create_model`` knows, with its weights, can teach here."""
+    if arg not in ("", "distill"):
+        raise ValueError(f"config argument must be empty or 'distill', got {arg!r}")
+    c = base_config()
+    c.model = model + ("_distill" if arg else "")
+    c.weight_decay = weight_decay
+    if arg:
+        c.distillation.type = "hard"
+    return c
