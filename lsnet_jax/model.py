@@ -7,9 +7,11 @@ Ordered as timm's model files: stage -> model -> variant table -> default config
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lsnet_jax.layers import Block, BNLinear, ConvBN
@@ -183,15 +185,39 @@ def model_config(name: str, num_classes: int = 1000, img_size: int = 224) -> LSN
                        num_classes=num_classes, distillation=name.endswith("_distill"))
 
 
+def _torch_bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """The (n_out, n_in) matrix of PyTorch's 1-D bicubic interpolation (``F.interpolate(...,
+    mode='bicubic', align_corners=False)``): Keys' cubic with a = -0.75, source coordinate
+    ``(i + 0.5) * n_in / n_out - 0.5``, taps clamped to the border, no antialiasing."""
+    def cubic(t: float) -> float:
+        t = abs(t)
+        if t <= 1:
+            return ((a + 2) * t - (a + 3)) * t * t + 1
+        if t < 2:
+            return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+        return 0.0
+
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        base = math.floor(src)
+        frac = src - base
+        for k in range(-1, 3):
+            m[i, min(max(base + k, 0), n_in - 1)] += cubic(k - frac)
+    return m
+
+
 def resize_attention_biases(table: Array, new_resolution: int) -> Array:
-    """Resize a ``(heads, r*r)`` bias table to ``(heads, R*R)`` bicubically, as the official
-    fine-tuning code does for another input size. The table is a grid over (|dy|, |dx|)."""
+    """Resize a ``(heads, r*r)`` bias table to ``(heads, R*R)`` as the official fine-tuning code
+    does (``F.interpolate(table.view(1, heads, r, r), size=(R, R), mode='bicubic')``): the table is
+    a grid over (|dy|, |dx|). The same resolution returns the table unchanged."""
     heads, n = table.shape
     r = int(round(n ** 0.5))
     if r * r != n:
         raise ValueError(f"attention bias table of {n} entries is not a square grid")
     if r == new_resolution:
         return table
-    grid = table.reshape(heads, r, r)
-    out = jax.image.resize(grid, (heads, new_resolution, new_resolution), method="bicubic")
-    return out.reshape(heads, new_resolution * new_resolution)
+    m = jnp.asarray(_torch_bicubic_matrix(r, new_resolution), jnp.float32)
+    grid = jnp.einsum("yi,hij,xj->hyx", m, table.reshape(heads, r, r).astype(jnp.float32), m,
+                      precision=jax.lax.Precision.HIGHEST)
+    return grid.reshape(heads, new_resolution * new_resolution).astype(table.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -113,3 +114,18 @@ def test_jax_weights_of_another_variant_are_refused(tmp_path):
         create_model("lsnet_s", pretrained=tmp_path / "t")
     with pytest.raises(CheckpointMismatchError, match="missing in the checkpoint"):
         create_model("lsnet_s", pretrained=tmp_path / "t" / "model.safetensors")
+
+
+@pytest.mark.parametrize("r,new", [(4, 7), (4, 3), (7, 4), (5, 5)])
+def test_bias_table_resize_matches_pytorch_bicubic(r, new):
+    """As the official fine-tuning code: F.interpolate(..., mode='bicubic'), align_corners False."""
+    torch = pytest.importorskip("torch")
+    from lsnet_jax.model import resize_attention_biases
+
+    table = np.random.default_rng(r * 10 + new).normal(size=(4, r * r)).astype(np.float32)
+    got = np.asarray(resize_attention_biases(jnp.asarray(table), new))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(table).view(1, 4, r, r), size=(new, new),
+                                          mode="bicubic").view(4, new * new).numpy()
+    if r == new:
+        np.testing.assert_array_equal(got, table)  # unchanged resolution: the table itself
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

@@ -21,6 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.bn_group_size = ml_collections.config_dict.placeholder(int)  # None: BN over the global batch;
     # 256 reproduces the official per-GPU BatchNorm (8 GPUs x 256)
     c.seed = 0
+    c.init_weights = ""  # fine-tuning: a weights directory (convert_torch.py or lsnet_jax.train.export);
+    # another class count re-initialises the heads, another img_size resizes the attention bias tables
 
     c.batch_size = 2048  # global
     c.eval_batch_size = ml_collections.config_dict.placeholder(int)  # None: batch_size

@@ -60,6 +60,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                           f"{config.model}_distill (config.model={config.model!r})")
     if kind == "hard" and not (config.distillation.teacher_model and config.distillation.teacher_checkpoint):
         raise ConfigError("hard distillation needs config.distillation.teacher_model and .teacher_checkpoint")
+    if config.init_weights and not os.path.exists(config.init_weights):
+        raise ConfigError(f"config.init_weights={config.init_weights!r} does not exist; give a directory written by "
+                          f"convert_torch.py or `python -m lsnet_jax.train.export`")
     if config.bn_group_size is not None and (config.batch_size // num_devices) % config.bn_group_size:
         raise ConfigError(f"config.bn_group_size={config.bn_group_size} must divide the per-device batch "
                           f"({config.batch_size // num_devices})")
@@ -124,8 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     spe = loader.steps_per_epoch
     total_steps = config.epochs * spe
 
-    model = create_model(config.model, num_classes=num_classes, img_size=config.img_size,
-                         dtype=DTYPES[config.dtype], bn_group_size=config.bn_group_size, seed=config.seed)
+    model = create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
+                         img_size=config.img_size, dtype=DTYPES[config.dtype], bn_group_size=config.bn_group_size,
+                         seed=config.seed)
     n_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_pure(model, nnx.Param)))
     model.train()
     graphdef = nnx.graphdef(model)
