@@ -34,7 +34,12 @@ def main(argv: list[str]) -> None:
     import jax
 
     if _multi_host():
-        jax.distributed.initialize()
+        env = os.environ
+        if "JAX_COORDINATOR_ADDRESS" in env and "JAX_PROCESS_ID" in env:  # launched by hand or a script
+            jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
+                                       int(env["JAX_PROCESS_ID"]))
+        else:  # SLURM and other clusters JAX detects
+            jax.distributed.initialize()
     from lsnet_jax.data.pipeline import DatasetNotFoundError
     from lsnet_jax.train.loop import ConfigError, train_and_evaluate
 

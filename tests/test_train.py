@@ -135,3 +135,28 @@ def test_bad_configs_stop_at_start(data_dir, tmp_path):
     p = _run_train(tmp_path / "w2", data_dir, ["--config.no_such_key=1"], env)
     out, _ = p.communicate(timeout=120)
     assert p.returncode != 0 and "no_such_key" in out
+
+
+def test_two_processes_equal_one_process(data_dir, tmp_path):
+    """Two JAX processes (one CPU device each, gloo collectives) sharing a work directory, as two
+    hosts would: each reads its slice of every global batch; the losses equal a single process's."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
+    extra = ["--config.batch_size=16", "--config.eval_batch_size=120", "--config.max_steps=3",
+             "--config.log_every_steps=1", "--config.tensorboard=False", "--config.async_checkpoint=False"]
+    procs = [_run_train(tmp_path / "multi", data_dir, extra, base | {
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    single = _run_train(tmp_path / "single", data_dir, extra, base)
+    out, _ = single.communicate(timeout=600)
+    assert single.returncode == 0, out[-2000:]
+    multi, one = _losses(tmp_path / "multi"), _losses(tmp_path / "single")
+    assert sorted(multi) == sorted(one) == [1, 2, 3]
+    for s in one:
+        assert multi[s] == pytest.approx(one[s], rel=1e-5), (s, multi[s], one[s])
