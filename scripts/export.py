@@ -1,0 +1,59 @@
+"""Export a model for serving as serialized StableHLO (``jax.export``), checked against JAX.
+
+    python scripts/export.py --weights weights/lsnet_t --out lsnet_t.jaxexport --deploy
+    python scripts/export.py --model lsnet_t --out lsnet_t_random.jaxexport   # random weights
+
+The batch dimension is symbolic unless ``--batch`` is given. The script reloads the file, runs it
+on random images and prints the largest logit difference against the in-memory model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=None, help="weights directory (convert_torch.py / train export)")
+    ap.add_argument("--model", default=None, help="model name (default: from the weights' config.json)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--img-size", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None, help="fixed batch size (default: symbolic)")
+    ap.add_argument("--deploy", action="store_true", help="fold BatchNorms first")
+    ap.add_argument("--platforms", nargs="+", default=None, help="e.g. cpu cuda (default: this backend)")
+    args = ap.parse_args(argv)
+
+    import json
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lsnet_jax import create_model
+    from lsnet_jax.export import export_model, load_exported, save_exported
+
+    meta = {}
+    if args.weights and (Path(args.weights) / "config.json").exists():
+        meta = json.loads((Path(args.weights) / "config.json").read_text())
+    name = args.model or meta.get("model")
+    if name is None:
+        print("error: give --model or --weights with a config.json", file=sys.stderr)
+        return 2
+    size = args.img_size or int(meta.get("img_size", 224))
+    model = create_model(name, pretrained=args.weights, img_size=size, deploy=args.deploy)
+    path = save_exported(export_model(model, size, args.batch, tuple(args.platforms) if args.platforms else None),
+                         args.out)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch or 3, size, size, 3)), jnp.float32)
+    ref = np.asarray(model(x))
+    got = np.asarray(load_exported(path).call(x))
+    err = float(np.abs(got - ref).max() / max(ref.std(), 1e-12))
+    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB); reloaded logits vs JAX: "
+          f"max |diff| {err:.1e} of the logits' std")
+    return 0 if err < 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
