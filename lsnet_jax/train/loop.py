@@ -179,8 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                       in_shardings=(rep, rep, dat),
                       out_shardings=rep)
 
-    reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard and jax.process_index() == 0)
     is_main = jax.process_index() == 0
+    reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main)
     if is_main:  # what lsnet_jax.train.export needs to turn a checkpoint into weights
         (workdir / "run.json").write_text(json.dumps(
             {"model": config.model, "num_classes": num_classes, "img_size": config.img_size,
@@ -192,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     end = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
     pending: list[tuple[int, jax.Array]] = []
     skipped, last = 0, {}
-    best_acc = max([-1.0] + [r["test_acc1"] for r in _read_jsonl(reporter.log_path)])
+    # the same on every process (a best checkpoint is saved collectively): epochs up to the resumed step
+    best_acc = max([-1.0] + [r["test_acc1"] for r in _read_jsonl(reporter.log_path) if r["step"] <= start])
 
     def flush() -> None:
         nonlocal pending
@@ -201,8 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         losses = jax.device_get([m for _, m in pending])
         rows = [{"step": s + 1, "loss": float(v), "lr": float(schedule(s))} for (s, _), v in zip(pending, losses)]
         pending = []
-        if is_main:
-            reporter.steps([r for r in rows if math.isfinite(r["loss"])])
+        reporter.steps([r for r in rows if math.isfinite(r["loss"])])
         check_finite(rows, spe, manager.directory)
         if is_main:
             log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], skipped))
@@ -229,8 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         "test_ema_acc5": ev_ema["acc5"], "epoch": epoch, "n_parameters": n_parameters,
                         "steps_per_epoch": spe, "step": done, "train_skipped": skipped}
                 skipped = 0
+                reporter.epoch(last, done)
                 if is_main:
-                    reporter.epoch(last, done)
                     log.info("epoch %d: test top-1 %.2f top-5 %.2f loss %.4f | EMA top-1 %.2f", epoch,
                              ev["acc1"], ev["acc5"], ev["loss"], ev_ema["acc1"])
                 if ev["acc1"] > best_acc:

@@ -41,13 +41,17 @@ class Reporter:
     """Writes ``log.txt`` (one JSON object per epoch, the official field names), ``steps.jsonl``
     (every step's loss and lr), TensorBoard events and ``curves.png`` into the work directory."""
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int, tensorboard: bool = True):
+    def __init__(self, workdir: str | os.PathLike, resume_step: int, tensorboard: bool = True, write: bool = True):
+        """``write=False`` (every process but the first of a multi-host run): read-only, no files touched."""
         self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path, self.steps_path = self.dir / "log.txt", self.dir / "steps.jsonl"
-        self._truncate(self.steps_path, lambda r: r["step"] <= resume_step)
-        self._truncate(self.log_path, lambda r: (r["epoch"] + 1) * r.get("steps_per_epoch", 0) <= resume_step)
+        self.write = write
         self._tb = None
+        if not write:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._truncate(self.steps_path, lambda r: r["step"] <= resume_step)
+        self._truncate(self.log_path, lambda r: r["step"] <= resume_step)
         if tensorboard:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step + 1)
@@ -61,6 +65,8 @@ class Reporter:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
 
     def steps(self, rows: list[dict]) -> None:
+        if not self.write:
+            return
         with self.steps_path.open("a") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
@@ -70,6 +76,8 @@ class Reporter:
                 self._tb.add_scalar("train/lr", r["lr"], r["step"])
 
     def epoch(self, stats: dict, step: int) -> None:
+        if not self.write:
+            return
         with self.log_path.open("a") as f:
             f.write(json.dumps(stats) + "\n")
         if self._tb is not None:
