@@ -288,3 +288,20 @@ def test_digits_dataset_is_built_on_the_fly(tmp_path):
     img = Image.open(__import__("io").BytesIO(src[0]["image"]))
     assert img.format == "JPEG" and img.size == (48, 48)
     assert math.isclose(sum(np.bincount([int(src[i]["label"]) for i in range(len(src))])), 1438)
+
+
+def test_prepare_imagenet_script_builds_a_readable_dataset(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import prepare_imagenet
+
+    tree = make_folder_tree(tmp_path / "tree", n_train=2, n_val=1, corrupt=False)
+    out = tmp_path / "tfds"
+    assert prepare_imagenet.main(["--train_dir", str(tree / "train"), "--val_dir", str(tree / "val"),
+                                  "--data_dir", str(out)]) == 0
+    assert "3 classes" in capsys.readouterr().out
+    src, info = pipeline.open_source("imagenet_folder", "validation", str(out))
+    assert info.num_examples == 3 and info.num_classes == 3
+    assert prepare_imagenet.main(["--train_dir", str(tmp_path / "nowhere"), "--data_dir", str(out)]) == 2
