@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lsnet_jax import create_model, fold, list_models  # noqa: E402
 from lsnet_jax.train import optim  # noqa: E402
-from lsnet_jax.train.steps import StepConfig, TrainState, train_step  # noqa: E402
+from lsnet_jax.train.steps import StepConfig, init_train_state, train_step  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -118,16 +118,10 @@ def jax_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_
 
 
 def _train_setup(model, name: str, batch: int, img: int, dtype: str):
-    model.train()
-    graphdef = nnx.graphdef(model)
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    model.eval()
     num_classes = model.cfg.num_classes
     tx = optim.make_optimizer(optim.lr_schedule(4e-3, 625, 300), weight_decay=0.025)
-    copy = functools.partial(jax.tree.map, jnp.copy)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats, opt_state=tx.init(params),
-                       ema_params=copy(params), ema_stats=copy(stats), rng=jax.random.key_data(jax.random.key(0)))
+    state, graphdef, _ = init_train_state(model, tx, seed=0)
+    params = state.params
     rng = np.random.default_rng(0)
     batch_in = {"image": jnp.asarray(rng.integers(0, 256, (batch, img, img, 3)), jnp.uint8),
                 "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from lsnet_jax.data import pipeline
 from lsnet_jax.registry import create_model, list_models
 from lsnet_jax.train import checkpoint, optim, reporting
-from lsnet_jax.train.steps import StepConfig, TrainState, eval_step, train_step
+from lsnet_jax.train.steps import StepConfig, eval_step, init_train_state, train_step
 
 log = logging.getLogger("lsnet_jax.train")
 
@@ -131,22 +131,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                          img_size=config.img_size, dtype=DTYPES[config.dtype], bn_group_size=config.bn_group_size,
                          seed=config.seed)
     n_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_pure(model, nnx.Param)))
-    model.train()
-    graphdef = nnx.graphdef(model)
-    params, stats = _pure(model, nnx.Param), _pure(model, nnx.BatchStat)
-    params, stats = jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, stats)
-    model.eval()
-    eval_graphdef = nnx.graphdef(model)
-    del model
 
     peak_lr = optim.scaled_lr(config.lr, config.batch_size)
     schedule = optim.lr_schedule(peak_lr, spe, config.epochs, config.warmup_epochs, config.warmup_lr,
                                  config.min_lr)
     tx = optim.make_optimizer(schedule, config.weight_decay, config.opt_betas[0], config.opt_betas[1],
                               config.opt_eps, config.clip_grad or None)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                       opt_state=tx.init(params), ema_params=params, ema_stats=stats,
-                       rng=jax.random.key_data(jax.random.key(config.seed)))
+    state, graphdef, eval_graphdef = init_train_state(model, tx, config.seed)
+    del model
     state = jax.device_put(state, rep)
 
     teacher, teacher_graphdef = None, None
@@ -200,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if not pending:
             return
         losses = jax.device_get([m for _, m in pending])
-        rows = [{"step": s + 1, "loss": float(v), "lr": float(schedule(s))} for (s, _), v in zip(pending, losses)]
+        lrs = np.asarray(schedule(np.asarray([s for s, _ in pending])))  # one call per flush, not per step
+        rows = [{"step": s + 1, "loss": float(v), "lr": float(lr)} for (s, _), v, lr in zip(pending, losses, lrs)]
         pending = []
         reporter.steps([r for r in rows if math.isfinite(r["loss"])])
         check_finite(rows, spe, manager.directory)

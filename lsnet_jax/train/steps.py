@@ -9,6 +9,7 @@ and the state replicated, XLA computes BatchNorm statistics over the global batc
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -31,6 +32,22 @@ class TrainState:
     ema_params: dict
     ema_stats: dict
     rng: Array  # the run's base key; each step folds in its number
+
+
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int
+                     ) -> tuple[TrainState, nnx.GraphDef, nnx.GraphDef]:
+    """The state a run starts from, and the model's training- and eval-mode graph definitions.
+    The EMA starts as its own copy of the weights (the state's buffers are donated to the step)."""
+    model.train()
+    graphdef = nnx.graphdef(model)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    model.eval()
+    copy = functools.partial(jax.tree.map, jnp.copy)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats, opt_state=tx.init(params),
+                       ema_params=copy(params), ema_stats=copy(stats),
+                       rng=jax.random.key_data(jax.random.key(seed)))
+    return state, graphdef, nnx.graphdef(model)
 
 
 @dataclasses.dataclass(frozen=True)
