@@ -60,3 +60,17 @@ def build_folder_dataset(tree: Path, data_dir: Path) -> None:
 
     ImagenetFolder(train_dir=str(tree / "train"), val_dir=str(tree / "val"), data_dir=str(data_dir),
                    file_format="array_record").download_and_prepare()
+
+
+def pil_eval_transform(data: bytes, size: int, crop_pct: float = 0.875) -> np.ndarray:
+    """The eval transform written out with PIL and numpy: shorter side to int(size / crop_pct)
+    (bicubic), centre crop (torchvision's rounding), normalised float32 HWC."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    short = int(size / crop_pct)
+    w, h = img.size
+    nw, nh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
+    x = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    return ((x - mean) / std).astype(np.float32)

@@ -122,12 +122,15 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, tmp_path)
     from lsnet_jax.train.export import export_weights
 
     export_weights(work, tmp_path / "weights")
+    meta = json.loads((tmp_path / "weights" / "config.json").read_text())
+    assert meta["class_names"] == [str(i) for i in range(10)]  # for lsnet_jax.predict
     sys.path.insert(0, str(ROOT / "scripts"))
     import eval as eval_script
 
     assert eval_script.main(["--weights", str(tmp_path / "weights"), "--data", "lsnet_digits", "--split", "test",
                              "--data_dir", data_dir, "--batch", "120", "--json", str(tmp_path / "e.json")]) == 0
     ev = json.loads((tmp_path / "e.json").read_text())
+    ev = ev["sets"]["lsnet_digits/test"]
     assert ev["images"] == 359 and ev["top1"] == pytest.approx(log[0]["test_acc1"], abs=1e-6)
 
 

@@ -51,7 +51,11 @@ def _how_to_prepare(name: str, data_dir: str | None) -> str:
         return (f"download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into "
                 f"{where}/downloads/manual and run `tfds build {name} --data_dir {where}`, or build "
                 f"'imagenet_folder' with scripts/prepare_imagenet.py and set data.name to it")
-    return f"run `tfds build {name} --data_dir {where}` (with network), or point data.data_dir at it"
+    if name.startswith("imagenet2012_corrupted"):
+        return (f"put ILSVRC2012_img_val.tar in {where}/downloads/manual and run `tfds build {name} "
+                f"--file_format=array_record --data_dir {where}` (building it needs TensorFlow)")
+    return (f"run `tfds build {name} --file_format=array_record --data_dir {where}` (with network), or "
+            f"point data_dir at the directory that holds it")
 
 
 def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -76,6 +80,7 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 class SourceInfo:
     num_examples: int
     num_classes: int
+    class_names: tuple[str, ...] = ()
 
 
 def open_source(name: str, split: str, data_dir: str | None) -> tuple[Sequence[dict], SourceInfo]:
@@ -88,7 +93,8 @@ def open_source(name: str, split: str, data_dir: str | None) -> tuple[Sequence[d
         raise ValueError(f"{name} in {builder.data_dir} is stored as {builder.info.file_format}; grain "
                          f"needs random access: rebuild it with `--file_format=array_record`")
     source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-    return source, SourceInfo(len(source), builder.info.features["label"].num_classes)
+    label = builder.info.features["label"]
+    return source, SourceInfo(len(source), label.num_classes, tuple(label.names))
 
 
 # ----------------------------------------------------------------------------- sample order

@@ -176,7 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if is_main:  # what lsnet_jax.train.export needs to turn a checkpoint into weights
         (workdir / "run.json").write_text(json.dumps(
             {"model": config.model, "num_classes": num_classes, "img_size": config.img_size,
-             "n_parameters": n_parameters, "config": config.to_dict()}, indent=2, default=str) + "\n")
+             "n_parameters": n_parameters, "class_names": list(info.class_names)[:num_classes],
+             "config": config.to_dict()}, indent=2, default=str) + "\n")
     log.info("%s: %d parameters, %d classes, %d train / %d eval images, %d steps/epoch x %d epochs, "
              "global batch %d on %d devices, peak lr %.3g", config.model, n_parameters, num_classes,
              info.num_examples, einfo.num_examples, spe, config.epochs, config.batch_size, len(devices), peak_lr)
