@@ -1,8 +1,13 @@
-"""Serving export: a model as serialized StableHLO (``jax.export``), with the weights inside.
+"""Serving export, with the weights inside, for runtimes without this package or PyTorch.
 
-The file runs wherever a JAX (or any StableHLO) runtime does, without this package or PyTorch:
-``jax.export.deserialize(open(f, 'rb').read()).call(images)``. The batch dimension is symbolic
-unless a batch size is given, so one file serves every batch size.
+- serialized StableHLO (``jax.export``): runs wherever JAX or another StableHLO runtime does,
+  ``jax.export.deserialize(open(f, 'rb').read()).call(images)``;
+- a TensorFlow SavedModel and a TFLite flatbuffer, through ``jax2tf`` (JAX's maintained converter,
+  which embeds the same StableHLO) and TensorFlow's TFLite converter. These need TensorFlow: the
+  ``[tf]`` extra.
+
+Inputs are float32 NHWC images normalised as the model expects; outputs float32 logits. The batch
+dimension is symbolic unless a batch size is given, so one file serves every batch size.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import export
+
+SERVING_SIGNATURE = "serving_default"
 
 
 def export_model(model: nnx.Module, img_size: int, batch: int | None = None,
@@ -40,3 +47,79 @@ def save_exported(exported: export.Exported, path: str | os.PathLike) -> Path:
 def load_exported(path: str | os.PathLike) -> export.Exported:
     """Read a file written by ``save_exported``; call it with ``.call(images)``."""
     return export.deserialize(bytearray(Path(path).read_bytes()))
+
+
+def _tensorflow():
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ImportError("exporting to TF SavedModel or TFLite needs TensorFlow: "
+                          "pip install 'lsnet-jax[tf]'") from e
+    return tf
+
+
+def _tf_module(model: nnx.Module, img_size: int, batch: int | None):
+    """A ``tf.Module`` whose ``serve`` is the model converted by jax2tf (native StableHLO)."""
+    tf = _tensorflow()
+    from jax.experimental import jax2tf
+
+    graph, state = nnx.split(model)
+
+    def serve(images):
+        return nnx.merge(graph, state)(images).astype(jnp.float32)
+
+    shape = "(b, {0}, {0}, 3)".format(img_size) if batch is None else None
+    fn = jax2tf.convert(serve, polymorphic_shapes=[shape], with_gradient=False)
+    module = tf.Module()
+    module.serve = tf.function(fn, autograph=False, input_signature=[
+        tf.TensorSpec([batch, img_size, img_size, 3], tf.float32, name="images")])
+    return tf, module
+
+
+def save_saved_model(model: nnx.Module, img_size: int, path: str | os.PathLike, batch: int | None = None) -> Path:
+    """Write a TF SavedModel with one signature, ``serving_default``: images -> logits."""
+    tf, module = _tf_module(model, img_size, batch)
+    p = Path(path)
+    tf.saved_model.save(module, str(p), signatures={SERVING_SIGNATURE: module.serve.get_concrete_function()})
+    return p
+
+
+def save_tflite(model: nnx.Module, img_size: int, path: str | os.PathLike, batch: int | None = None) -> Path:
+    """Write a TFLite flatbuffer (builtin ops only, float32)."""
+    tf, module = _tf_module(model, img_size, batch)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(converter.convert())
+    return p
+
+
+def run_saved_model(path: str | os.PathLike, images) -> "np.ndarray":
+    """Logits of a SavedModel written by ``save_saved_model`` (TensorFlow runtime)."""
+    import numpy as np
+
+    tf = _tensorflow()
+    fn = tf.saved_model.load(str(path)).signatures[SERVING_SIGNATURE]
+    out = fn(images=tf.constant(np.asarray(images, np.float32)))
+    return next(iter(out.values())).numpy()
+
+
+def run_tflite(path: str | os.PathLike, images) -> "np.ndarray":
+    """Logits of a TFLite file written by ``save_tflite``, run by the LiteRT interpreter
+    (``ai-edge-litert``, TFLite's maintained runtime; TensorFlow's deprecated one if it is absent)."""
+    import numpy as np
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = _tensorflow().lite.Interpreter
+    x = np.asarray(images, np.float32)
+    interp = Interpreter(model_path=str(path))
+    inp = interp.get_input_details()[0]
+    if tuple(inp["shape"]) != x.shape:
+        interp.resize_tensor_input(inp["index"], x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])

@@ -146,7 +146,9 @@ def ska(x: Array, w: Array) -> Array:
     for i in range(3):
         for j in range(3):
             tap = _window(xp, i, j, 1, h, wd).reshape(n, h, wd, c // g, g)
-            term = tap * w[:, :, :, None, :, 3 * i + j]
+            # a static slice, not an integer index: that lowers to a gather, which with a symbolic
+            # batch size becomes a dynamic_gather that the TFLite converter rejects
+            term = tap * lax.index_in_dim(w, 3 * i + j, axis=4, keepdims=False)[:, :, :, None, :]
             out = term if out is None else out + term
     return out.reshape(n, h, wd, c)
 

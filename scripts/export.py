@@ -1,10 +1,16 @@
-"""Export a model for serving as serialized StableHLO (``jax.export``), checked against JAX.
+"""Export a model for serving, checked against the JAX logits.
 
     python scripts/export.py --weights weights/lsnet_t --out lsnet_t.jaxexport --deploy
+    python scripts/export.py --weights weights/lsnet_t --out lsnet_t_savedmodel --format savedmodel --deploy
+    python scripts/export.py --weights weights/lsnet_t --out lsnet_t.tflite --format tflite --deploy
     python scripts/export.py --model lsnet_t --out lsnet_t_random.jaxexport   # random weights
 
-The batch dimension is symbolic unless ``--batch`` is given. The script reloads the file, runs it
-on random images and prints the largest logit difference against the in-memory model.
+Formats: ``stablehlo`` (``jax.export``, serialized), ``savedmodel`` (TF SavedModel, signature
+``serving_default``) and ``tflite``; the last two go through jax2tf and need the ``[tf]`` extra.
+Inputs are float32 NHWC images normalised as the model expects. The batch dimension is symbolic
+unless ``--batch`` is given. The script reloads the file in its own runtime, runs it on random
+images and prints the largest logit difference against the in-memory model (exit 1 above 1e-4 of
+the logits' std).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None, help="fixed batch size (default: symbolic)")
     ap.add_argument("--deploy", action="store_true", help="fold BatchNorms first")
-    ap.add_argument("--platforms", nargs="+", default=None, help="e.g. cpu cuda (default: this backend)")
+    ap.add_argument("--format", default="stablehlo", choices=["stablehlo", "savedmodel", "tflite"])
+    ap.add_argument("--platforms", nargs="+", default=None,
+                    help="stablehlo only: e.g. cpu cuda (default: this backend)")
     args = ap.parse_args(argv)
 
     import json
@@ -33,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from lsnet_jax import create_model
-    from lsnet_jax.export import export_model, load_exported, save_exported
+    from lsnet_jax import export as E
 
     meta = {}
     if args.weights and (Path(args.weights) / "config.json").exists():
@@ -44,13 +52,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = args.img_size or int(meta.get("img_size", 224))
     model = create_model(name, pretrained=args.weights, img_size=size, deploy=args.deploy)
-    path = save_exported(export_model(model, size, args.batch, tuple(args.platforms) if args.platforms else None),
-                         args.out)
+    try:
+        if args.format == "stablehlo":
+            platforms = tuple(args.platforms) if args.platforms else None
+            path = E.save_exported(E.export_model(model, size, args.batch, platforms), args.out)
+        elif args.format == "savedmodel":
+            path = E.save_saved_model(model, size, args.out, args.batch)
+        else:
+            path = E.save_tflite(model, size, args.out, args.batch)
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     x = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch or 3, size, size, 3)), jnp.float32)
     ref = np.asarray(model(x))
-    got = np.asarray(load_exported(path).call(x))
+    if args.format == "stablehlo":
+        got = np.asarray(E.load_exported(path).call(x))
+    elif args.format == "savedmodel":
+        got = E.run_saved_model(path, np.asarray(x))
+    else:
+        got = E.run_tflite(path, np.asarray(x))
     err = float(np.abs(got - ref).max() / max(ref.std(), 1e-12))
-    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB); reloaded logits vs JAX: "
+    size_mib = sum(f.stat().st_size for f in [path, *path.rglob("*")] if f.is_file()) / 2 ** 20
+    print(f"wrote {path} ({size_mib:.1f} MiB, {args.format}); reloaded logits vs JAX: "
           f"max |diff| {err:.1e} of the logits' std")
     return 0 if err < 1e-4 else 1
 

@@ -127,7 +127,7 @@ def _jpeg(arr: np.ndarray) -> bytes:
 
 
 def test_eval_cli_on_every_set(tmp_path, capsys):
-    """Labels are chosen from the model's own predictions (computed here, image by image, from a PIL
+    """Labels are chosen from the model's own predictions (computed here in one batch, from a PIL
     resize + crop), so each set has a known mix of hits; the CLI must report exactly those."""
     size = 64
     model = create_model("lsnet_t", img_size=size, seed=3)
@@ -142,25 +142,25 @@ def test_eval_cli_on_every_set(tmp_path, capsys):
         noise = rng.normal(0, 20, (h, w, 3))
         return _jpeg(np.clip(ph[y:y + h, x:x + w] + noise, 0, 255).astype(np.uint8))
 
-    def reference_logits(jpegs: list[bytes]) -> np.ndarray:
-        return np.asarray(model(jnp.asarray(np.stack([pil_eval_transform(j, size) for j in jpegs]))))
-
     sets = [eval_sets.EVAL_SETS[k] for k in ("imagenet", "imagenet_a", "imagenet_r", "imagenet_sketch")]
     sets += eval_sets.imagenet_c_sets(["fog"])
+    jpegs = {s.key: [image(7 * k + i, s.tfds_name.startswith("imagenet2012_corrupted")) for i in range(6)]
+             for k, s in enumerate(sets)}
+    batch = np.stack([pil_eval_transform(j, size) for s in sets for j in jpegs[s.key]])
+    all_logits = np.asarray(model(jnp.asarray(batch))).reshape(len(sets), 6, -1)
     expected = {}
-    for k, s in enumerate(sets):
-        jpegs = [image(7 * k + i, s.tfds_name.startswith("imagenet2012_corrupted")) for i in range(6)]
-        logits = reference_logits(jpegs)
+    for k, (s, logits) in enumerate(zip(sets, all_logits)):
         pool = np.arange(1000) if s.classes is None else np.asarray(s.classes)
         ranked = pool[np.argsort(-logits[:, pool], axis=1)]
         labels = [int(ranked[0, 0]), int(ranked[1, 0]), int(ranked[2, 2]), int(ranked[3, 4]),
-                  int(ranked[4, 9]), int(ranked[5, 0])][: 6 - k % 2]  # top-1 x3, top-5 x2, miss
-        if k % 2:  # one fewer real image, plus an unreadable one that must be skipped and counted
-            jpegs = jpegs[:5] + [jpegs[0][:300]]
-            labels.append(labels[0])
-        t1, t5 = _naive_hits(logits[:len(labels) - k % 2], np.asarray(labels[:len(labels) - k % 2]), s.classes)
-        expected[s.key] = (100 * np.mean(t1), 100 * np.mean(t5), len(t1), k % 2)
-        write_mock(s.tfds_name, s.split, list(zip(jpegs, labels)), str(tmp_path / "tfds"))
+                  int(ranked[4, 9]), int(ranked[5, 0])]  # top-1 x3, top-5 x2, a miss
+        files = jpegs[s.key]
+        n = 6
+        if k % 2:  # the last image replaced by an unreadable one, which must be skipped and counted
+            files, n = files[:5] + [files[0][:300]], 5
+        t1, t5 = _naive_hits(logits[:n], np.asarray(labels[:n]), s.classes)
+        expected[s.key] = (100 * np.mean(t1), 100 * np.mean(t5), n, k % 2)
+        write_mock(s.tfds_name, s.split, list(zip(files, labels)), str(tmp_path / "tfds"))
 
     out = tmp_path / "r.json"
     argv = ["--weights", str(tmp_path / "w"), "--data_dir", str(tmp_path / "tfds"), "--batch", "8",
