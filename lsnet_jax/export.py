@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import export
 
@@ -95,21 +96,17 @@ def save_tflite(model: nnx.Module, img_size: int, path: str | os.PathLike, batch
     return p
 
 
-def run_saved_model(path: str | os.PathLike, images) -> "np.ndarray":
+def run_saved_model(path: str | os.PathLike, images) -> np.ndarray:
     """Logits of a SavedModel written by ``save_saved_model`` (TensorFlow runtime)."""
-    import numpy as np
-
     tf = _tensorflow()
     fn = tf.saved_model.load(str(path)).signatures[SERVING_SIGNATURE]
     out = fn(images=tf.constant(np.asarray(images, np.float32)))
     return next(iter(out.values())).numpy()
 
 
-def run_tflite(path: str | os.PathLike, images) -> "np.ndarray":
+def run_tflite(path: str | os.PathLike, images) -> np.ndarray:
     """Logits of a TFLite file written by ``save_tflite``, run by the LiteRT interpreter
     (``ai-edge-litert``, TFLite's maintained runtime; TensorFlow's deprecated one if it is absent)."""
-    import numpy as np
-
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -305,3 +308,20 @@ def test_prepare_imagenet_script_builds_a_readable_dataset(tmp_path, capsys):
     src, info = pipeline.open_source("imagenet_folder", "validation", str(out))
     assert info.num_examples == 3 and info.num_classes == 3
     assert prepare_imagenet.main(["--train_dir", str(tmp_path / "nowhere"), "--data_dir", str(out)]) == 2
+
+
+def test_bench_input_reports_rates_and_skipped(folder, tmp_path, capsys):
+    """``scripts/bench_input.py`` on a given dataset: the figures the issue names, in the table and
+    the JSON, with the two unreadable files of the tree counted as skipped."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_input
+
+    _, data_dir = folder
+    out = tmp_path / "b.json"
+    assert bench_input.main(["--data_dir", data_dir, "--n", "40", "--size", "64", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["skipped"] == 2 and got["records"] == 28
+    assert got["train_images_per_s_per_process"] > 0 and got["eval_images_per_s_per_process"] > 0
+    assert set(got["train_stage_ms"]) == {"open + decode (reduced) + crop/resize", "flip", "RandAugment",
+                                         "RandomErasing box + uint8 array"}
+    assert "skipped as unreadable: 2" in capsys.readouterr().out
