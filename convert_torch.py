@@ -78,7 +78,7 @@ def check(sd: dict[str, np.ndarray], name: str, num_classes: int, img_size: int,
     import jax.numpy as jnp
     import torch
 
-    from lsnet_jax.registry import create_model
+    from lsnet_jax.registry import compiled, create_model
     from lsnet_jax.testing import diverse_images
     from lsnet_jax.torch_reference import create_torch_model
 
@@ -91,7 +91,7 @@ def check(sd: dict[str, np.ndarray], name: str, num_classes: int, img_size: int,
     res = {}
     for deploy in (False, True):
         jm = create_model(name, pretrained=out, img_size=img_size, deploy=deploy)
-        got = np.asarray(jm(xj))
+        got = np.asarray(compiled(jm)(xj))
         res["folded" if deploy else "unfolded"] = float(np.abs(got - ref).max())
     scale = float(ref.std())
     print(f"check on {batch} random images (seed {seed}): logit std {scale:.4g}; largest |JAX - PyTorch| "

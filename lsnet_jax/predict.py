@@ -44,8 +44,9 @@ def predict(model, images: np.ndarray, mean: Sequence[float], std: Sequence[floa
     import jax.numpy as jnp
 
     from lsnet_jax.data import mix
+    from lsnet_jax.registry import compiled
 
-    logits = model(mix.normalize(jnp.asarray(images), tuple(mean), tuple(std))).astype(jnp.float32)
+    logits = compiled(model)(mix.normalize(jnp.asarray(images), tuple(mean), tuple(std))).astype(jnp.float32)
     prob, idx = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), min(k, logits.shape[-1]))
     return np.asarray(idx), np.asarray(prob)
 

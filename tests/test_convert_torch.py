@@ -14,7 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import convert_torch  # noqa: E402
-from lsnet_jax import create_model, fold, list_models  # noqa: E402
+from lsnet_jax import compiled, create_model, fold, list_models  # noqa: E402
 from lsnet_jax.convert import jax_to_torch  # noqa: E402
 from lsnet_jax.testing import diverse_images  # noqa: E402
 from lsnet_jax.torch_reference import create_torch_model  # noqa: E402
@@ -40,9 +40,9 @@ def test_logits_match_pytorch(converted):
     assert 3 < ref.std() < 30, "logits should be of order 10"
     xj = jnp.asarray(x.transpose(0, 2, 3, 1))
     model = create_model(name, pretrained=d / "jax")
-    got = np.asarray(model(xj))
+    got = np.asarray(compiled(model)(xj))
     err = np.abs(got - ref).max() / ref.std()
-    folded = np.asarray(create_model(name, pretrained=d / "jax", deploy=True)(xj))
+    folded = np.asarray(compiled(create_model(name, pretrained=d / "jax", deploy=True))(xj))
     ferr = np.abs(folded - got).max() / ref.std()
     print(f"{name}: float32 |JAX - PyTorch| = {err:.2e} std, |folded - unfolded| = {ferr:.2e} std")
     assert err < 1e-5

@@ -54,6 +54,7 @@ def test_notebooks_run_top_to_bottom(checkout, monkeypatch):
     assert (checkout / "weights" / "lsnet_t" / "config.json").exists()
     second = _text(_run(checkout / "notebooks" / NOTEBOOKS[1].name, checkout / "notebooks"))
     assert "starting from weights/lsnet_t" in second  # fine-tuned from the converted weights
-    top1 = float(re.search(r"test top-1 after 1 epoch\(s\): ([0-9.]+)%", second).group(1))
+    top1 = float(re.search(r"test top-1 after 2 epoch\(s\): ([0-9.]+)%", second).group(1))
+    print(f"fine-tuned at 48 px for 2 epochs: test top-1 {top1:.2f}%")
     assert top1 > 20.0, top1  # it learns: 10 classes, chance is 10%
     assert (checkout / "runs" / "finetune_small" / "weights" / "config.json").exists()
