@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     from lsnet_jax import create_model
     from lsnet_jax.data import pipeline
     from lsnet_jax.model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from lsnet_jax.weights import read_meta
 
-    meta_file = Path(args.weights) / "config.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    meta = read_meta(args.weights)
     name = args.model or meta.get("model")
     if name is None:
         print("error: --model is needed (the weights have no config.json naming it)", file=sys.stderr)

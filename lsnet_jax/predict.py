@@ -65,11 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     from lsnet_jax import create_model
     from lsnet_jax.data.pipeline import EvalTransform
     from lsnet_jax.model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from lsnet_jax.weights import CONFIG_FILE
+    from lsnet_jax.weights import read_meta
 
     ckpt = Path(args.checkpoint)
-    meta_file = ckpt / CONFIG_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = read_meta(ckpt)
     name = args.model or meta.get("model")
     if name is None:
         print(f"error: {ckpt} does not name its model; give --model (e.g. lsnet_t)", file=sys.stderr)

@@ -70,16 +70,21 @@ def save_weights(directory: str | os.PathLike, state: Mapping[JaxPath, Any], met
     return d
 
 
+def read_meta(path: str | os.PathLike | None) -> dict[str, Any]:
+    """The ``config.json`` of a weights directory (model, classes, image size, mean/std, crop_pct,
+    class names); ``{}`` for a bare ``.safetensors`` file, ``None`` or a directory without one."""
+    f = Path(path) / CONFIG_FILE if path is not None else None
+    return json.loads(f.read_text()) if f is not None and f.is_file() else {}
+
+
 def load_weights(path: str | os.PathLike) -> tuple[dict[JaxPath, np.ndarray], dict[str, Any]]:
     """Read a weights directory (Orbax preferred, else safetensors) or a ``.safetensors`` file."""
     p = Path(path).absolute()
     if not p.exists():
         raise FileNotFoundError(f"no weights at {p}: give a directory written by convert_torch.py or "
                                 "save_weights, or a .safetensors file")
-    meta: dict[str, Any] = {}
+    meta = read_meta(p)
     if p.is_dir():
-        if (p / CONFIG_FILE).exists():
-            meta = json.loads((p / CONFIG_FILE).read_text())
         if (p / ORBAX_DIR).exists():
             import orbax.checkpoint as ocp
 

@@ -35,17 +35,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="stablehlo only: e.g. cpu cuda (default: this backend)")
     args = ap.parse_args(argv)
 
-    import json
-
     import jax.numpy as jnp
     import numpy as np
 
     from lsnet_jax import create_model
     from lsnet_jax import export as E
+    from lsnet_jax.weights import read_meta
 
-    meta = {}
-    if args.weights and (Path(args.weights) / "config.json").exists():
-        meta = json.loads((Path(args.weights) / "config.json").read_text())
+    meta = read_meta(args.weights)
     name = args.model or meta.get("model")
     if name is None:
         print("error: give --model or --weights with a config.json", file=sys.stderr)
