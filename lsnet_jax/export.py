@@ -24,18 +24,24 @@ from jax import export
 SERVING_SIGNATURE = "serving_default"
 
 
-def export_model(model: nnx.Module, img_size: int, batch: int | None = None,
-                 platforms: tuple[str, ...] | None = None) -> export.Exported:
-    """``model`` (eval mode, any dtype) as a ``jax.export.Exported`` taking float32 NHWC images,
-    normalised as the model expects, and returning float32 logits. ``platforms`` (e.g.
-    ``("cpu", "cuda")``) lowers for several backends at once; default: the current one."""
+def _serving_fn(model: nnx.Module):
+    """images -> float32 logits, with the model's current weights closed over (become constants)."""
     graph, state = nnx.split(model)
 
     def serve(images):
         return nnx.merge(graph, state)(images).astype(jnp.float32)
 
+    return serve
+
+
+def export_model(model: nnx.Module, img_size: int, batch: int | None = None,
+                 platforms: tuple[str, ...] | None = None) -> export.Exported:
+    """``model`` (eval mode, any dtype) as a ``jax.export.Exported`` taking float32 NHWC images,
+    normalised as the model expects, and returning float32 logits. ``platforms`` (e.g.
+    ``("cpu", "cuda")``) lowers for several backends at once; default: the current one."""
     shape = (export.symbolic_shape("b")[0] if batch is None else batch, img_size, img_size, 3)
-    return export.export(jax.jit(serve), platforms=platforms)(jax.ShapeDtypeStruct(shape, jnp.float32))
+    spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return export.export(jax.jit(_serving_fn(model)), platforms=platforms)(spec)
 
 
 def save_exported(exported: export.Exported, path: str | os.PathLike) -> Path:
@@ -64,13 +70,8 @@ def _tf_module(model: nnx.Module, img_size: int, batch: int | None):
     tf = _tensorflow()
     from jax.experimental import jax2tf
 
-    graph, state = nnx.split(model)
-
-    def serve(images):
-        return nnx.merge(graph, state)(images).astype(jnp.float32)
-
     shape = "(b, {0}, {0}, 3)".format(img_size) if batch is None else None
-    fn = jax2tf.convert(serve, polymorphic_shapes=[shape], with_gradient=False)
+    fn = jax2tf.convert(_serving_fn(model), polymorphic_shapes=[shape], with_gradient=False)
     module = tf.Module()
     module.serve = tf.function(fn, autograph=False, input_signature=[
         tf.TensorSpec([batch, img_size, img_size, 3], tf.float32, name="images")])

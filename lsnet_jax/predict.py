@@ -39,7 +39,8 @@ def class_names(meta: Mapping[str, Any], num_classes: int) -> list[str]:
 
 def predict(model, images: np.ndarray, mean: Sequence[float], std: Sequence[float], k: int
             ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 NHWC images -> (top-k class indices, their softmax probabilities), each (N, k)."""
+    """uint8 NHWC images -> (top-k class indices, their softmax probabilities), each (N, k).
+    Compiles the model for this call; to classify many batches, call ``compiled(model)`` once."""
     import jax
     import jax.numpy as jnp
 

@@ -66,8 +66,9 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, num_cla
 
 
 def compiled(model: nnx.Module) -> Callable[[jax.Array], jax.Array]:
-    """``model(x)`` as one XLA computation, compiled once per input shape. For a model in eval mode;
-    a handful of calls this way is much faster than running the model eagerly, op by op."""
+    """``model(x)`` as one XLA computation, compiled once per input shape, with the model's weights
+    as they are now. For a model in eval mode; a handful of calls this way is much faster than
+    running the model eagerly, op by op."""
     graph, state = nnx.split(model)
     apply = jax.jit(lambda s, x: nnx.merge(graph, s)(x))
     return functools.partial(apply, state)
