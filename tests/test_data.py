@@ -161,6 +161,25 @@ def test_corrupt_records_are_skipped_and_counted_labels_stay_right(folder, caplo
     assert "china.jpg" not in caplog.text and "flower.jpg" not in caplog.text
 
 
+def test_only_decoding_errors_count_as_unreadable(folder):
+    """A failing augmentation is a bug, not a bad record: it must stop the run, not be skipped."""
+    _, data_dir = folder
+    src, _ = pipeline.open_source("imagenet_folder", "train", data_dir)
+    good = next(i for i in range(len(src)) if b"zz_" not in src[i]["file_name"])
+    bad = next(i for i in range(len(src)) if b"zz_truncated" in src[i]["file_name"])
+
+    def broken(data, rng):
+        T.decode_rgb(T.open_image(data))
+        raise RuntimeError("augmentation bug")
+
+    load = pipeline._Load(src, broken, 0, len(src))
+    assert load((0, bad)) is None  # the truncated JPEG is skipped
+    with pytest.raises(RuntimeError, match="augmentation bug"):
+        load((0, good))
+    with pytest.raises(T.UnreadableImage, match="UnidentifiedImageError"):
+        T.open_image(b"not an image" * 10)
+
+
 def test_eval_transform_equals_pil_resize_then_crop():
     for path in sample_photos():
         data = path.read_bytes()
@@ -216,11 +235,17 @@ def test_randaugment_ops_all_run_and_change_images():
     rng = np.random.default_rng(0)
     ra = T.RandAugment("rand-m9-mstd0.5-inc1")
     assert (ra.n, ra.m, ra.mstd) == (2, 9.0, 0.5)
-    for name in T.RAND_INCREASING_TRANSFORMS:
-        op, to_arg = T._OPS[name]
-        out = op(img, to_arg(rng, 9.0, ra.hparams), ra.fill)
-        assert out.size == img.size and out.mode == "RGB"
-        assert not np.array_equal(np.asarray(out), np.asarray(img)), name
+    for level in (9.0, 10.0, 0.0):  # N(9, 0.5) is clipped to [0, 10]: both ends occur
+        for name in T.RAND_INCREASING_TRANSFORMS:
+            op, to_arg = T._OPS[name]
+            out = op(img, to_arg(rng, level, ra.hparams), ra.fill)
+            assert out.size == img.size and out.mode == "RGB"
+            if level > 0:
+                assert not np.array_equal(np.asarray(out), np.asarray(img)), name
+    # timm's PosterizeIncreasing at magnitude 10 keeps 0 bits: black (Pillow 13 refuses bits=0)
+    assert T._OPS["PosterizeIncreasing"][1](rng, 10.0, ra.hparams) == 0
+    assert not np.asarray(T._posterize(img, 0)).any()
+    np.testing.assert_array_equal(np.asarray(T._posterize(img, 3)), np.asarray(img) & 0b11100000)
     outs = [np.asarray(ra(img, np.random.default_rng(s))) for s in range(20)]
     assert sum(not np.array_equal(o, np.asarray(img)) for o in outs) >= 10
     np.testing.assert_array_equal(np.asarray(ra(img, np.random.default_rng(3))), outs[3])

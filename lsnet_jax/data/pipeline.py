@@ -158,10 +158,10 @@ class _Load:
         rng = np.random.default_rng([self.seed, q])
         try:
             out = self.transform(record["image"], rng)
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... on bad files
+        except T.UnreadableImage as e:  # decoding failed; errors of the augmentations propagate
             name = record.get("file_name", b"")
             name = name.decode() if isinstance(name, bytes) else name
-            log.warning("skipped unreadable record %d (%s): %s: %s", idx, name, type(e).__name__, e)
+            log.warning("skipped unreadable record %d (%s): %s", idx, name, e)
             return None
         return out | {"label": int(record["label"])}
 

@@ -32,18 +32,33 @@ _LEVEL_DENOM = 10.0
 # ----------------------------------------------------------------------------- decoding
 
 
+class UnreadableImage(ValueError):
+    """The bytes are not an image PIL can decode: not an image, truncated, corrupt. The pipeline
+    skips and counts such records; any other error in a transform is a bug and propagates."""
+
+
 def open_image(data: bytes) -> Image.Image:
-    """A lazily decoded PIL image (only the header is read). Raises on non-image bytes."""
-    return Image.open(io.BytesIO(data))
+    """A lazily decoded PIL image (only the header is read). Raises ``UnreadableImage`` on
+    non-image bytes."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Exception as e:  # UnidentifiedImageError, SyntaxError, DecompressionBombError, ...
+        raise UnreadableImage(f"{type(e).__name__}: {e}") from e
 
 
 def decode_rgb(img: Image.Image, need: tuple[int, int] | None = None) -> tuple[Image.Image, float, float]:
     """Decode to RGB. With ``need=(w, h)`` a JPEG may be decoded at a reduced scale whose size is
-    still at least ``need``; returns the image and the x and y scale factors applied (1, 1/2, ...)."""
+    still at least ``need``; returns the image and the x and y scale factors applied (1, 1/2, ...).
+    Raises ``UnreadableImage`` when the data cannot be decoded."""
     w0, h0 = img.size
-    if need is not None and img.format == "JPEG":
-        img.draft("RGB", need)
-    img = img.convert("RGB")  # forces the (possibly reduced) decode; raises on truncated data
+    try:
+        if need is not None and img.format == "JPEG":
+            img.draft("RGB", need)
+        img.load()  # the (possibly reduced) decode; raises on truncated data
+        if img.mode != "RGB":
+            img = img.convert("RGB")  # only when needed: convert() of an RGB image is a copy
+    except Exception as e:  # OSError on truncated data, SyntaxError, ValueError ... on corrupt files
+        raise UnreadableImage(f"{type(e).__name__}: {e}") from e
     return img, img.size[0] / w0, img.size[1] / h0
 
 
@@ -126,7 +141,13 @@ def _solarize_add(img: Image.Image, add: int, thresh: int = 128) -> Image.Image:
 
 
 def _posterize(img: Image.Image, bits: int) -> Image.Image:
-    return img if bits >= 8 else ImageOps.posterize(img, bits)
+    """Keep the top ``bits`` bits. At magnitude 10 timm's PosterizeIncreasing asks for 0 bits (a
+    black image, as older Pillow gave); Pillow 13's ``ImageOps.posterize`` refuses 0, so the
+    look-up table is built here."""
+    if bits >= 8:
+        return img
+    mask = ~(2 ** (8 - bits) - 1) & 0xFF
+    return img.point([i & mask for i in range(256)] * len(img.getbands()))
 
 
 def _enhance(kind):
