@@ -253,6 +253,37 @@ def test_randaugment_ops_all_run_and_change_images():
         T.RandAugment("rand-m9-mstd0.5")
 
 
+def test_shears_and_translations_match_pillows_bicubic_affine():
+    """The numpy shears/translations against Pillow's own ``transform`` (what timm calls), on
+    real photos at RandAugment's magnitudes, square and not: every value within one level and
+    almost all equal (float32 against Pillow's float64 before truncation)."""
+    rng = np.random.default_rng(0)
+    fill = (124, 116, 104)
+    differ, total = 0, 0
+    for path in sample_photos():
+        photo = Image.open(path).convert("RGB")
+        for size in [(96, 96), (120, 80), (57, 91)]:
+            img = photo.resize(size, Image.Resampling.BICUBIC)
+            w, h = size
+            for _ in range(6):
+                a = rng.choice([-1, 1]) * rng.uniform(0.2, 0.3)  # shear: 0.3 * level / 10
+                t = rng.choice([-1, 1]) * rng.uniform(0.3, 0.45)  # translate: 0.45 * level / 10
+                for name, arg, matrix in [("ShearX", a, (1, a, 0, 0, 1, 0)), ("ShearY", a, (1, 0, 0, a, 1, 0)),
+                                          ("TranslateXRel", t, (1, 0, t * w, 0, 1, 0)),
+                                          ("TranslateYRel", t, (1, 0, 0, 0, 1, t * h))]:
+                    got = np.asarray(T._OPS[name][0](img, arg, fill), np.int16)
+                    ref = np.asarray(img.transform(img.size, Image.Transform.AFFINE, matrix,
+                                                   resample=Image.Resampling.BICUBIC, fillcolor=fill), np.int16)
+                    assert got.shape == ref.shape
+                    assert np.abs(got - ref).max() <= 1, (name, arg, size)
+                    assert (ref == np.asarray(fill, np.int16)).all(-1).sum() > 0  # the fill is in play
+                    differ += int((got != ref).sum())
+                    total += got.size
+    assert differ / total < 1e-3, differ / total
+    same = T.shift_lines(img, 0.0, 1, fill)
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(img))
+
+
 def test_random_erasing_probability_and_box():
     rng = np.random.default_rng(0)
     boxes = np.stack([T.erasing_box(rng, 40, 50, prob=0.25) for _ in range(4000)])
