@@ -9,6 +9,7 @@ matrix products.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -83,10 +84,44 @@ def _depthwise_bwd(stride: int, res, g: Array):
             term = _window(gd, i, j, 1, h, w) * kk[k - 1 - i, k - 1 - j]
             dx = term if dx is None else dx + term
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    acc = jnp.promote_types(g.dtype, jnp.float32)
-    dk = jnp.stack([jnp.stack([jnp.sum(_window(xp, i, j, stride, out_h, out_w) * g, axis=(0, 1, 2), dtype=acc)
-                               for j in range(k)]) for i in range(k)])
+    dk = _kernel_grad(xp, g, k, stride)
     return dx.astype(x.dtype), dk[:, :, None, :].astype(kernel.dtype)
+
+
+# On XLA:CPU each tap's reduction of the kernel gradient is its own pass over x and g; once k*k
+# such passes no longer fit in cache they are memory-bound (docs/performance.md). A loop over
+# chunks of the batch keeps each chunk's x and g in cache for all k*k taps.
+_KGRAD_LOOP_MIN_BYTES = 16 << 20  # k*k * x bytes above which the chunked loop wins (2-core CPU)
+_KGRAD_CHUNK_BYTES = 512 << 10  # a chunk's share of x
+
+
+def _kernel_grad_chunk(shape: tuple[int, ...], k: int, stride: int, itemsize: int) -> int | None:
+    """Images per chunk of the looped kernel gradient, or None for one pass per tap."""
+    if jax.default_backend() != "cpu" or stride != 1:
+        return None
+    n = shape[0]
+    per_image = itemsize * math.prod(shape[1:])
+    if k * k * n * per_image < _KGRAD_LOOP_MIN_BYTES:
+        return None
+    return max(d for d in range(1, n + 1) if n % d == 0 and (d == 1 or d * per_image <= _KGRAD_CHUNK_BYTES))
+
+
+def _kernel_grad(xp: Array, g: Array, k: int, stride: int) -> Array:
+    """``dk[i, j, c] = sum over (n, h, w) of tap (i, j) of the padded input times g``, accumulated
+    in at least float32; in chunks of the batch where that is faster (``_kernel_grad_chunk``)."""
+    acc = jnp.promote_types(g.dtype, jnp.float32)
+    out_h, out_w = g.shape[1], g.shape[2]
+
+    def taps(xb: Array, gb: Array) -> Array:
+        return jnp.stack([jnp.stack([jnp.sum(_window(xb, i, j, stride, out_h, out_w) * gb, axis=(0, 1, 2), dtype=acc)
+                                     for j in range(k)]) for i in range(k)])
+
+    chunk = _kernel_grad_chunk(xp.shape, k, stride, xp.dtype.itemsize)
+    if chunk is None or chunk == xp.shape[0]:
+        return taps(xp, g)
+    m = xp.shape[0] // chunk
+    parts = lax.map(lambda a: taps(*a), (xp.reshape(m, chunk, *xp.shape[1:]), g.reshape(m, chunk, *g.shape[1:])))
+    return parts.sum(0)
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
@@ -107,15 +142,57 @@ def depthwise_conv(x: Array, kernel: Array, stride: int = 1, bias: Array | None 
     return out if bias is None else out + bias
 
 
+def _conv_forward(x: Array, kernel: Array, stride: int, pad: int) -> Array:
+    return lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad), (pad, pad)],
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_taps_vjp(x: Array, kernel: Array, stride: int, pad: int) -> Array:
+    return _conv_forward(x, kernel, stride, pad)
+
+
+def _conv_taps_fwd(x: Array, kernel: Array, stride: int, pad: int):
+    return _conv_forward(x, kernel, stride, pad), (x, kernel)
+
+
+def _conv_taps_bwd(stride: int, pad: int, res, g: Array):
+    """Both gradients of a dense k x k convolution as matrix products over the taps. dx: one
+    matmul of g with all k*k kernel slices, each tap's result placed on the input grid by an
+    interior-padded ``lax.pad`` and summed in one fused loop; XLA:CPU's own input gradient is an
+    lhs-dilated convolution, 2-5x slower. dk: per tap, the strided window of the input against g,
+    contracted over (n, h, w)."""
+    x, kernel = res
+    k = kernel.shape[0]
+    n, h, w, cin = x.shape
+    _, oh, ow, cout = g.shape
+    taps = jnp.einsum("nhwo,ijco->nhwijc", g, kernel)
+    dx = None
+    for i in range(k):
+        for j in range(k):
+            lo_h, lo_w = i - pad, j - pad
+            hi_h, hi_w = h - (lo_h + stride * (oh - 1) + 1), w - (lo_w + stride * (ow - 1) + 1)
+            term = lax.pad(taps[:, :, :, i, j, :], jnp.zeros((), g.dtype),
+                           [(0, 0, 0), (lo_h, hi_h, stride - 1), (lo_w, hi_w, stride - 1), (0, 0, 0)])
+            dx = term if dx is None else dx + term
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    g2 = g.reshape(-1, cout)
+    dk = jnp.stack([jnp.stack([_window(xp, i, j, stride, oh, ow).reshape(-1, cin).T @ g2 for j in range(k)])
+                    for i in range(k)])
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_conv_taps_vjp.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+
+
 def conv2d(x: Array, kernel: Array, stride: int, pad: int, bias: Array | None = None) -> Array:
-    """Dense convolution (the stem), HWIO kernel, symmetric zero padding."""
-    y = lax.conv_general_dilated(
-        x,
-        kernel.astype(x.dtype),
-        (stride, stride),
-        [(pad, pad), (pad, pad)],
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    """Dense convolution (the stem), HWIO kernel, symmetric zero padding. On CPU its gradients are
+    written out as matrix products over the taps (``_conv_taps_bwd``); elsewhere XLA's own."""
+    kernel = kernel.astype(x.dtype)
+    if jax.default_backend() == "cpu":
+        y = _conv_taps_vjp(x, kernel, stride, pad)
+    else:
+        y = _conv_forward(x, kernel, stride, pad)
     return y if bias is None else y + bias
 
 

@@ -107,3 +107,46 @@ def test_bad_shapes_are_explained():
         ops.ska(jnp.zeros((1, 2, 2, 10)), jnp.zeros((1, 2, 2, 3, 9)))
     with pytest.raises(ValueError, match=r"\(N, H, W, G, 9\)"):
         ops.ska(jnp.zeros((1, 2, 2, 8)), jnp.zeros((1, 2, 2, 2, 4)))
+
+
+@pytest.mark.parametrize("shape,cin,cout,stride", [((2, 9, 8), 3, 4, 2), ((1, 8, 10), 5, 6, 2), ((2, 7, 7), 4, 3, 1)])
+def test_stem_conv_gradients_match_xla_autodiff(shape, cin, cout, stride):
+    """conv2d's written-out backward (tap matmuls, interior-padded placement) against the
+    gradients XLA derives for its own convolution, float64, odd and even sizes."""
+    rng = np.random.default_rng(sum(shape) + stride)
+    n, h, w = shape
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(0.3, 1.5, (n, h, w, cin)))
+        k = jnp.asarray(rng.normal(0.0, 0.7, (3, 3, cin, cout)))
+
+        def xla(a, b):
+            return jax.lax.conv_general_dilated(a, b, (stride, stride), [(1, 1), (1, 1)],
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        y = ops.conv2d(x, k, stride, 1)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(xla(x, k)), rtol=1e-12, atol=1e-12)
+        g = jnp.asarray(rng.normal(size=y.shape))
+        got = jax.vjp(lambda a, b: ops.conv2d(a, b, stride, 1), x, k)[1](g)
+        want = jax.vjp(xla, x, k)[1](g)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-11)
+
+
+def test_depthwise_kernel_gradient_in_batch_chunks(monkeypatch):
+    """The chunked kernel gradient (taken for large inputs on CPU) against a float64 loop."""
+    monkeypatch.setattr(ops, "_KGRAD_LOOP_MIN_BYTES", 0)
+    monkeypatch.setattr(ops, "_KGRAD_CHUNK_BYTES", 1)  # one image per chunk
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.5, 1.0, (3, 6, 5, 4))
+    k = rng.normal(size=(3, 3, 1, 4))
+    g = rng.normal(size=(3, 6, 5, 4))
+    assert ops._kernel_grad_chunk((3, 8, 7, 4), 3, 1, 8) == 1
+    with jax.enable_x64(True):
+        dk = jax.grad(lambda b: jnp.sum(ops.depthwise_conv(jnp.asarray(x), b) * g))(jnp.asarray(k))
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = np.zeros((3, 3, 1, 4))
+    for a in range(3):
+        for b in range(3):
+            want[a, b, 0] = (xp[:, a:a + 6, b:b + 5] * g).sum((0, 1, 2))
+    np.testing.assert_allclose(np.asarray(dk), want, rtol=1e-12, atol=1e-12)
