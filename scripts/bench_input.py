@@ -109,7 +109,8 @@ def op_table(data: bytes, size: int, repeat: int = 40) -> list[tuple[str, float,
     img = T.random_resized_crop(T.open_image(data), np.random.default_rng(0), size, (0.5, 0.5))
     ra = T.RandAugment("rand-m9-mstd0.5-inc1", fill=tuple(int(round(255 * m)) for m in MEAN))
     pillow = {"ShearX": lambda a: (1, a, 0, 0, 1, 0), "ShearY": lambda a: (1, 0, 0, a, 1, 0),
-              "TranslateXRel": lambda a: (1, 0, a * size, 0, 1, 0), "TranslateYRel": lambda a: (1, 0, 0, 0, 1, a * size)}
+              "TranslateXRel": lambda a: (1, 0, a * size, 0, 1, 0),
+              "TranslateYRel": lambda a: (1, 0, 0, 0, 1, a * size)}
 
     def ms(fn) -> float:
         fn()

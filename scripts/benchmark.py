@@ -37,6 +37,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lsnet_jax import create_model, fold, list_models  # noqa: E402
+from lsnet_jax.data.transforms import erasing_box  # noqa: E402
 from lsnet_jax.train import optim  # noqa: E402
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step  # noqa: E402
 
@@ -125,7 +126,8 @@ def _train_setup(model, name: str, batch: int, img: int, dtype: str):
     rng = np.random.default_rng(0)
     batch_in = {"image": jnp.asarray(rng.integers(0, 256, (batch, img, img, 3)), jnp.uint8),
                 "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),
-                "erase": jnp.zeros((batch, 4), jnp.int32)}
+                # RandomErasing boxes as the pipeline draws them (probability 0.25 per image)
+                "erase": jnp.asarray(np.stack([erasing_box(rng, img, img, 0.25) for _ in range(batch)]))}
     step = functools.partial(train_step, teacher=None, graphdef=graphdef, tx=tx,
                              cfg=StepConfig(num_classes=num_classes))
     t0 = time.perf_counter()

@@ -300,6 +300,13 @@ def test_random_erasing_probability_and_box():
     assert (out[1] == 7.0).all() and (out[0][~inside] == 7.0).all()
     noise = out[0][inside]
     assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1
+    # on CPU the noise is drawn under a conditional (one materialisation); same numbers as the
+    # plain fill, jitted and not, and a batch without boxes comes back unchanged
+    boxes = jnp.asarray([[5, 10, 20, 30], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(jax.jit(mix.erase)(jax.random.key(0), x, boxes)),
+                                  np.asarray(mix._erase(jax.random.key(0), x, boxes)))
+    none = jnp.zeros((2, 4), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(mix.erase)(jax.random.key(0), x, none)), 7.0)
 
 
 def test_mixup_cutmix_targets_sum_to_one_and_match_the_images():

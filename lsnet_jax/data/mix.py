@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Array = jax.Array
 
@@ -32,7 +33,18 @@ def normalize(images: Array, mean, std) -> Array:
 
 def erase(key: Array, images: Array, boxes: Array) -> Array:
     """Fill each image's box ``(top, left, h, w)`` (h = 0: none) with N(0, 1) noise, per pixel and
-    channel, as timm's RandomErasing in 'pixel' mode does after normalisation."""
+    channel, as timm's RandomErasing in 'pixel' mode does after normalisation.
+
+    On CPU the noise is drawn inside a conditional on whether any image has a box: XLA:CPU fused
+    the noise into mixup, whose partner is the reversed batch, and so computed it twice (160 ms
+    against 71 ms for normalise + erase + mixup at batch 32, 224 px); the conditional's result is
+    materialised once, and a batch without boxes draws none. Other backends keep one fusion."""
+    if jax.default_backend() == "cpu":
+        return lax.cond(jnp.any(boxes[:, 2] > 0), lambda x: _erase(key, x, boxes), lambda x: x, images)
+    return _erase(key, images, boxes)
+
+
+def _erase(key: Array, images: Array, boxes: Array) -> Array:
     n, height, width, chans = images.shape
     ys = jnp.arange(height)[None, :, None]
     xs = jnp.arange(width)[None, None, :]
