@@ -143,8 +143,27 @@ def depthwise_conv(x: Array, kernel: Array, stride: int = 1, bias: Array | None 
 
 
 def _conv_forward(x: Array, kernel: Array, stride: int, pad: int) -> Array:
+    n, h, w, cin = x.shape
+    if (jax.default_backend() == "cpu" and kernel.shape[:2] == (3, 3) and stride == 2 and pad == 1
+            and cin <= 4 and h % 2 == 0 and w % 2 == 0):
+        return _conv3x3s2_space_to_depth(x, kernel)
     return lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad), (pad, pad)],
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv3x3s2_space_to_depth(x: Array, kernel: Array) -> Array:
+    """A 3x3 stride-2 pad-1 convolution of few input channels (the stem's first layer) as a 2x2
+    stride-1 convolution of the padded input's 2x2 blocks (4 * Cin channels) with the kernel
+    zero-padded to 4x4 and regrouped the same way. XLA:CPU runs the 3-channel convolution through
+    Eigen and this one through YNNPACK: 18.3 -> 13.4 ms at 32x224x224x3 -> 16."""
+    n, h, w, cin = x.shape
+    cout = kernel.shape[3]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    blocks = xp.reshape(n, h // 2 + 1, 2, w // 2 + 1, 2, cin).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(n, h // 2 + 1, w // 2 + 1, 4 * cin)
+    k4 = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # taps (2a + p, 2b + q)
+    k4 = k4.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * cin, cout)
+    return lax.conv_general_dilated(blocks, k4, (1, 1), [(0, 0), (0, 0)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -109,7 +109,8 @@ def test_bad_shapes_are_explained():
         ops.ska(jnp.zeros((1, 2, 2, 8)), jnp.zeros((1, 2, 2, 2, 4)))
 
 
-@pytest.mark.parametrize("shape,cin,cout,stride", [((2, 9, 8), 3, 4, 2), ((1, 8, 10), 5, 6, 2), ((2, 7, 7), 4, 3, 1)])
+@pytest.mark.parametrize("shape,cin,cout,stride", [((2, 9, 8), 3, 4, 2), ((1, 8, 10), 5, 6, 2), ((2, 7, 7), 4, 3, 1),
+                                                  ((2, 8, 6), 3, 5, 2)])  # the last: space-to-depth forward
 def test_stem_conv_gradients_match_xla_autodiff(shape, cin, cout, stride):
     """conv2d's written-out backward (tap matmuls, interior-padded placement) against the
     gradients XLA derives for its own convolution, float64, odd and even sizes."""
