@@ -196,8 +196,9 @@ def _conv_taps_bwd(stride: int, pad: int, res, g: Array):
             dx = term if dx is None else dx + term
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     g2 = g.reshape(-1, cout)
-    dk = jnp.stack([jnp.stack([_window(xp, i, j, stride, oh, ow).reshape(-1, cin).T @ g2 for j in range(k)])
-                    for i in range(k)])
+    acc = jnp.promote_types(g.dtype, jnp.float32)  # a sum over every output pixel of the batch
+    dk = jnp.stack([jnp.stack([jnp.matmul(_window(xp, i, j, stride, oh, ow).reshape(-1, cin).T, g2,
+                                          preferred_element_type=acc) for j in range(k)]) for i in range(k)])
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
