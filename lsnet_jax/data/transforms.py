@@ -140,7 +140,7 @@ def _affine(img: Image.Image, matrix: tuple, fill: tuple[int, ...]) -> Image.Ima
 def shift_lines(img: Image.Image, shift: np.ndarray | float, axis: int, fill: tuple[int, ...]) -> Image.Image:
     """Pillow's bicubic affine ``transform`` for the affines that move pixels along one axis only:
     ShearX/TranslateX (``axis=1``: row ``y`` is sampled at ``x + shift[y]``) and ShearY/TranslateY
-    (``axis=0``: column ``x`` at ``y + shift[x]``), 2-3x faster than Pillow's generic per-pixel
+    (``axis=0``: column ``x`` at ``y + shift[x]``), 1.7-2.5x faster than Pillow's generic per-pixel
     path (docs/performance.md).
 
     Same sampling as Pillow's ``Geometry.c``: the a = -1 cubic on four taps clamped to the image,
