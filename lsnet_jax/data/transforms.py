@@ -6,7 +6,7 @@ package must not. So these follow timm's semantics (timm 0.5.4, the version of t
 recipe) on PIL and numpy: the same ops, magnitudes, probabilities and fallbacks. Pixel operations
 themselves are PIL's (``ImageOps``, ``ImageEnhance``, affine ``transform``), as in timm, except
 the shears and translations: Pillow runs those through its generic per-pixel bicubic path, so
-``shift_lines`` computes the same sampling in numpy, 2-3x faster (within one level of Pillow).
+``shift_lines`` computes the same sampling in numpy, 1.7-2.5x faster (within one level of Pillow).
 Normalisation, the erasing noise and Mixup/CutMix run on the device (``lsnet_jax.data.mix``): the
 host ships uint8 images.
 
