@@ -387,4 +387,7 @@ def test_bench_input_reports_rates_and_skipped(folder, tmp_path, capsys):
     assert got["train_images_per_s_per_process"] > 0 and got["eval_images_per_s_per_process"] > 0
     assert set(got["train_stage_ms"]) == {"open + decode (reduced) + crop/resize", "flip", "RandAugment",
                                          "RandomErasing box + uint8 array"}
-    assert "skipped as unreadable: 2" in capsys.readouterr().out
+    assert list(got["randaugment_op_ms"]) == list(T.RAND_INCREASING_TRANSFORMS)
+    assert all(ms > 0 for ms in got["randaugment_op_ms"].values())
+    printed = capsys.readouterr().out
+    assert "skipped as unreadable: 2" in printed and "Pillow affine ms" in printed
