@@ -125,7 +125,8 @@ def op_table(data: bytes, size: int, repeat: int = 40) -> list[tuple[str, float,
         arg = to_arg(np.random.default_rng(1), 9.0, ra.hparams)
         ref = pillow.get(name)
         rows.append((name, ms(lambda: op(img, arg, ra.fill)),
-                     ms(lambda: T._affine(img, ref(arg), ra.fill)) if ref else None))
+                     ms(lambda: img.transform(img.size, T.Image.Transform.AFFINE, ref(arg), resample=T.BICUBIC,
+                                              fillcolor=ra.fill)) if ref else None))
     return rows
 
 

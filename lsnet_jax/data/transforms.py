@@ -134,6 +134,14 @@ def _randomly_negate(rng: np.random.Generator, v: float) -> float:
 
 
 def _affine(img: Image.Image, matrix: tuple, fill: tuple[int, ...]) -> Image.Image:
+    """Pillow's bicubic affine ``transform`` (as timm calls it); an RGB shear or translation, which
+    moves pixels along one axis only, goes to ``shift_lines`` instead."""
+    a0, a1, a2, a3, a4, a5 = matrix
+    if img.mode == "RGB" and a0 == 1 and a4 == 1:
+        if a3 == 0 and a5 == 0 and (a1 == 0 or a2 == 0):  # ShearX, TranslateX
+            return shift_lines(img, a1 * (np.arange(img.size[1]) + 0.5) + a2, 1, fill)
+        if a1 == 0 and a2 == 0 and (a3 == 0 or a5 == 0):  # ShearY, TranslateY
+            return shift_lines(img, a3 * (np.arange(img.size[0]) + 0.5) + a5, 0, fill)
     return img.transform(img.size, Image.Transform.AFFINE, matrix, resample=BICUBIC, fillcolor=fill)
 
 
@@ -149,7 +157,7 @@ def shift_lines(img: Image.Image, shift: np.ndarray | float, axis: int, fill: tu
     is the whole transform. Pillow computes in float64 and this in float32 (flat regions stay
     exact), so a pixel whose value lies within about 1e-4 of an integer may truncate one level
     apart. ``shift`` must be computed as Pillow computes it (``a * (y + 0.5)`` for a shear, the
-    offset for a translation). RGB only; RandAugment sends other modes to Pillow."""
+    offset for a translation). RGB only; ``_affine`` sends other modes to Pillow."""
     if img.mode != "RGB":
         raise ValueError(f"shift_lines takes RGB images, got mode {img.mode!r}")
     arr = np.asarray(img)
@@ -184,18 +192,6 @@ def shift_lines(img: Image.Image, shift: np.ndarray | float, axis: int, fill: tu
     outside = (pos < 0) | (pos >= length)
     out.view(pixel).reshape(h, w)[outside if axis == 1 else outside.T] = np.array(fill, np.uint8).view(pixel)[0]
     return Image.fromarray(out)
-
-
-def _shear(img: Image.Image, a: float, axis: int, fill: tuple[int, ...]) -> Image.Image:
-    if img.mode != "RGB":
-        return _affine(img, (1, a, 0, 0, 1, 0) if axis == 1 else (1, 0, 0, a, 1, 0), fill)
-    return shift_lines(img, a * (np.arange(img.size[axis]) + 0.5), axis, fill)
-
-
-def _translate(img: Image.Image, t: float, axis: int, fill: tuple[int, ...]) -> Image.Image:
-    if img.mode != "RGB":
-        return _affine(img, (1, 0, t, 0, 1, 0) if axis == 1 else (1, 0, 0, 0, 1, t), fill)
-    return shift_lines(img, t, axis, fill)
 
 
 def _solarize_add(img: Image.Image, add: int, thresh: int = 128) -> Image.Image:
@@ -239,13 +235,13 @@ _OPS = {
     "ContrastIncreasing": (_enhance(ImageEnhance.Contrast), _enhance_increasing),
     "BrightnessIncreasing": (_enhance(ImageEnhance.Brightness), _enhance_increasing),
     "SharpnessIncreasing": (_enhance(ImageEnhance.Sharpness), _enhance_increasing),
-    "ShearX": (lambda img, a, fill: _shear(img, a, 1, fill),
+    "ShearX": (lambda img, a, fill: _affine(img, (1, a, 0, 0, 1, 0), fill),
                lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * 0.3)),
-    "ShearY": (lambda img, a, fill: _shear(img, a, 0, fill),
+    "ShearY": (lambda img, a, fill: _affine(img, (1, 0, 0, a, 1, 0), fill),
                lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * 0.3)),
-    "TranslateXRel": (lambda img, a, fill: _translate(img, a * img.size[0], 1, fill),
+    "TranslateXRel": (lambda img, a, fill: _affine(img, (1, 0, a * img.size[0], 0, 1, 0), fill),
                       lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * hp["translate_pct"])),
-    "TranslateYRel": (lambda img, a, fill: _translate(img, a * img.size[1], 0, fill),
+    "TranslateYRel": (lambda img, a, fill: _affine(img, (1, 0, 0, 0, 1, a * img.size[1]), fill),
                       lambda rng, lv, hp: _randomly_negate(rng, lv / _LEVEL_DENOM * hp["translate_pct"])),
 }
 RAND_INCREASING_TRANSFORMS = tuple(_OPS)  # timm's _RAND_INCREASING_TRANSFORMS, same order
