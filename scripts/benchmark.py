@@ -9,7 +9,9 @@ BatchNorms and RepVGG branches, ``--train`` one full training step (normalise, m
 forward, soft-target loss, backward, AGC, AdamW, EMA: ``lsnet_jax.train.steps.train_step``).
 JAX functions are lowered and compiled ahead of time (compile seconds reported apart), warmed up,
 then timed with ``block_until_ready`` until ``--min-time`` has passed. FLOPs come from XLA's cost
-analysis; memory is the peak the device reports (GPU) or XLA's buffer estimate (CPU).
+analysis; ``% peak`` is a row's FLOP rate over that of one large XLA matrix product on the same
+device and dtype, measured first (``matmul_peak_gflops``); memory is the peak the device reports
+(GPU) or XLA's buffer estimate (CPU).
 
 ``--torch`` times the PyTorch model in the same run: the project's reference
 (``lsnet_jax.torch_reference``, SKA as nine shifted multiply-adds), or the official code from a
@@ -73,6 +75,19 @@ def _xla_bytes(compiled) -> int | None:
         return None
 
 
+def matmul_peak_gflops(dtype: str, min_time: float, warmup: int) -> float:
+    """GFLOP/s of one large square matrix product compiled by XLA on the default device (2048 on
+    CPU, 8192 elsewhere), in ``dtype``: the ceiling the model rows are measured against. A row's
+    ``% peak`` is its FLOPs (XLA's cost analysis) per second over this figure, so a row near 100%
+    is compute-bound at what this device's XLA matmul reaches; the rest of a row's time is memory
+    traffic (depthwise convolutions, SKA, normalisations) and small kernels."""
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.standard_normal((n, n)), DTYPES[dtype]) for _ in range(2))
+    compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+    return 2 * n ** 3 / _timeit(lambda: compiled(a, b).block_until_ready(), min_time, warmup) / 1e9
+
+
 def _flops(compiled) -> float | None:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -80,7 +95,7 @@ def _flops(compiled) -> float | None:
 
 
 def jax_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_time: float,
-             warmup: int) -> list[dict]:
+             warmup: int, peak_gflops: float | None = None) -> list[dict]:
     rows = []
     model = create_model(name, img_size=img, dtype=DTYPES[dtype])
     rng = np.random.default_rng(0)
@@ -113,6 +128,9 @@ def jax_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_
         rows.append(base | dict(images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch,
                                 compile_s=compile_s, params=params,
                                 gflops_per_image=flops / batch / 1e9 if flops else None,
+                                matmul_peak_gflops=peak_gflops,
+                                pct_of_matmul_peak=(100 * flops / per_batch / 1e9 / peak_gflops
+                                                    if flops and peak_gflops else None),
                                 peak_mb=(_device_peak_bytes() or _xla_bytes(compiled) or 0) / 2 ** 20))
         print(_fmt(rows[-1]), flush=True)
     return rows
@@ -252,7 +270,8 @@ def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], mi
         rows.append(dict(model=name, impl=impl, batch=batch, img_size=img, dtype=dtype, mode=mode,
                          deploy=mode == "deploy", device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
                          images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=None,
-                         params=params, gflops_per_image=None, peak_mb=peak))
+                         params=params, gflops_per_image=None, peak_mb=peak, matmul_peak_gflops=None,
+                         pct_of_matmul_peak=None))
         print(_fmt(rows[-1]), flush=True)
     return rows
 
@@ -260,7 +279,7 @@ def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], mi
 # ----------------------------------------------------------------------------- output
 
 _HEAD = (f"{'model':<16}{'impl':<24}{'mode':<10}{'dtype':<10}{'batch':>6}{'images/s':>11}{'ms/batch':>10}"
-         f"{'compile s':>10}{'peak MB':>9}{'GFLOPs/img':>11}{'params':>12}")
+         f"{'compile s':>10}{'peak MB':>9}{'GFLOPs/img':>11}{'% peak':>8}{'params':>12}")
 
 
 def _fmt(r: dict) -> str:
@@ -268,7 +287,8 @@ def _fmt(r: dict) -> str:
             f"{r['images_per_s']:>11.1f}{r['ms_per_batch']:>10.1f}"
             f"{(format(r['compile_s'], '.1f') if r['compile_s'] is not None else '-'):>10}"
             f"{(format(r['peak_mb'], '.0f') if r['peak_mb'] else '-'):>9}"
-            f"{(format(r['gflops_per_image'], '.3f') if r['gflops_per_image'] else '-'):>11}{r['params']:>12,}")
+            f"{(format(r['gflops_per_image'], '.3f') if r['gflops_per_image'] else '-'):>11}"
+            f"{(format(r['pct_of_matmul_peak'], '.0f') if r['pct_of_matmul_peak'] else '-'):>8}{r['params']:>12,}")
 
 
 def ratios(rows: list[dict]) -> list[str]:
@@ -326,12 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} ({jax.device_count()} device(s)), "
           f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
           f"{args.img_size}x{args.img_size}")
+    peaks = {d: matmul_peak_gflops(d, args.min_time / 3, args.warmup) for d in args.dtype}
+    print("XLA matmul peak (the '% peak' column's 100%): "
+          + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peaks.items()))
     print(_HEAD + "\n" + "-" * len(_HEAD))
     rows = []
     for name in args.model:
         for dtype in args.dtype:
             for batch in args.batch:
-                rows += jax_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup)
+                rows += jax_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
+                                 peaks[dtype])
                 if args.torch or args.torch_repo:
                     rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
                                        args.torch_repo)
