@@ -17,7 +17,10 @@ device and dtype, measured first (``matmul_peak_gflops``); memory is the peak th
 (``lsnet_jax.torch_reference``, SKA as nine shifted multiply-adds), or the official code from a
 local clone (``--torch-repo PATH``, needs timm), with its Triton SKA where CUDA and Triton exist
 and the reference SKA elsewhere. Inference is folded, under ``torch.inference_mode()``, on all
-cores; the training step is forward, loss, backward, AGC, AdamW and EMA. Ratios come from one run.
+cores; the training step is forward, loss, backward, AGC, AdamW and EMA. ``--torch-compile`` also
+times the same PyTorch model under ``torch.compile`` (TorchInductor: fused C++/OpenMP kernels on
+CPU, Triton kernels on GPU, so SKA becomes one fused kernel there), its compile seconds reported
+apart. Ratios come from one run.
 """
 
 from __future__ import annotations
@@ -211,7 +214,7 @@ def _unit_norm(t):
 
 
 def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_time: float, warmup: int,
-               repo: str | None) -> list[dict]:
+               repo: str | None, compile_model: bool = False) -> list[dict]:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -265,11 +268,18 @@ def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], mi
                     for e, p in zip(ema, model.parameters()):
                         e.mul_(0.99996).add_(p.detach(), alpha=1 - 0.99996)
                 sync()
+        compile_s = None
+        if compile_model:  # TorchInductor: fused kernels (C++/OpenMP on CPU, Triton on GPU)
+            model = torch.compile(model)
+            impl = impl + "+compile"
+            t0 = time.perf_counter()
+            run()  # the first call compiles
+            compile_s = time.perf_counter() - t0
         per_batch = _timeit(run, min_time, warmup)
         peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else None
         rows.append(dict(model=name, impl=impl, batch=batch, img_size=img, dtype=dtype, mode=mode,
                          deploy=mode == "deploy", device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-                         images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=None,
+                         images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=compile_s,
                          params=params, gflops_per_image=None, peak_mb=peak, matmul_peak_gflops=None,
                          pct_of_matmul_peak=None))
         print(_fmt(rows[-1]), flush=True)
@@ -333,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", action="store_true", help="a full training step")
     ap.add_argument("--torch", action="store_true", help="also time PyTorch in the same run")
     ap.add_argument("--torch-repo", default=None, help="a local clone of the official LSNet code")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="time the PyTorch model under torch.compile (TorchInductor) as well as eagerly")
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds of timed calls per row")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", default=None)
@@ -356,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batch:
                 rows += jax_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
                                  peaks[dtype])
-                if args.torch or args.torch_repo:
-                    rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
-                                       args.torch_repo)
+                if args.torch or args.torch_repo or args.torch_compile:
+                    for compile_model in (False, True) if args.torch_compile else (False,):
+                        rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
+                                           args.torch_repo, compile_model)
     for line in ratios(rows):
         print(line)
     if args.json:
