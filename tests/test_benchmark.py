@@ -1,0 +1,47 @@
+"""scripts/benchmark.py end to end at a tiny size: one row per implementation and mode in the table,
+JSON and CSV with the fields users script against, the printed JAX / PyTorch ratios, and the
+``% peak`` figure against the matrix product it measured first."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import benchmark  # noqa: E402
+
+
+def test_benchmark_rows_files_and_ratios(tmp_path, capsys):
+    js, cs = tmp_path / "bench.json", tmp_path / "bench.csv"
+    rc = benchmark.main(["--model", "lsnet_t", "--batch", "2", "--img-size", "64", "--deploy", "--unfolded",
+                         "--torch", "--min-time", "0.05", "--warmup", "1", "--json", str(js), "--csv", str(cs)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    rows = json.loads(js.read_text())
+    assert [(r["impl"], r["mode"]) for r in rows] == [("jax", "deploy"), ("jax", "unfolded"),
+                                                      ("torch-ref", "deploy"), ("torch-ref", "unfolded")]
+    for r in rows:
+        assert (r["model"], r["batch"], r["dtype"], r["img_size"]) == ("lsnet_t", 2, "float32", 64)
+        assert r["deploy"] == (r["mode"] == "deploy")
+        assert r["images_per_s"] == pytest.approx(2 / (r["ms_per_batch"] / 1000))
+    # the folded model has fewer parameters (BN and RepVGG branches folded), in both frameworks
+    assert rows[0]["params"] < rows[1]["params"] and rows[2]["params"] < rows[3]["params"]
+    peak = float(re.search(r"float32 (\d+) GFLOP/s", out).group(1))
+    for r in rows[:2]:
+        assert r["matmul_peak_gflops"] == pytest.approx(peak, abs=0.5)
+        assert r["pct_of_matmul_peak"] == pytest.approx(
+            100 * r["gflops_per_image"] * r["images_per_s"] / r["matmul_peak_gflops"])
+        assert 0 < r["pct_of_matmul_peak"] < 100
+    for mode, (j, t) in {"deploy": (rows[0], rows[2]), "unfolded": (rows[1], rows[3])}.items():
+        printed = re.search(rf"lsnet_t {mode} float32 batch 2: JAX / torch-ref = ([0-9.]+)x", out)
+        assert float(printed.group(1)) == pytest.approx(j["images_per_s"] / t["images_per_s"], abs=0.006)
+    with open(cs, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["impl"], r["mode"], float(r["images_per_s"])) for r in table] == [
+        (r["impl"], r["mode"], pytest.approx(r["images_per_s"])) for r in rows]
