@@ -298,7 +298,8 @@ def _fmt(r: dict) -> str:
             f"{(format(r['compile_s'], '.1f') if r['compile_s'] is not None else '-'):>10}"
             f"{(format(r['peak_mb'], '.0f') if r['peak_mb'] else '-'):>9}"
             f"{(format(r['gflops_per_image'], '.3f') if r['gflops_per_image'] else '-'):>11}"
-            f"{(format(r['pct_of_matmul_peak'], '.0f') if r['pct_of_matmul_peak'] else '-'):>8}{r['params']:>12,}")
+            f"{(format(r['pct_of_matmul_peak'], '.0f') if r['pct_of_matmul_peak'] else '-'):>8}"
+            f"{r['params']:>12,}")
 
 
 def ratios(rows: list[dict]) -> list[str]:
@@ -370,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                                  peaks[dtype])
                 if args.torch or args.torch_repo or args.torch_compile:
                     for compile_model in (False, True) if args.torch_compile else (False,):
-                        rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
-                                           args.torch_repo, compile_model)
+                        rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time,
+                                           args.warmup, args.torch_repo, compile_model)
     for line in ratios(rows):
         print(line)
     if args.json:

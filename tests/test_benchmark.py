@@ -20,7 +20,8 @@ import benchmark  # noqa: E402
 def test_benchmark_rows_files_and_ratios(tmp_path, capsys):
     js, cs = tmp_path / "bench.json", tmp_path / "bench.csv"
     rc = benchmark.main(["--model", "lsnet_t", "--batch", "2", "--img-size", "64", "--deploy", "--unfolded",
-                         "--torch", "--min-time", "0.05", "--warmup", "1", "--json", str(js), "--csv", str(cs)])
+                         "--torch", "--min-time", "0.05", "--warmup", "1",
+                         "--json", str(js), "--csv", str(cs)])
     assert rc == 0
     out = capsys.readouterr().out
     rows = json.loads(js.read_text())
