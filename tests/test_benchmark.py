@@ -46,3 +46,25 @@ def test_benchmark_rows_files_and_ratios(tmp_path, capsys):
         table = list(csv.DictReader(f))
     assert [(r["impl"], r["mode"], float(r["images_per_s"])) for r in table] == [
         (r["impl"], r["mode"], pytest.approx(r["images_per_s"])) for r in rows]
+
+
+def test_bench_ops_times_each_shape_and_forms_agree(tmp_path, capsys):
+    import bench_ops
+
+    js = tmp_path / "ops.json"
+    assert bench_ops.main(["--model", "lsnet_b", "--batch", "2", "--img-size", "64", "--min-time", "0.01",
+                           "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())
+    # LSNet-B at 64 px: stages at 8, 4, 2, 1 px; every stage has blocks
+    where = [r["where"] for r in rows[::2]]
+    assert where == ["RepVGG stage 0", "LKP 7x7 stage 0", "SKA stage 0", "downsample 1", "RepVGG stage 1",
+                     "LKP 7x7 stage 1", "SKA stage 1", "downsample 2", "RepVGG stage 2", "LKP 7x7 stage 2",
+                     "SKA stage 2", "downsample 3", "RepVGG stage 3", "attention q 3x3"]
+    assert (rows[2]["shape"], rows[2]["kernel"]) == ([2, 8, 8, 64], 7)  # LKP's 7x7 on half the channels
+    assert (rows[4]["shape"], rows[4]["kernel"]) == ([2, 8, 8, 128], "G=16")  # SKA: C/8 kernel groups
+    assert (rows[6]["shape"], rows[6]["stride"]) == ([2, 8, 8, 128], 2)
+    for pkg, other in zip(rows[::2], rows[1::2]):
+        assert pkg["form"] == "shifted (package)" and other["where"] == pkg["where"]
+        assert pkg["fwd_ms"] > 0 and other["fwd_bwd_ms"] > 0
+        assert other["max_rel_diff"] < 1e-5, other  # XLA's grouped conv / patches compute the same
+    assert "SKA stage 0" in capsys.readouterr().out

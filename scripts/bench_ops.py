@@ -1,0 +1,151 @@
+"""Formulations of LSNet's depthwise convolutions and SKA, timed on this backend at the model's shapes.
+
+    python scripts/bench_ops.py [--model lsnet_t] [--batch 32] [--img-size 224] [--dtype float32]
+                                [--json FILE]
+
+``lsnet_jax.ops`` writes every depthwise convolution and SKA as shifted multiply-adds, the form
+measured fastest on XLA:CPU (docs/performance.md). Other backends may prefer another form: this
+script times, for each distinct shape the model has (RepVGG 3x3, LKP 7x7, the strided 3x3 of the
+downsamplings, the attention's 3x3 on the queries, SKA), the package's form against
+
+- depthwise: XLA's grouped convolution (``feature_group_count=C``, cuDNN on GPU);
+- SKA: 3x3 patches (``lax.conv_general_dilated_patches``) contracted with the kernels,
+
+forward and forward + backward (gradients with respect to the input and the kernel), each
+compiled ahead of time and warmed up. The ``max rel diff`` column is each form's largest
+difference from the package's, over the largest value, so the table also shows they compute the
+same thing. Run it once on a new backend before choosing a formulation there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lsnet_jax import ops  # noqa: E402
+from lsnet_jax.model import model_config  # noqa: E402
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def grouped_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """Depthwise convolution as XLA's grouped convolution (one group per channel)."""
+    k = kernel.shape[0]
+    return lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), [(k // 2, k // 2)] * 2,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+
+
+def patches_ska(x: jax.Array, w: jax.Array) -> jax.Array:
+    """SKA as 3x3 patches of x (channel-major: patch channel c*9 + tap) times the tiled kernels."""
+    n, h, wd, c = x.shape
+    g = w.shape[3]
+    p = lax.conv_general_dilated_patches(x, (3, 3), (1, 1), [(1, 1), (1, 1)],
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    p = p.reshape(n, h, wd, c // g, g, 9)
+    return jnp.einsum("nhwrgk,nhwgk->nhwrg", p, w.astype(x.dtype)).reshape(n, h, wd, c)
+
+
+FORMS: dict[str, dict[str, Callable]] = {
+    "depthwise": {"shifted (package)": lambda x, k, s: ops.depthwise_conv(x, k, s), "grouped conv": grouped_depthwise},
+    "ska": {"shifted (package)": lambda x, w, s: ops.ska(x, w), "patches + einsum": lambda x, w, s: patches_ska(x, w)},
+}
+
+
+def model_shapes(name: str, img_size: int) -> list[tuple[str, str, int, int, int, int]]:
+    """``(op, where, side, channels, kernel or groups, stride)`` for each distinct depthwise / SKA
+    shape of the model."""
+    cfg = model_config(name, img_size=img_size)
+    res = cfg.resolutions()
+    out = []
+    for i, (dim, depth) in enumerate(zip(cfg.embed_dim, cfg.depth)):
+        if i > 0:
+            out.append(("depthwise", f"downsample {i}", res[i - 1], cfg.embed_dim[i - 1], 3, 2))
+        if depth >= 1:
+            out.append(("depthwise", f"RepVGG stage {i}", res[i], dim, 3, 1))
+        if depth >= 2 and i < 3:
+            out.append(("depthwise", f"LKP 7x7 stage {i}", res[i], dim // 2, 7, 1))
+            out.append(("ska", f"SKA stage {i}", res[i], dim, dim // 8, 1))
+        if depth >= 2 and i == 3:
+            out.append(("depthwise", "attention q 3x3", res[i], cfg.key_dim * cfg.num_heads[i], 3, 1))
+    seen, unique = set(), []
+    for s in out:
+        if s[0] + str(s[2:]) not in seen:
+            seen.add(s[0] + str(s[2:]))
+            unique.append(s)
+    return unique
+
+
+def _time(fn: Callable, args: tuple, min_time: float) -> float:
+    compiled = jax.jit(fn).lower(*args).compile()
+    for _ in range(2):
+        jax.block_until_ready(compiled(*args))
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < min_time:
+        jax.block_until_ready(compiled(*args))
+        n += 1
+    return 1000 * (time.perf_counter() - t0) / n
+
+
+def bench(name: str, batch: int, img_size: int, dtype: str, min_time: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    dt = DTYPES[dtype]
+    rows = []
+    for op, where, side, c, k, stride in model_shapes(name, img_size):
+        x = jnp.asarray(rng.standard_normal((batch, side, side, c)), dt)
+        second = (jnp.asarray(rng.standard_normal((k, k, 1, c)), jnp.float32) if op == "depthwise"
+                  else jnp.asarray(rng.standard_normal((batch, side, side, k, 9)), dt))
+        ref = None
+        for form, f in FORMS[op].items():
+            def fwd(x, s2, f=f):
+                return f(x, s2, stride)
+
+            y = jax.jit(fwd)(x, second)
+            g = jnp.asarray(rng.standard_normal(y.shape), dt) if ref is None else g
+
+            def fwd_bwd(x, s2, g, f=f):
+                return jax.grad(lambda a, b: jnp.sum((f(a, b, stride) * g).astype(jnp.float32)), (0, 1))(x, s2)
+
+            ref = y if ref is None else ref
+            diff = float(jnp.max(jnp.abs(y.astype(jnp.float32) - ref.astype(jnp.float32)))
+                         / jnp.max(jnp.abs(ref.astype(jnp.float32))))
+            rows.append(dict(model=name, op=op, where=where, shape=[batch, side, side, c],
+                             kernel=k if op == "depthwise" else f"G={k}", stride=stride, form=form, dtype=dtype,
+                             device=jax.devices()[0].device_kind, fwd_ms=_time(fwd, (x, second), min_time),
+                             fwd_bwd_ms=_time(fwd_bwd, (x, second, g), min_time), max_rel_diff=diff))
+            r = rows[-1]
+            print(f"{r['where']:<20}{str(tuple(r['shape'])):<20}{str(r['kernel']):>6}{r['stride']:>4}  "
+                  f"{r['form']:<20}{r['fwd_ms']:>9.3f}{r['fwd_bwd_ms']:>12.3f}{r['max_rel_diff']:>14.1e}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="lsnet_t", choices=("lsnet_t", "lsnet_s", "lsnet_b"))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per figure")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, {args.model} batch {args.batch}, "
+          f"{args.img_size}px, {args.dtype}; ms per call")
+    print(f"{'layer':<20}{'input':<20}{'k':>6}{'s':>4}  {'form':<20}{'fwd':>9}{'fwd+bwd':>12}{'max rel diff':>14}")
+    rows = bench(args.model, args.batch, args.img_size, args.dtype, args.min_time)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
