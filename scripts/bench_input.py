@@ -2,7 +2,8 @@
 RandAugment, RandomErasing's box) and the eval transform (resize 256, crop 224). Both hand uint8
 images to the step, which normalises and fills the erasing box on the device.
 
-    python scripts/bench_input.py [--data_dir OUT --name imagenet_folder] [--n 400] [--json FILE]
+    python scripts/bench_input.py [--data_dir OUT --name imagenet_folder] [--n 400] [--workers N]
+                                  [--json FILE]
 
 Without ``--data_dir`` it makes ImageNet-like JPEGs (about 500x375, quality 90, cut from the photos
 scikit-learn ships, plus two unreadable files) in a temporary TFDS dataset. Each figure is one
@@ -10,7 +11,9 @@ process running the real per-record code of the pipeline with no threads, so it 
 grain worker delivers; a host feeds the device with ``data.workers`` of them. A table of where the
 time goes (decode + crop, flip, RandAugment, erasing box) follows, then each RandAugment op's cost
 on a 224x224 crop (with Pillow's own affine beside the numpy shears and translations), and a plain
-PIL baseline (full decode + RandomResizedCrop + flip) for scale.
+PIL baseline (full decode + RandomResizedCrop + flip) for scale. With ``--workers N`` it also runs
+the real training loader (grain with N worker processes, records read from the TFDS source,
+batches of ``--batch``, repeated augmentation) and reports the images per second it delivers.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -130,6 +134,27 @@ def op_table(data: bytes, size: int, repeat: int = 40) -> list[tuple[str, float,
     return rows
 
 
+def pipeline_rate(source, info, size: int, workers: int, batch: int = 32,
+                  min_images: int = 1500) -> tuple[float, int, int]:
+    """Images per second that the real training loader (grain, ``workers`` worker processes with the
+    loader's default threads, the TFDS source read record by record) delivers as batches to this
+    process, over about ``min_images`` images after its first batch (worker start-up); and the
+    images and skipped records counted."""
+    steps = max(2, -(-min_images // batch) + 1)
+    epochs = -(-steps // (info.num_examples // batch))
+    loader = pipeline.train_loader(source, info, pipeline.TrainTransform(size, MEAN, STD), batch, seed=0,
+                                   num_epochs=epochs, repeats=3, workers=workers)
+    it = iter(loader.dataset)
+    next(it)
+    images = skipped = 0
+    t = time.perf_counter()
+    for _ in range(steps - 1):
+        b = next(it)
+        images += len(b["label"])
+        skipped += int(b["skipped"])
+    return images / (time.perf_counter() - t), images, skipped
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", default=None, help="a TFDS data_dir holding --name (default: make one)")
@@ -137,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="train")
     ap.add_argument("--n", type=int, default=400, help="records to time")
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--workers", type=int, default=0,
+                    help="also run the real training loader with this many worker processes")
+    ap.add_argument("--batch", type=int, default=32, help="the training loader's batch size")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
 
@@ -192,8 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'RandAugment op (magnitude 9, one call)':<46}{'ms':>8}{'Pillow affine ms':>18}")
     for k, t, ref in ops:
         print(f"{k:<46}{t:>8.2f}" + (f"{ref:>18.2f}" if ref is not None else ""))
+    loader_fig = {}
+    if args.workers > 0:
+        rate_w, images, skipped_w = pipeline_rate(source, info, args.size, args.workers, args.batch)
+        cores = os.cpu_count() or 1
+        print(f"\ntraining loader, {args.workers} worker processes, batches of {args.batch}: "
+              f"{rate_w:.1f} images/s, {rate_w / cores:.1f} per core of this {cores}-core machine "
+              f"({images} images, {skipped_w} unreadable records skipped)")
+        loader_fig = {"loader_workers": args.workers, "loader_images_per_s": rate_w,
+                      "loader_images_per_s_per_core": rate_w / cores, "loader_skipped": skipped_w}
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        Path(args.json).write_text(json.dumps(loader_fig | {
             "train_images_per_s_per_process": train_rate, "eval_images_per_s_per_process": eval_rate,
             "plain_pil_rrc_images_per_s": plain_rate, "skipped": skipped, "records": n,
             "train_stage_ms": dict(table), "randaugment_op_ms": {k: t for k, t, _ in ops}}, indent=2))

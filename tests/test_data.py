@@ -384,9 +384,12 @@ def test_bench_input_reports_rates_and_skipped(folder, tmp_path, capsys):
 
     _, data_dir = folder
     out = tmp_path / "b.json"
-    assert bench_input.main(["--data_dir", data_dir, "--n", "40", "--size", "64", "--json", str(out)]) == 0
+    assert bench_input.main(["--data_dir", data_dir, "--n", "40", "--size", "64", "--workers", "1",
+                             "--batch", "8", "--json", str(out)]) == 0
     got = json.loads(out.read_text())
     assert got["skipped"] == 2 and got["records"] == 28
+    # the real loader through one grain worker: whole batches, the unreadable records among them skipped
+    assert got["loader_workers"] == 1 and got["loader_images_per_s"] > 0 and got["loader_skipped"] > 0
     assert got["train_images_per_s_per_process"] > 0 and got["eval_images_per_s_per_process"] > 0
     assert set(got["train_stage_ms"]) == {"open + decode (reduced) + crop/resize", "flip", "RandAugment",
                                          "RandomErasing box + uint8 array"}
