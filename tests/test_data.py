@@ -295,21 +295,46 @@ def test_random_erasing_probability_and_box():
     areas = boxes[on, 2] * boxes[on, 3] / 2000
     assert 0.015 <= areas.min() and areas.max() <= 1 / 3 + 0.03
     assert (boxes[on, 0] + boxes[on, 2] <= 40).all() and (boxes[on, 1] + boxes[on, 3] <= 50).all()
-    # the device fills exactly the box with N(0, 1) noise and leaves the rest
+    # the device fills exactly each box with its own N(0, 1) noise and leaves the rest
+    def check(boxes, n, via_all_pixels):
+        x = jnp.full((n, 40, 50, 3), 7.0)
+        boxes = np.asarray(boxes, np.int32)
+        key = jax.random.key(n)
+        out = np.asarray(jax.jit(mix.erase)(key, x, jnp.asarray(boxes)))
+        seen = []
+        for img, (t, l, h, w) in zip(out, boxes):
+            inside = np.zeros((40, 50), bool)
+            inside[t:t + h, l:l + w] = True
+            assert (img[~inside] == 7.0).all()
+            seen.append(img[inside].ravel())
+        noise = np.concatenate(seen)
+        assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1, (noise.mean(), noise.std())
+        # the full draw, a value per pixel of the batch: what other backends always do
+        full = np.asarray(mix._erase(key, x, jnp.asarray(boxes)))
+        if via_all_pixels or jax.default_backend() != "cpu":
+            np.testing.assert_array_equal(out, full)
+            return
+        # on CPU: the k-th erased image reads row k of an (n/2, H*W/3 + H + W) draw, its box row by
+        # row; each erased pixel reads its own position, so every value is its own N(0, 1) sample
+        pixels = 40 * 50 // 3 + 40 + 50
+        draw = np.asarray(jax.random.normal(key, (max(1, n // 2) * pixels, 3)))
+        used = []
+        for k, (i, (t, l, h, w)) in enumerate((i, b) for i, b in enumerate(boxes) if b[2] > 0):
+            idx = k * pixels + np.arange(h)[:, None] * w + np.arange(w)[None, :]
+            np.testing.assert_array_equal(out[i, t:t + h, l:l + w], draw[idx])
+            used.append(idx.ravel())
+        used = np.concatenate(used)
+        assert len(np.unique(used)) == len(used) and not np.array_equal(out, full)
+
+    check([[5, 10, 20, 30], [0, 0, 0, 0], [0, 0, 39, 17], [0, 0, 0, 0], [30, 1, 9, 48], [0, 0, 0, 0]], 6,
+          via_all_pixels=False)
+    check([[5, 10, 20, 30], [1, 2, 3, 4]], 2, via_all_pixels=True)  # more boxes than half the batch
+    check([[0, 0, 39, 49], [0, 0, 0, 0]], 2, via_all_pixels=True)  # a box larger than the recipe draws
+    # a batch without boxes comes back unchanged, jitted and not
     x = jnp.full((2, 40, 50, 3), 7.0)
-    out = np.asarray(mix.erase(jax.random.key(0), x, jnp.asarray([[5, 10, 20, 30], [0, 0, 0, 0]])))
-    inside = np.zeros((40, 50), bool)
-    inside[5:25, 10:40] = True
-    assert (out[1] == 7.0).all() and (out[0][~inside] == 7.0).all()
-    noise = out[0][inside]
-    assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1
-    # on CPU the noise is drawn under a conditional (one materialisation); same numbers as the
-    # plain fill, jitted and not, and a batch without boxes comes back unchanged
-    boxes = jnp.asarray([[5, 10, 20, 30], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(np.asarray(jax.jit(mix.erase)(jax.random.key(0), x, boxes)),
-                                  np.asarray(mix._erase(jax.random.key(0), x, boxes)))
     none = jnp.zeros((2, 4), jnp.int32)
     np.testing.assert_array_equal(np.asarray(jax.jit(mix.erase)(jax.random.key(0), x, none)), 7.0)
+    np.testing.assert_array_equal(np.asarray(mix.erase(jax.random.key(0), x, none)), 7.0)
 
 
 def test_mixup_cutmix_targets_sum_to_one_and_match_the_images():

@@ -35,23 +35,57 @@ def erase(key: Array, images: Array, boxes: Array) -> Array:
     """Fill each image's box ``(top, left, h, w)`` (h = 0: none) with N(0, 1) noise, per pixel and
     channel, as timm's RandomErasing in 'pixel' mode does after normalisation.
 
-    On CPU the noise is drawn inside a conditional on whether any image has a box: XLA:CPU fused
-    the noise into mixup, whose partner is the reversed batch, and so computed it twice (160 ms
-    against 71 ms for normalise + erase + mixup at batch 32, 224 px); the conditional's result is
-    materialised once, and a batch without boxes draws none. Other backends keep one fusion."""
-    if jax.default_backend() == "cpu":
-        return lax.cond(jnp.any(boxes[:, 2] > 0), lambda x: _erase(key, x, boxes), lambda x: x, images)
-    return _erase(key, images, boxes)
+    On CPU only the noise the boxes use is drawn (``_erase_compact``): N(0, 1) for every pixel of
+    a 32x224x224x3 batch costs 46 ms on a 2-core CPU, while at the recipe's rate (a box on a
+    quarter of the images, at most a third of the image) the boxes cover about 1.4 images' worth.
+    A batch without boxes draws nothing; one with more boxes than that path has room for, or a box
+    larger than a third of the image, draws noise for every pixel (``_erase``). Other backends
+    draw every pixel's noise in one fused kernel, which costs them little."""
+    if jax.default_backend() != "cpu":
+        return _erase(key, images, boxes)
+    n, height, width, _ = images.shape
+    area = boxes[:, 2] * boxes[:, 3]
+    count = jnp.sum(area > 0)
+    fits = (count <= _compact_slots(n)) & (jnp.max(area) <= _compact_pixels(height, width))
+    branch = jnp.where(count == 0, 0, jnp.where(fits, 1, 2))
+    return lax.switch(branch, [lambda x: x, lambda x: _erase_compact(key, x, boxes),
+                               lambda x: _erase(key, x, boxes)], images)
 
 
-def _erase(key: Array, images: Array, boxes: Array) -> Array:
-    n, height, width, chans = images.shape
+def _box_mask(boxes: Array, height: int, width: int) -> tuple[Array, ...]:
+    """``(N, H, W)`` mask of each image's box, and the box's rows and columns broadcastable to it."""
     ys = jnp.arange(height)[None, :, None]
     xs = jnp.arange(width)[None, None, :]
     top, left, h, w = (boxes[:, i, None, None] for i in range(4))
-    mask = (ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w)
+    return (ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w), ys - top, xs - left, w
+
+
+def _erase(key: Array, images: Array, boxes: Array) -> Array:
+    mask = _box_mask(boxes, *images.shape[1:3])[0]
     noise = jax.random.normal(key, images.shape, images.dtype)
     return jnp.where(mask[..., None], noise, images)
+
+
+def _compact_slots(n: int) -> int:
+    return max(1, n // 2)  # at the recipe's rate (0.25) more than half the batch erased is rare
+
+
+def _compact_pixels(height: int, width: int) -> int:
+    # the largest box timm's RandomErasing draws at its default area (<= 1/3), with its rounding of h and w
+    return height * width // 3 + height + width
+
+
+def _erase_compact(key: Array, images: Array, boxes: Array) -> Array:
+    """``_erase`` for batches whose boxes fit: the k-th image with a box takes its noise from row k
+    of an ``(N/2, H*W/3 + H + W, C)`` draw, pixel ``(y, x)`` of the box from position
+    ``(y - top) * w + (x - left)``: every erased value is its own N(0, 1) sample, as in ``_erase``."""
+    n, height, width, chans = images.shape
+    slots, pixels = _compact_slots(n), _compact_pixels(height, width)
+    mask, dy, dx, w = _box_mask(boxes, height, width)
+    slot = jnp.clip(jnp.cumsum(boxes[:, 2] * boxes[:, 3] > 0) - 1, 0, slots - 1)
+    index = jnp.where(mask, slot[:, None, None] * pixels + dy * w + dx, 0)
+    noise = jax.random.normal(key, (slots * pixels, chans), images.dtype)
+    return jnp.where(mask[..., None], jnp.take(noise, index.reshape(-1), axis=0).reshape(images.shape), images)
 
 
 def smooth_one_hot(labels: Array, num_classes: int, smoothing: float) -> Array:
