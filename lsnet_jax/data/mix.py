@@ -39,8 +39,10 @@ def erase(key: Array, images: Array, boxes: Array) -> Array:
     a 32x224x224x3 batch costs 46 ms on a 2-core CPU, while at the recipe's rate (a box on a
     quarter of the images, at most a third of the image) the boxes cover about 1.4 images' worth.
     A batch without boxes draws nothing; one with more boxes than that path has room for, or a box
-    larger than a third of the image, draws noise for every pixel (``_erase``). Other backends
-    draw every pixel's noise in one fused kernel, which costs them little."""
+    larger than a third of the image, draws noise for every pixel (``_erase``). The conditional's
+    result is materialised once (XLA:CPU otherwise fused the noise into mixup, whose partner is
+    the reversed batch, and drew it twice). Other backends draw every pixel's noise in one fused
+    kernel, which costs them little."""
     if jax.default_backend() != "cpu":
         return _erase(key, images, boxes)
     n, height, width, _ = images.shape
@@ -71,7 +73,8 @@ def _compact_slots(n: int) -> int:
 
 
 def _compact_pixels(height: int, width: int) -> int:
-    # the largest box timm's RandomErasing draws at its default area (<= 1/3), with its rounding of h and w
+    # the largest box timm's RandomErasing draws at its default area (<= 1/3), with the rounding
+    # of h and w
     return height * width // 3 + height + width
 
 
@@ -85,7 +88,8 @@ def _erase_compact(key: Array, images: Array, boxes: Array) -> Array:
     slot = jnp.clip(jnp.cumsum(boxes[:, 2] * boxes[:, 3] > 0) - 1, 0, slots - 1)
     index = jnp.where(mask, slot[:, None, None] * pixels + dy * w + dx, 0)
     noise = jax.random.normal(key, (slots * pixels, chans), images.dtype)
-    return jnp.where(mask[..., None], jnp.take(noise, index.reshape(-1), axis=0).reshape(images.shape), images)
+    filled = jnp.take(noise, index.reshape(-1), axis=0).reshape(images.shape)
+    return jnp.where(mask[..., None], filled, images)
 
 
 def smooth_one_hot(labels: Array, num_classes: int, smoothing: float) -> Array:
