@@ -302,9 +302,9 @@ def test_random_erasing_probability_and_box():
         key = jax.random.key(n)
         out = np.asarray(jax.jit(mix.erase)(key, x, jnp.asarray(boxes)))
         seen = []
-        for img, (t, l, h, w) in zip(out, boxes):
+        for img, (top, left, h, w) in zip(out, boxes):
             inside = np.zeros((40, 50), bool)
-            inside[t:t + h, l:l + w] = True
+            inside[top:top + h, left:left + w] = True
             assert (img[~inside] == 7.0).all()
             seen.append(img[inside].ravel())
         noise = np.concatenate(seen)
@@ -319,9 +319,9 @@ def test_random_erasing_probability_and_box():
         pixels = 40 * 50 // 3 + 40 + 50
         draw = np.asarray(jax.random.normal(key, (max(1, n // 2) * pixels, 3)))
         used = []
-        for k, (i, (t, l, h, w)) in enumerate((i, b) for i, b in enumerate(boxes) if b[2] > 0):
+        for k, (i, (top, left, h, w)) in enumerate((i, b) for i, b in enumerate(boxes) if b[2] > 0):
             idx = k * pixels + np.arange(h)[:, None] * w + np.arange(w)[None, :]
-            np.testing.assert_array_equal(out[i, t:t + h, l:l + w], draw[idx])
+            np.testing.assert_array_equal(out[i, top:top + h, left:left + w], draw[idx])
             used.append(idx.ravel())
         used = np.concatenate(used)
         assert len(np.unique(used)) == len(used) and not np.array_equal(out, full)
