@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,10 +32,9 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmark import DTYPES, _timeit  # noqa: E402  (scripts/benchmark.py, beside this file)
 from lsnet_jax import ops  # noqa: E402
 from lsnet_jax.model import model_config  # noqa: E402
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def grouped_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -83,21 +81,16 @@ def model_shapes(name: str, img_size: int) -> list[tuple[str, str, int, int, int
             out.append(("depthwise", "attention q 3x3", res[i], cfg.key_dim * cfg.num_heads[i], 3, 1))
     seen, unique = set(), []
     for s in out:
-        if s[0] + str(s[2:]) not in seen:
-            seen.add(s[0] + str(s[2:]))
+        if (s[0],) + s[2:] not in seen:  # the same op at the same shape in another place
+            seen.add((s[0],) + s[2:])
             unique.append(s)
     return unique
 
 
 def _time(fn: Callable, args: tuple, min_time: float) -> float:
+    """Milliseconds per call of ``fn`` compiled ahead of time, after two warm-up calls."""
     compiled = jax.jit(fn).lower(*args).compile()
-    for _ in range(2):
-        jax.block_until_ready(compiled(*args))
-    n, t0 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < min_time:
-        jax.block_until_ready(compiled(*args))
-        n += 1
-    return 1000 * (time.perf_counter() - t0) / n
+    return 1000 * _timeit(lambda: jax.block_until_ready(compiled(*args)), min_time, 2)
 
 
 def bench(name: str, batch: int, img_size: int, dtype: str, min_time: float) -> list[dict]:
