@@ -54,4 +54,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from lsnet_jax.runtime import restart_with_huge_pages
+
+    restart_with_huge_pages()
     app.run(main)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark import DTYPES, _timeit  # noqa: E402  (scripts/benchmark.py, beside this file)
 from lsnet_jax import ops  # noqa: E402
 from lsnet_jax.model import model_config  # noqa: E402
+from lsnet_jax.runtime import restart_with_huge_pages  # noqa: E402
 
 
 def grouped_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -148,4 +149,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_huge_pages()
     sys.exit(main())

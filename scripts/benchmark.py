@@ -42,6 +42,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lsnet_jax import create_model, fold, list_models  # noqa: E402
+from lsnet_jax.runtime import restart_with_huge_pages  # noqa: E402
 from lsnet_jax.data.transforms import erasing_box  # noqa: E402
 from lsnet_jax.train import optim  # noqa: E402
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step  # noqa: E402
@@ -358,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} ({jax.device_count()} device(s)), "
           f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-          f"{args.img_size}x{args.img_size}")
+          f"{args.img_size}x{args.img_size}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')} "
+          "(JAX and PyTorch alike: lsnet_jax.runtime)")
     peaks = {d: matmul_peak_gflops(d, args.min_time / 3, args.warmup) for d in args.dtype}
     print("XLA matmul peak (the '% peak' column's 100%): "
           + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peaks.items()))
@@ -388,4 +390,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_huge_pages()
     sys.exit(main())

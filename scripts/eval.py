@@ -15,6 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lsnet_jax.evaluate import main  # noqa: E402
+from lsnet_jax.runtime import restart_with_huge_pages  # noqa: E402
 
 if __name__ == "__main__":
+    restart_with_huge_pages()
     sys.exit(main())
