@@ -246,7 +246,7 @@ class LSConv(nnx.Module):
         self.bn = BatchNorm(dim, group_size=bn_group_size)
 
     def __call__(self, x: Array) -> Array:
-        return self.bn(ops.ska(x, self.lkp(x))) + x
+        return self.bn(ops.ska_materialized(x, self.lkp(x))) + x
 
 
 @functools.lru_cache(maxsize=None)

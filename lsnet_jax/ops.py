@@ -249,19 +249,38 @@ def ska(x: Array, w: Array) -> Array:
 
     The tiling is expressed without copying the kernels: x is viewed as ``(N, H, W, r, G)`` and w
     broadcasts along the ``r`` axis. Forward, it materialises the padded input and the output only
-    (the nine shifted products are fused into one loop). Backward (autodiff of the same slices),
+    (the nine shifted products are fused into one loop). Backward (autodiff of the same slices;
+    ``ska_materialized`` is the same from a materialised cotangent, the faster form on CPU),
     dx is nine shifted products of ``g * w`` accumulated into one padded buffer and dw is nine
     fused multiply-reductions over ``r``; the residuals are ``x`` and ``w`` themselves, nothing of
     size 9 x input is kept.
     """
+    _check_ska_shapes(x, w)
+    return _ska_forward(x, w.astype(x.dtype))
+
+
+def _check_ska_shapes(x: Array, w: Array) -> None:
     n, h, wd, c = x.shape
     if w.ndim != 5 or w.shape[:3] != (n, h, wd) or w.shape[4] != 9:
         raise ValueError(f"SKA kernels must have shape (N, H, W, G, 9) = ({n}, {h}, {wd}, G, 9), got {w.shape}")
+    if c % w.shape[3]:
+        raise ValueError(f"SKA: channels ({c}) must be a multiple of the kernel groups ({w.shape[3]})")
+
+
+def ska_materialized(x: Array, w: Array) -> Array:
+    """``ska`` whose reverse-mode gradient starts from a materialised cotangent on CPU
+    (``materialize``), what LSConv uses; reverse mode only there (a ``custom_vjp``), as the
+    depthwise convolutions. Elsewhere it is ``ska``."""
+    if jax.default_backend() != "cpu":
+        return ska(x, w)
+    _check_ska_shapes(x, w)
+    return _ska_materialized_grad(x, w.astype(x.dtype))
+
+
+def _ska_forward(x: Array, w: Array) -> Array:
+    n, h, wd, c = x.shape
     g = w.shape[3]
-    if c % g:
-        raise ValueError(f"SKA: channels ({c}) must be a multiple of the kernel groups ({g})")
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    w = w.astype(x.dtype)
     out = None
     for i in range(3):
         for j in range(3):
@@ -271,6 +290,38 @@ def ska(x: Array, w: Array) -> Array:
             term = tap * lax.index_in_dim(w, 3 * i + j, axis=4, keepdims=False)[:, :, :, None, :]
             out = term if out is None else out + term
     return out.reshape(n, h, wd, c)
+
+
+def materialize(a: Array) -> Array:
+    """``a``, computed once into a buffer of its own on XLA:CPU.
+
+    XLA fuses an elementwise producer into each of its consumers and recomputes it there. Where
+    the consumer reads the producer at k*k shifted positions (the input gradient of SKA reads its
+    cotangent at nine), the producer's whole chain (BatchNorm's backward and the recomputed SKA
+    forward) is evaluated nine times per pixel. A conditional's operand is always materialised, so
+    ``a`` goes through one whose predicate is data-dependent; its other branch (taken only when
+    the first element is not finite, when the step is lost anyway) fills with NaN. XLA:CPU removes
+    ``lax.optimization_barrier``; on a GPU a conditional would synchronise with the host, so this
+    is for CPU only."""
+    return lax.cond(jnp.isfinite(a.reshape(-1)[0]), lambda b: b, lambda b: jnp.full_like(b, jnp.nan), a)
+
+
+@jax.custom_vjp
+def _ska_materialized_grad(x: Array, w: Array) -> Array:
+    return _ska_forward(x, w)
+
+
+def _ska_mg_fwd(x: Array, w: Array):
+    return _ska_forward(x, w), (x, w)
+
+
+def _ska_mg_bwd(res, g: Array):
+    """Autodiff of the forward, from a materialised cotangent (``materialize``): LSNet-T's
+    training step 410 against 423-440 ms on the 2-core CPU (docs/performance.md)."""
+    return jax.vjp(_ska_forward, *res)[1](materialize(g))
+
+
+_ska_materialized_grad.defvjp(_ska_mg_fwd, _ska_mg_bwd)
 
 
 def batch_norm_stats(x: Array, group_size: int | None) -> tuple[Array, Array]:

@@ -171,3 +171,24 @@ def test_conv1x1_gradients_match_numpy():
     xb, kb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16)
     grads = jax.grad(lambda a, c: jnp.sum(ops.conv1x1(a, c).astype(jnp.float32)), (0, 1))(xb, kb)
     assert [a.dtype for a in grads] == [jnp.bfloat16, jnp.bfloat16]
+
+
+def test_materialized_ska_gradients_equal_autodiff():
+    """The SKA that LSConv uses (its cotangent materialised before the backward on CPU) against
+    plain autodiff of ``ska`` and numerical differences, float64; ``materialize`` itself returns
+    its argument, or NaN where the first element is not finite."""
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(0.2, 1.1, (2, 5, 4, 12)))
+        w = jnp.asarray(rng.normal(size=(2, 5, 4, 3, 9)))
+        g = jnp.asarray(rng.normal(size=(2, 5, 4, 12)))
+        np.testing.assert_array_equal(np.asarray(ops.ska_materialized(x, w)), np.asarray(ops.ska(x, w)))
+        got = jax.vjp(ops.ska_materialized, x, w)[1](g)
+        want = jax.vjp(ops.ska, x, w)[1](g)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-13)
+        check_grads(ops.ska_materialized, (x, w), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(ops.materialize(g)), np.asarray(g))
+        assert np.isnan(np.asarray(ops.materialize(g.at[0, 0, 0, 0].set(np.inf)))).all()
+    with pytest.raises(ValueError, match="multiple of the kernel groups"):
+        ops.ska_materialized(jnp.zeros((1, 2, 2, 10)), jnp.zeros((1, 2, 2, 3, 9)))
