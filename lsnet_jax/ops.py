@@ -330,18 +330,30 @@ def batch_norm_stats(x: Array, group_size: int | None) -> tuple[Array, Array]:
     With ``group_size`` the batch is split into groups of that many images and every group gets
     its own statistics (as PyTorch's per-GPU BatchNorm under DDP); the results then have a leading
     group axis and broadcast against ``x`` reshaped to ``(groups, group_size, ...)``.
+
+    One pass over ``x`` (``_shifted_moments``): XLA computes both sums in one fused reduction,
+    where the mean and then the squared deviations from it took two; LSNet-T's training step
+    350 and 360 against 364 and 369 ms in alternating runs on the 2-core CPU.
     """
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if group_size is None:
-        axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(x32, axes)
-        var = jnp.mean(jnp.square(x32 - mean), axes)
-        return mean, var
+        return _shifted_moments(x32, tuple(range(x.ndim - 1)), 0)
     n = x.shape[0]
     if n % group_size:
         raise ValueError(f"batch of {n} images is not divisible into BatchNorm groups of {group_size}")
     xg = x32.reshape((n // group_size, group_size) + x.shape[1:])
-    axes = tuple(range(1, xg.ndim - 1))
-    mean = jnp.mean(xg, axes)
-    var = jnp.mean(jnp.square(xg - jnp.expand_dims(mean, axes)), axes)
-    return mean, var
+    return _shifted_moments(xg, tuple(range(1, xg.ndim - 1)), 1)
+
+
+def _shifted_moments(x: Array, axes: tuple[int, ...], sample_axis: int) -> tuple[Array, Array]:
+    """Mean and biased variance over ``axes`` as ``s + E[x - s]`` and ``E[(x - s)^2] - E[x - s]^2``
+    with the shift ``s`` the (constant, stop-gradient) mean of the first sample along
+    ``sample_axis``: without it the one-pass variance loses digits to cancellation when a channel's
+    mean is large against its spread; with it the loss is that of |mean - s| (about a sample's
+    spread) instead of |mean|. Gradients are the two-pass formula's."""
+    first = lax.index_in_dim(x, 0, sample_axis, keepdims=True)
+    s = lax.stop_gradient(jnp.mean(first, tuple(a for a in axes), keepdims=True))
+    d = x - s
+    md = jnp.mean(d, axes, keepdims=True)
+    var = jnp.maximum(jnp.mean(jnp.square(d), axes, keepdims=True) - jnp.square(md), 0.0)
+    return jnp.squeeze(s + md, axes), jnp.squeeze(var, axes)

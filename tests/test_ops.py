@@ -192,3 +192,32 @@ def test_materialized_ska_gradients_equal_autodiff():
         assert np.isnan(np.asarray(ops.materialize(g.at[0, 0, 0, 0].set(np.inf)))).all()
     with pytest.raises(ValueError, match="multiple of the kernel groups"):
         ops.ska_materialized(jnp.zeros((1, 2, 2, 10)), jnp.zeros((1, 2, 2, 3, 9)))
+
+
+@pytest.mark.parametrize("group_size", [None, 2])
+def test_batch_norm_stats_one_pass_keeps_its_digits(group_size):
+    """The shifted one-pass statistics against float64 two-pass ones, on channels whose mean is
+    10^4 times their spread (where an unshifted one-pass variance in float32 is all rounding
+    error), and their gradients against float64 autodiff of the two-pass formula."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 1.0, (4, 6, 5, 3)) * np.array([0.1, 1.0, 3.0]) + np.array([1000.0, -5.0, 0.5])
+    xg = x.reshape(-1, group_size or 4, 6, 5, 3)
+    want_mean, want_var = xg.mean((1, 2, 3)), xg.var((1, 2, 3))
+    mean, var = ops.batch_norm_stats(jnp.asarray(x, jnp.float32), group_size)
+    mean, var = np.asarray(mean).reshape(want_mean.shape), np.asarray(var).reshape(want_var.shape)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-6)
+    np.testing.assert_allclose(var, want_var, rtol=2e-4)
+    g_mean, g_var = rng.normal(size=mean.shape), rng.normal(size=var.shape)
+    with jax.enable_x64(True):
+        def loss(a, stats):
+            m, v = stats(a)
+            return jnp.sum(m.reshape(g_mean.shape) * g_mean) + jnp.sum(v.reshape(g_var.shape) * g_var)
+
+        def two_pass(a):
+            b = a.reshape(xg.shape)
+            m = b.mean((1, 2, 3), keepdims=True)
+            return m, jnp.mean(jnp.square(b - m), (1, 2, 3))
+
+        got = jax.grad(loss)(jnp.asarray(x), lambda a: ops.batch_norm_stats(a, group_size))
+        want = jax.grad(loss)(jnp.asarray(x), two_pass)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-9)
