@@ -377,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                                            args.warmup, args.torch_repo, compile_model)
     for line in ratios(rows):
         print(line)
+    for r in rows:  # the allocator setting both frameworks ran under (lsnet_jax.runtime)
+        r["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.csv:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def test_benchmark_rows_files_and_ratios(tmp_path, capsys):
         assert (r["model"], r["batch"], r["dtype"], r["img_size"]) == ("lsnet_t", 2, "float32", 64)
         assert r["deploy"] == (r["mode"] == "deploy")
         assert r["images_per_s"] == pytest.approx(2 / (r["ms_per_batch"] / 1000))
+        assert r["glibc_tunables"] == os.environ.get("GLIBC_TUNABLES")  # what both frameworks ran under
     # the folded model has fewer parameters (BN and RepVGG branches folded), in both frameworks
     assert rows[0]["params"] < rows[1]["params"] and rows[2]["params"] < rows[3]["params"]
     peak = float(re.search(r"float32 (\d+) GFLOP/s", out).group(1))
