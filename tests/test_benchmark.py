@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -18,13 +17,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import benchmark  # noqa: E402
 
 
-def test_benchmark_rows_files_and_ratios(tmp_path, capsys):
+def test_benchmark_rows_files_and_ratios(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=4")  # as set at start
     js, cs = tmp_path / "bench.json", tmp_path / "bench.csv"
     rc = benchmark.main(["--model", "lsnet_t", "--batch", "2", "--img-size", "64", "--deploy", "--unfolded",
                          "--torch", "--min-time", "0.05", "--warmup", "1",
                          "--json", str(js), "--csv", str(cs)])
     assert rc == 0
     out = capsys.readouterr().out
+    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.arena_max=4 (JAX and PyTorch alike" in out
     rows = json.loads(js.read_text())
     assert [(r["impl"], r["mode"]) for r in rows] == [("jax", "deploy"), ("jax", "unfolded"),
                                                       ("torch-ref", "deploy"), ("torch-ref", "unfolded")]
@@ -32,7 +33,7 @@ def test_benchmark_rows_files_and_ratios(tmp_path, capsys):
         assert (r["model"], r["batch"], r["dtype"], r["img_size"]) == ("lsnet_t", 2, "float32", 64)
         assert r["deploy"] == (r["mode"] == "deploy")
         assert r["images_per_s"] == pytest.approx(2 / (r["ms_per_batch"] / 1000))
-        assert r["glibc_tunables"] == os.environ.get("GLIBC_TUNABLES")  # what both frameworks ran under
+        assert r["glibc_tunables"] == "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=4"  # both frameworks' allocator
     # the folded model has fewer parameters (BN and RepVGG branches folded), in both frameworks
     assert rows[0]["params"] < rows[1]["params"] and rows[2]["params"] < rows[3]["params"]
     peak = float(re.search(r"float32 (\d+) GFLOP/s", out).group(1))
