@@ -147,3 +147,49 @@ def test_unknown_model_is_explained():
     with pytest.raises(ValueError, match="multiple of 8"):
         create_model("lsnet_t", img_size=100)
     assert isinstance(nnx.eval_shape(lambda: LSNet(model_config("lsnet_s"), rngs=nnx.Rngs(0))), LSNet)
+
+
+def test_accelerator_formulations_match_the_cpu_ones(monkeypatch):
+    """Off CPU the stem's first layer is a plain convolution, its gradients are XLA's own and
+    SKA's come from plain autodiff (``lsnet_jax.ops``); no GPU here, so those paths are traced with
+    the backend reported as "gpu" and must give the numbers of the CPU paths: logits, BatchNorm
+    statistics, every parameter's gradient and the input's, in training mode. Float64: with
+    random weights a training-mode LSNet amplifies float32 rounding to ~0.5% of its gradients."""
+    with jax.enable_x64(True):
+        model = create_model("lsnet_t", img_size=64, num_classes=10, seed=1, dtype=jnp.float64)
+        model.train()
+        graph = nnx.graphdef(model)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        rest = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                            nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.key(4), len(leaves))
+        # every parameter moved off its initial value (zero BN scales would hide gradients)
+        params = jax.tree.unflatten(treedef, [p.astype(jnp.float64) + 0.1 * jax.random.normal(k, p.shape, jnp.float64)
+                                              for p, k in zip(leaves, keys)])
+        x = 1.5 * jax.random.normal(jax.random.key(5), (4, 64, 64, 3), jnp.float64) + 0.3
+        r = jax.random.normal(jax.random.key(6), (4, 10), jnp.float64)
+
+        def loss(params, rest, x):
+            m = nnx.merge(graph, params, rest)
+            logits = m(x)
+            return jnp.sum(logits * r), (logits, nnx.to_pure_dict(nnx.state(m, nnx.BatchStat)))
+
+        def run():  # a new function object each time, so jit traces it afresh
+            f = jax.value_and_grad(lambda p, s, x: loss(p, s, x), argnums=(0, 2), has_aux=True)
+            return jax.jit(f)(params, rest, x)
+
+        cpu = run()
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        gpu = run()
+        monkeypatch.undo()
+        a, b = jax.tree.leaves(cpu), jax.tree.leaves(gpu)
+        assert len(a) == len(b) > 300 and all(u.dtype == jnp.float64 for u in a)
+        # each leaf against the largest value of its kind (the gradients of BatchNorm biases that
+        # another BatchNorm follows are zero up to rounding, so their own scale says nothing)
+        for part_a, part_b in ((cpu[0], gpu[0]), (cpu[1], gpu[1])):
+            la, lb = jax.tree.leaves(part_a), jax.tree.leaves(part_b)
+            scale = max(float(jnp.abs(u).max()) for u in la)
+            worst = max(float(jnp.abs(u - v).max()) for u, v in zip(la, lb)) / scale
+            assert worst < 1e-9, worst
+        assert float(jnp.abs(cpu[1][1]).max()) > 0  # the input gradient is not trivially zero
