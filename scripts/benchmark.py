@@ -10,8 +10,10 @@ forward, soft-target loss, backward, AGC, AdamW, EMA: ``lsnet_jax.train.steps.tr
 JAX functions are lowered and compiled ahead of time (compile seconds reported apart), warmed up,
 then timed with ``block_until_ready`` until ``--min-time`` has passed. FLOPs come from XLA's cost
 analysis; ``% peak`` is a row's FLOP rate over that of one large XLA matrix product on the same
-device and dtype, measured first (``matmul_peak_gflops``); memory is the peak the device reports
-(GPU) or XLA's buffer estimate (CPU).
+device and dtype, measured first (``matmul_peak_gflops``); ``peak MB`` is XLA's buffer estimate for
+the row's program (arguments, outputs and temporaries), and for PyTorch on a GPU the peak it
+allocated in that row; JSON rows also carry ``device_peak_mb``, the high-water mark the device
+reports for the whole process so far (GPU only; JAX cannot reset it between rows).
 
 ``--torch`` times the PyTorch model in the same run: the project's reference
 (``lsnet_jax.torch_reference``, SKA as nine shifted multiply-adds), or the official code from a
@@ -135,7 +137,8 @@ def jax_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_
                                 matmul_peak_gflops=peak_gflops,
                                 pct_of_matmul_peak=(100 * flops / per_batch / 1e9 / peak_gflops
                                                     if flops and peak_gflops else None),
-                                peak_mb=(_device_peak_bytes() or _xla_bytes(compiled) or 0) / 2 ** 20))
+                                peak_mb=(_xla_bytes(compiled) or 0) / 2 ** 20,
+                                device_peak_mb=(_device_peak_bytes() or 0) / 2 ** 20 or None))
         print(_fmt(rows[-1]), flush=True)
     return rows
 
@@ -281,8 +284,8 @@ def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], mi
         rows.append(dict(model=name, impl=impl, batch=batch, img_size=img, dtype=dtype, mode=mode,
                          deploy=mode == "deploy", device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
                          images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=compile_s,
-                         params=params, gflops_per_image=None, peak_mb=peak, matmul_peak_gflops=None,
-                         pct_of_matmul_peak=None))
+                         params=params, gflops_per_image=None, peak_mb=peak, device_peak_mb=None,
+                         matmul_peak_gflops=None, pct_of_matmul_peak=None))
         print(_fmt(rows[-1]), flush=True)
     return rows
 
@@ -393,4 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     restart_with_huge_pages()
+    # on a GPU JAX would take 75% of its memory at start, and PyTorch, timed in the same process,
+    # needs room too (set before JAX's client starts)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     sys.exit(main())
