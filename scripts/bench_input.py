@@ -32,9 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lsnet_jax.data import pipeline  # noqa: E402
+from lsnet_jax.data.source import open_source  # noqa: E402
 from lsnet_jax.data import transforms as T  # noqa: E402
-from lsnet_jax.model import IMAGENET_DEFAULT_MEAN as MEAN  # noqa: E402
-from lsnet_jax.model import IMAGENET_DEFAULT_STD as STD  # noqa: E402
+from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN as MEAN  # noqa: E402
+from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_STD as STD  # noqa: E402
 
 
 def make_imagenet_like(root: Path, n: int, seed: int = 0) -> None:
@@ -142,7 +143,7 @@ def pipeline_rate(source, info, size: int, workers: int, batch: int = 32,
     images and skipped records counted."""
     steps = max(2, -(-min_images // batch) + 1)
     epochs = -(-steps // (info.num_examples // batch))
-    loader = pipeline.train_loader(source, info, pipeline.TrainTransform(size, MEAN, STD), batch, seed=0,
+    loader = pipeline.train_loader(source, info, T.TrainTransform(size, MEAN, STD), batch, seed=0,
                                    num_epochs=epochs, repeats=3, workers=workers)
     it = iter(loader.dataset)
     next(it)
@@ -183,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("lsnet_jax.data.pipeline").setLevel(logging.ERROR)
-    source, info = pipeline.open_source(args.name, args.split, data_dir)
+    source, info = open_source(args.name, args.split, data_dir)
     n = min(args.n, info.num_examples)
     records = [source[i] for i in range(n)]  # read once: time the transforms, not the disk
-    train = pipeline._Load(records, pipeline.TrainTransform(args.size, MEAN, STD), 0, n)
-    evalt = pipeline._Load(records, pipeline.EvalTransform(args.size, 0.875), 0, n)
+    train = pipeline._Load(records, T.TrainTransform(args.size, MEAN, STD), 0, n)
+    evalt = pipeline._Load(records, T.EvalTransform(args.size, 0.875), 0, n)
     positions = [(q, q) for q in range(n)]
     train_rate, skipped = rate(train, positions)
     eval_rate, _ = rate(evalt, positions)

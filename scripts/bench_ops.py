@@ -3,18 +3,21 @@
     python scripts/bench_ops.py [--model lsnet_t] [--batch 32] [--img-size 224] [--dtype float32]
                                 [--json FILE]
 
-``lsnet_jax.ops`` writes every depthwise convolution and SKA as shifted multiply-adds, the form
-measured fastest on XLA:CPU (docs/performance.md). Other backends may prefer another form: this
-script times, for each distinct shape the model has (RepVGG 3x3, LKP 7x7, the strided 3x3 of the
-downsamplings, the attention's 3x3 on the queries, SKA), the package's form against
+``lsnet_jax.kernels.xla_cpu`` writes every depthwise convolution and SKA as shifted multiply-adds
+with written-out backward passes, the forms measured fastest on XLA:CPU (docs/performance.md);
+``lsnet_jax.kernels.reference`` is the plain formulation that runs on other backends. This script
+times, for each distinct shape the model has (RepVGG 3x3, LKP 7x7, the strided 3x3 of the
+downsamplings, the attention's 3x3 on the queries, SKA), the ``xla_cpu`` form against
 
-- depthwise: XLA's grouped convolution (``feature_group_count=C``, cuDNN on GPU);
-- SKA: 3x3 patches (``lax.conv_general_dilated_patches``) contracted with the kernels,
+- depthwise: the reference, XLA's grouped convolution (``feature_group_count=C``, cuDNN on GPU);
+- SKA: the reference (the same shifted products, plain autodiff), and 3x3 patches
+  (``lax.conv_general_dilated_patches``) contracted with the kernels,
 
 forward and forward + backward (gradients with respect to the input and the kernel), each
 compiled ahead of time and warmed up. The ``max rel diff`` column is each form's largest
-difference from the package's, over the largest value, so the table also shows they compute the
-same thing. Run it once on a new backend before choosing a formulation there.
+difference from the ``xla_cpu`` one, over the largest value, so the table also shows they compute
+the same thing. Run it once on a new backend before choosing a formulation there (a measured
+winner goes into ``lsnet_jax.kernels``' ``"auto"`` table).
 """
 
 from __future__ import annotations
@@ -33,17 +36,9 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark import DTYPES, _timeit  # noqa: E402  (scripts/benchmark.py, beside this file)
-from lsnet_jax import ops  # noqa: E402
-from lsnet_jax.model import model_config  # noqa: E402
+from lsnet_jax.kernels import reference, xla_cpu  # noqa: E402
+from lsnet_jax.models.lsnet import model_config  # noqa: E402
 from lsnet_jax.runtime import restart_with_huge_pages  # noqa: E402
-
-
-def grouped_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """Depthwise convolution as XLA's grouped convolution (one group per channel)."""
-    k = kernel.shape[0]
-    return lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), [(k // 2, k // 2)] * 2,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                    feature_group_count=x.shape[-1])
 
 
 def patches_ska(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -56,10 +51,10 @@ def patches_ska(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.einsum("nhwrgk,nhwgk->nhwrg", p, w.astype(x.dtype)).reshape(n, h, wd, c)
 
 
-FORMS: dict[str, dict[str, Callable]] = {
-    "depthwise": {"shifted (package)": lambda x, k, s: ops.depthwise_conv(x, k, s),
-                  "grouped conv": grouped_depthwise},
-    "ska": {"shifted (package)": lambda x, w, s: ops.ska(x, w),
+BASELINE = "xla_cpu"
+FORMS: dict[str, dict[str, Callable]] = {  # the baseline first
+    "depthwise": {BASELINE: xla_cpu.depthwise_conv, "reference (grouped conv)": reference.depthwise_conv},
+    "ska": {BASELINE: lambda x, w, s: xla_cpu.ska(x, w), "reference": lambda x, w, s: reference.ska(x, w),
             "patches + einsum": lambda x, w, s: patches_ska(x, w)},
 }
 
@@ -103,7 +98,7 @@ def bench(name: str, batch: int, img_size: int, dtype: str, min_time: float) -> 
         second = (jnp.asarray(rng.standard_normal((k, k, 1, c)), jnp.float32) if op == "depthwise"
                   else jnp.asarray(rng.standard_normal((batch, side, side, k, 9)), dt))
         forms = FORMS[op]
-        ref = jax.jit(forms["shifted (package)"], static_argnums=2)(x, second, stride).astype(jnp.float32)
+        ref = jax.jit(forms[BASELINE], static_argnums=2)(x, second, stride).astype(jnp.float32)
         g = jnp.asarray(rng.standard_normal(ref.shape), dt)
         for form, f in forms.items():
             def fwd(x, s2, f=f):

@@ -46,10 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lsnet_jax import create_model, fold, list_models  # noqa: E402
 from lsnet_jax.runtime import restart_with_huge_pages  # noqa: E402
 from lsnet_jax.data.transforms import erasing_box  # noqa: E402
+from lsnet_jax.models import DTYPES  # noqa: E402
 from lsnet_jax.train import optim  # noqa: E402
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step  # noqa: E402
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _timeit(run, min_time: float, warmup: int) -> float:
@@ -154,7 +153,7 @@ def _train_setup(model, name: str, batch: int, img: int, dtype: str):
                 # RandomErasing boxes as the pipeline draws them (probability 0.25 per image)
                 "erase": jnp.asarray(np.stack([erasing_box(rng, img, img, 0.25) for _ in range(batch)]))}
     step = functools.partial(train_step, teacher=None, graphdef=graphdef, tx=tx,
-                             cfg=StepConfig(num_classes=num_classes))
+                             cfg=StepConfig(num_classes=num_classes, compact_erase=model.impl == "xla_cpu"))
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch_in).compile()
     return compiled, state, batch_in, time.perf_counter() - t0, _count(params)

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from lsnet_jax import create_model, fold, list_models
-from lsnet_jax.weights import state_shapes
+from lsnet_jax.checkpoints.state import state_shapes
 
 
 def trainable(model: nnx.Module) -> int:

@@ -62,24 +62,30 @@ def test_bench_ops_times_each_shape_and_forms_agree(tmp_path, capsys):
                            "--json", str(js)]) == 0
     rows = json.loads(js.read_text())
     # LSNet-B at 64 px: stages at 8, 4, 2, 1 px; every stage has blocks
-    where = [r["where"] for r in rows[::2]]
+    where = list(dict.fromkeys(r["where"] for r in rows))
     assert where == ["RepVGG stage 0", "LKP 7x7 stage 0", "SKA stage 0", "downsample 1", "RepVGG stage 1",
                      "LKP 7x7 stage 1", "SKA stage 1", "downsample 2", "RepVGG stage 2", "LKP 7x7 stage 2",
                      "SKA stage 2", "downsample 3", "RepVGG stage 3", "attention q 3x3"]
-    assert (rows[2]["shape"], rows[2]["kernel"]) == ([2, 8, 8, 64], 7)  # LKP's 7x7 on half the channels
-    assert (rows[4]["shape"], rows[4]["kernel"]) == ([2, 8, 8, 128], "G=16")  # SKA: C/8 kernel groups
-    assert (rows[6]["shape"], rows[6]["stride"]) == ([2, 8, 8, 128], 2)
-    for pkg, other in zip(rows[::2], rows[1::2]):
-        assert pkg["form"] == "shifted (package)" and other["where"] == pkg["where"]
-        assert pkg["fwd_ms"] > 0 and other["fwd_bwd_ms"] > 0
-        assert other["max_rel_diff"] < 1e-5, other  # XLA's grouped conv / patches compute the same
+    first = {w: next(r for r in rows if r["where"] == w) for w in where}
+    assert (first["LKP 7x7 stage 0"]["shape"], first["LKP 7x7 stage 0"]["kernel"]) == ([2, 8, 8, 64], 7)  # half C
+    assert (first["SKA stage 0"]["shape"], first["SKA stage 0"]["kernel"]) == ([2, 8, 8, 128], "G=16")  # C/8 groups
+    assert (first["downsample 1"]["shape"], first["downsample 1"]["stride"]) == ([2, 8, 8, 128], 2)
+    for w, base in first.items():
+        others = [r for r in rows if r["where"] == w and r is not base]
+        assert base["form"] == "xla_cpu" and base["fwd_ms"] > 0
+        # depthwise: the reference (grouped conv); SKA: the reference and patches
+        assert [r["form"] for r in others] == (["reference", "patches + einsum"] if w.startswith("SKA")
+                                               else ["reference (grouped conv)"])
+        for other in others:
+            assert other["fwd_bwd_ms"] > 0
+            assert other["max_rel_diff"] < 1e-5, other  # they compute the same
     assert "SKA stage 0" in capsys.readouterr().out
 
 
 def test_benchmarks_import_without_the_data_stack():
     """The GPU machines' image has jax, flax, optax and torch but not grain, TensorFlow Datasets or
-    ml_collections: the benchmarks and the model must import there (``lsnet_jax.data`` loads its
-    pipeline on first use), while the pipeline itself still says what it lacks."""
+    ml_collections: the benchmarks and the model must import there (the step and the kernels need
+    none of them), while the pipeline itself still says what it lacks."""
     code = textwrap.dedent("""
         import importlib.abc, sys
         class Block(importlib.abc.MetaPathFinder):
@@ -88,9 +94,9 @@ def test_benchmarks_import_without_the_data_stack():
                     raise ImportError("not installed: " + name)
         sys.meta_path.insert(0, Block())
         sys.path.insert(0, "scripts")
-        import benchmark, bench_ops, lsnet_jax.data, lsnet_jax.train.steps, lsnet_jax.fold
+        import benchmark, bench_ops, lsnet_jax.data.transforms, lsnet_jax.train.steps, lsnet_jax.models.fold
         try:
-            lsnet_jax.data.train_loader
+            import lsnet_jax.data.pipeline
         except ImportError as e:
             print("pipeline:", e)
         print("imported")

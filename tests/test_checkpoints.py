@@ -9,8 +9,9 @@ from safetensors.numpy import save_file
 
 import convert_torch
 from lsnet_jax import create_model
-from lsnet_jax.convert import CheckpointMismatchError, detect_variant, expected_jax_shapes, jax_to_torch
-from lsnet_jax.weights import flat_state, save_weights
+from lsnet_jax.checkpoints.state import CheckpointMismatchError, flat_state
+from lsnet_jax.checkpoints.weights import save_weights
+from lsnet_jax.models.lsnet_official import detect_variant, expected_jax_shapes, jax_to_torch
 
 
 def random_official_sd(name: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -120,7 +121,7 @@ def test_jax_weights_of_another_variant_are_refused(tmp_path):
 def test_bias_table_resize_matches_pytorch_bicubic(r, new):
     """As the official fine-tuning code: F.interpolate(..., mode='bicubic'), align_corners False."""
     torch = pytest.importorskip("torch")
-    from lsnet_jax.model import resize_attention_biases
+    from lsnet_jax.models.lsnet import resize_attention_biases
 
     table = np.random.default_rng(r * 10 + new).normal(size=(4, r * r)).astype(np.float32)
     got = np.asarray(resize_attention_biases(jnp.asarray(table), new))

@@ -15,10 +15,10 @@ from flax import nnx  # noqa: E402
 
 import convert_torch  # noqa: E402
 from lsnet_jax import compiled, create_model, fold, list_models  # noqa: E402
-from lsnet_jax.convert import jax_to_torch  # noqa: E402
 from lsnet_jax.testing import diverse_images  # noqa: E402
 from lsnet_jax.torch_reference import create_torch_model  # noqa: E402
-from lsnet_jax.weights import flat_state  # noqa: E402
+from lsnet_jax.checkpoints.state import flat_state  # noqa: E402
+from lsnet_jax.models.lsnet_official import jax_to_torch  # noqa: E402
 from torch_utils import randomize_  # noqa: E402
 
 

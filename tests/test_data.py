@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -15,8 +16,10 @@ import pytest
 from data_utils import CLASS_COLOURS, build_folder_dataset, make_folder_tree, sample_photos
 from PIL import Image
 
-from lsnet_jax.data import mix, pipeline
+from lsnet_jax.data import pipeline, sampler, source
 from lsnet_jax.data import transforms as T
+from lsnet_jax.data.normalize import normalize
+from lsnet_jax.train import augment
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -30,9 +33,9 @@ def folder(tmp_path_factory):
 
 
 def _train(data_dir, size=64, batch=6, seed=0, repeats=1, workers=0, **tf):
-    src, info = pipeline.open_source("imagenet_folder", "train", data_dir)
+    src, info = source.open_source("imagenet_folder", "train", data_dir)
     kw = dict(size=size, mean=MEAN, std=STD) | tf
-    return pipeline.train_loader(src, info, pipeline.TrainTransform(**kw), batch, seed, num_epochs=2,
+    return pipeline.train_loader(src, info, T.TrainTransform(**kw), batch, seed, num_epochs=2,
                                  repeats=repeats, workers=workers)
 
 
@@ -45,11 +48,11 @@ def _take(loader, n, state=None):
 
 def test_source_counts_and_classes(folder):
     tree, data_dir = folder
-    src, info = pipeline.open_source("imagenet_folder", "train", data_dir)
+    src, info = source.open_source("imagenet_folder", "train", data_dir)
     n_files = sum(1 for p in (tree / "train").rglob("*") if p.is_file())
     assert info.num_examples == n_files == 3 * 8 + 2 + len(sample_photos())
     assert info.num_classes == 3
-    _, vinfo = pipeline.open_source("imagenet_folder", "validation", data_dir)
+    _, vinfo = source.open_source("imagenet_folder", "validation", data_dir)
     assert vinfo.num_examples == 12
     assert isinstance(src[0]["image"], bytes) and src[0]["image"][:2] == b"\xff\xd8"
 
@@ -78,20 +81,20 @@ def test_train_batches_shapes_ranges_and_determinism(folder):
 
 def test_epoch_order_is_a_permutation_per_epoch():
     for repeats in (1, 3):
-        e0, e1 = (pipeline.epoch_order(7, e, 50, repeats) for e in (0, 1))
+        e0, e1 = (sampler.epoch_order(7, e, 50, repeats) for e in (0, 1))
         assert len(e0) == 50 and not np.array_equal(e0, e1)
         counts = np.bincount(e0, minlength=50)
         if repeats == 1:
             assert (counts == 1).all()
         else:
             assert counts.max() == 3 and np.all(e0[:48].reshape(16, 3) == e0[:48].reshape(16, 3)[:, :1])
-    np.testing.assert_array_equal(pipeline.epoch_order(7, 0, 50, 1), pipeline.epoch_order(7, 0, 50, 1))
+    np.testing.assert_array_equal(sampler.epoch_order(7, 0, 50, 1), sampler.epoch_order(7, 0, 50, 1))
 
 
 def test_process_slices_do_not_overlap_and_rebuild_the_global_batch():
     n, gb = 40, 8
-    one = pipeline._Positions(n, gb, gb, 0, seed=3, repeats=1, shuffle=True)
-    two = [pipeline._Positions(n, gb, gb // 2, p, seed=3, repeats=1, shuffle=True) for p in range(2)]
+    one = sampler.Positions(n, gb, gb, 0, seed=3, repeats=1, shuffle=True)
+    two = [sampler.Positions(n, gb, gb // 2, p, seed=3, repeats=1, shuffle=True) for p in range(2)]
     for b in range(2 * n // gb):
         glob = [one(b * gb + j) for j in range(gb)]
         parts = [two[p](b * gb // 2 + j) for p in range(2) for j in range(gb // 2)]
@@ -105,7 +108,7 @@ def test_process_slices_do_not_overlap_and_rebuild_the_global_batch():
 
 def test_repeated_augmentation_spreads_copies_across_the_batch():
     gb = 12
-    pos = pipeline._Positions(36, gb, gb, 0, seed=0, repeats=3, shuffle=True)
+    pos = sampler.Positions(36, gb, gb, 0, seed=0, repeats=3, shuffle=True)
     idx = [pos(k)[1] for k in range(gb)]
     thirds = [idx[i * 4:(i + 1) * 4] for i in range(3)]
     assert thirds[0] == thirds[1] == thirds[2] and len(set(thirds[0])) == 4
@@ -138,9 +141,9 @@ def test_worker_processes_give_the_same_batches_and_resume(folder):
 def test_corrupt_records_are_skipped_and_counted_labels_stay_right(folder, caplog):
     _, data_dir = folder
     loader = _train(data_dir, size=48, batch=8, randaugment=None, reprob=0.0, scale=(0.5, 1.0))
-    src, info = pipeline.open_source("imagenet_folder", "train", data_dir)
+    src, info = source.open_source("imagenet_folder", "train", data_dir)
     bad = {i for i in range(len(src)) if b"zz_" in src[i]["file_name"]}
-    pos = pipeline._Positions(info.num_examples, 8, 8, 0, seed=0, repeats=1, shuffle=True)
+    pos = sampler.Positions(info.num_examples, 8, 8, 0, seed=0, repeats=1, shuffle=True)
     n_batches = 2 * info.num_examples // 8
     expected = sum(pos(k)[1] in bad for k in range(n_batches * 8))
     skipped, checked = 0, 0
@@ -165,7 +168,7 @@ def test_corrupt_records_are_skipped_and_counted_labels_stay_right(folder, caplo
 def test_only_decoding_errors_count_as_unreadable(folder):
     """A failing augmentation is a bug, not a bad record: it must stop the run, not be skipped."""
     _, data_dir = folder
-    src, _ = pipeline.open_source("imagenet_folder", "train", data_dir)
+    src, _ = source.open_source("imagenet_folder", "train", data_dir)
     good = next(i for i in range(len(src)) if b"zz_" not in src[i]["file_name"])
     bad = next(i for i in range(len(src)) if b"zz_truncated" in src[i]["file_name"])
 
@@ -184,7 +187,7 @@ def test_only_decoding_errors_count_as_unreadable(folder):
 def test_eval_transform_equals_pil_resize_then_crop():
     for path in sample_photos():
         data = path.read_bytes()
-        got = pipeline.EvalTransform(224, crop_pct=0.875)(data)["image"]
+        got = T.EvalTransform(224, crop_pct=0.875)(data)["image"]
         img = Image.open(path).convert("RGB")
         w, h = img.size
         short = int(224 / 0.875)  # 256
@@ -195,15 +198,15 @@ def test_eval_transform_equals_pil_resize_then_crop():
         assert got.shape == (224, 224, 3) and got.dtype == np.uint8
         np.testing.assert_array_equal(got, ref)
         # normalisation on the device equals the float64 formula
-        dev = np.asarray(mix.normalize(jnp.asarray(got[None]), MEAN, STD))[0]
+        dev = np.asarray(normalize(jnp.asarray(got[None]), MEAN, STD))[0]
         ref64 = (ref / 255.0 - np.array(MEAN)) / np.array(STD)
         np.testing.assert_allclose(dev, ref64, atol=2e-6)
 
 
 def test_eval_loader_pads_and_masks(folder):
     _, data_dir = folder
-    src, info = pipeline.open_source("imagenet_folder", "validation", data_dir)
-    loader = pipeline.eval_loader(src, info, pipeline.EvalTransform(32), 8)
+    src, info = source.open_source("imagenet_folder", "validation", data_dir)
+    loader = pipeline.eval_loader(src, info, T.EvalTransform(32), 8)
     batches = list(loader.dataset)
     assert len(batches) == loader.steps_per_epoch == 2
     assert sum(b["mask"].sum() for b in batches) == 12
@@ -300,7 +303,7 @@ def test_random_erasing_probability_and_box():
         x = jnp.full((n, 40, 50, 3), 7.0)
         boxes = np.asarray(boxes, np.int32)
         key = jax.random.key(n)
-        out = np.asarray(jax.jit(mix.erase)(key, x, jnp.asarray(boxes)))
+        out = np.asarray(jax.jit(functools.partial(augment.erase, compact=True))(key, x, jnp.asarray(boxes)))
         seen = []
         for img, (top, left, h, w) in zip(out, boxes):
             inside = np.zeros((40, 50), bool)
@@ -309,12 +312,13 @@ def test_random_erasing_probability_and_box():
             seen.append(img[inside].ravel())
         noise = np.concatenate(seen)
         assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1, (noise.mean(), noise.std())
-        # the full draw, a value per pixel of the batch: what other backends always do
-        full = np.asarray(mix._erase(key, x, jnp.asarray(boxes)))
-        if via_all_pixels or jax.default_backend() != "cpu":
+        # the full draw, a value per pixel of the batch: what the reference kernels' step always does
+        full = np.asarray(augment._erase(key, x, jnp.asarray(boxes)))
+        np.testing.assert_array_equal(np.asarray(augment.erase(key, x, jnp.asarray(boxes), compact=False)), full)
+        if via_all_pixels:
             np.testing.assert_array_equal(out, full)
             return
-        # on CPU: the k-th erased image reads row k of an (n/2, H*W/3 + H + W) draw, its box row by
+        # compact (impl="xla_cpu"): the k-th erased image reads row k of an (n/2, H*W/3 + H + W) draw, its box row by
         # row; each erased pixel reads its own position, so every value is its own N(0, 1) sample
         pixels = 40 * 50 // 3 + 40 + 50
         draw = np.asarray(jax.random.normal(key, (max(1, n // 2) * pixels, 3)))
@@ -333,8 +337,9 @@ def test_random_erasing_probability_and_box():
     # a batch without boxes comes back unchanged, jitted and not
     x = jnp.full((2, 40, 50, 3), 7.0)
     none = jnp.zeros((2, 4), jnp.int32)
-    np.testing.assert_array_equal(np.asarray(jax.jit(mix.erase)(jax.random.key(0), x, none)), 7.0)
-    np.testing.assert_array_equal(np.asarray(mix.erase(jax.random.key(0), x, none)), 7.0)
+    erase = functools.partial(augment.erase, compact=True)
+    np.testing.assert_array_equal(np.asarray(jax.jit(erase)(jax.random.key(0), x, none)), 7.0)
+    np.testing.assert_array_equal(np.asarray(erase(jax.random.key(0), x, none)), 7.0)
 
 
 def test_mixup_cutmix_targets_sum_to_one_and_match_the_images():
@@ -343,7 +348,7 @@ def test_mixup_cutmix_targets_sum_to_one_and_match_the_images():
     y = jnp.asarray(rng.integers(0, 10, 8))
     kinds = set()
     for s in range(20):
-        out, t = mix.mixup_cutmix(jax.random.key(s), x, y, 10, 0.8, 1.0, 1.0, 0.5, 0.1)
+        out, t = augment.mixup_cutmix(jax.random.key(s), x, y, 10, 0.8, 1.0, 1.0, 0.5, 0.1)
         np.testing.assert_allclose(np.asarray(t).sum(-1), 1.0, rtol=1e-6)
         out, t = np.asarray(out), np.asarray(t)
         xs, xr = np.asarray(x), np.asarray(x)[::-1]
@@ -361,23 +366,23 @@ def test_mixup_cutmix_targets_sum_to_one_and_match_the_images():
             d = xs - xr
             lam = float(((out - xr) * d).sum() / (d * d).sum())
             np.testing.assert_allclose(out, lam * xs + (1 - lam) * xr, atol=1e-5)
-        ref = lam * mix.smooth_one_hot(y, 10, 0.1) + (1 - lam) * mix.smooth_one_hot(y[::-1], 10, 0.1)
+        ref = lam * augment.smooth_one_hot(y, 10, 0.1) + (1 - lam) * augment.smooth_one_hot(y[::-1], 10, 0.1)
         np.testing.assert_allclose(t, np.asarray(ref), atol=1e-5)
     assert kinds == {"cutmix", "mixup"}
-    plain, t = mix.mixup_cutmix(jax.random.key(0), x, y, 10, 0.0, 0.0, 1.0, 0.5, 0.1)
+    plain, t = augment.mixup_cutmix(jax.random.key(0), x, y, 10, 0.0, 0.0, 1.0, 0.5, 0.1)
     np.testing.assert_allclose(np.asarray(t).max(-1), 0.9 + 0.01, rtol=1e-6)
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path):
-    with pytest.raises(pipeline.DatasetNotFoundError, match="prepare_imagenet.py"):
-        pipeline.open_source("imagenet_folder", "train", str(tmp_path))
-    with pytest.raises(pipeline.DatasetNotFoundError, match="not found|not prepared"):
-        pipeline.open_source("no_such_dataset_xyz", "train", str(tmp_path))
+    with pytest.raises(source.DatasetNotFoundError, match="prepare_imagenet.py"):
+        source.open_source("imagenet_folder", "train", str(tmp_path))
+    with pytest.raises(source.DatasetNotFoundError, match="not found|not prepared"):
+        source.open_source("no_such_dataset_xyz", "train", str(tmp_path))
 
 
 def test_digits_dataset_is_built_on_the_fly(tmp_path):
-    src, info = pipeline.open_source("lsnet_digits", "train", str(tmp_path))
-    _, tinfo = pipeline.open_source("lsnet_digits", "test", str(tmp_path))
+    src, info = source.open_source("lsnet_digits", "train", str(tmp_path))
+    _, tinfo = source.open_source("lsnet_digits", "test", str(tmp_path))
     assert (info.num_examples, tinfo.num_examples, info.num_classes) == (1438, 359, 10)
     img = Image.open(__import__("io").BytesIO(src[0]["image"]))
     assert img.format == "JPEG" and img.size == (48, 48)
@@ -396,7 +401,7 @@ def test_prepare_imagenet_script_builds_a_readable_dataset(tmp_path, capsys):
     assert prepare_imagenet.main(["--train_dir", str(tree / "train"), "--val_dir", str(tree / "val"),
                                   "--data_dir", str(out)]) == 0
     assert "3 classes" in capsys.readouterr().out
-    src, info = pipeline.open_source("imagenet_folder", "validation", str(out))
+    src, info = source.open_source("imagenet_folder", "validation", str(out))
     assert info.num_examples == 3 and info.num_classes == 3
     assert prepare_imagenet.main(["--train_dir", str(tmp_path / "nowhere"), "--data_dir", str(out)]) == 2
 

@@ -15,11 +15,13 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from data_utils import pil_eval_transform, sample_photos
-from lsnet_jax import create_model, eval_sets
-from lsnet_jax.data import pipeline
-from lsnet_jax.evaluate import hits
-from lsnet_jax.evaluate import main as evaluate_main
-from lsnet_jax.weights import flat_state, save_weights
+from lsnet_jax import create_model
+from lsnet_jax.inference import eval_sets
+from lsnet_jax.data import source
+from lsnet_jax.checkpoints.state import flat_state
+from lsnet_jax.checkpoints.weights import save_weights
+from lsnet_jax.cli.evaluate import main as evaluate_main
+from lsnet_jax.inference.metrics import hits
 
 
 def _naive_hits(logits: np.ndarray, labels: np.ndarray, classes) -> tuple[list[bool], list[bool]]:
@@ -189,5 +191,5 @@ def test_eval_sets_need_an_imagenet_head(tmp_path, capsys):
     assert evaluate_main(["--weights", str(tmp_path / "w"), "--data_dir", str(tmp_path / "d"),
                           "--sets", "imagenet_a"]) == 2
     assert "10-class head" in capsys.readouterr().err
-    with pytest.raises(pipeline.DatasetNotFoundError, match="tfds build imagenet_r"):
-        pipeline.open_source("imagenet_r", "test", str(tmp_path / "d"))
+    with pytest.raises(source.DatasetNotFoundError, match="tfds build imagenet_r"):
+        source.open_source("imagenet_r", "test", str(tmp_path / "d"))

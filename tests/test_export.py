@@ -9,7 +9,7 @@ import torch
 
 import convert_torch
 from lsnet_jax import create_model
-from lsnet_jax import export as E
+from lsnet_jax.inference import serving as E
 from lsnet_jax.testing import diverse_images
 from lsnet_jax.torch_reference import create_torch_model
 from torch_utils import randomize_

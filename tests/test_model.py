@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pytest
 from flax import nnx
 
 from lsnet_jax import LSNet, create_model, fold, list_models, model_config
-from lsnet_jax.convert import expected_jax_shapes, jax_to_torch
-from lsnet_jax.layers import BatchNorm, attention_bias_idxs
+from lsnet_jax.models.layers import BatchNorm, attention_bias_idxs
+from lsnet_jax.models.lsnet_official import expected_jax_shapes, jax_to_torch
 
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "official_state_dict_keys.json").read_text())
 
@@ -146,19 +147,25 @@ def test_unknown_model_is_explained():
         model_config("lsnet_xl")
     with pytest.raises(ValueError, match="multiple of 8"):
         create_model("lsnet_t", img_size=100)
+    with pytest.raises(ValueError, match="impl='triton'; choose one of"):
+        create_model("lsnet_t", impl="triton")
+    with pytest.raises(ValueError, match=r"unknown LSNet config field\(s\) \['lks_size'\]"):
+        create_model("lsnet_t", lks_size=5)
     assert isinstance(nnx.eval_shape(lambda: LSNet(model_config("lsnet_s"), rngs=nnx.Rngs(0))), LSNet)
 
 
-def test_accelerator_formulations_match_the_cpu_ones(monkeypatch):
-    """Off CPU the stem's first layer is a plain convolution, its gradients are XLA's own and
-    SKA's come from plain autodiff (``lsnet_jax.ops``); no GPU here, so those paths are traced with
-    the backend reported as "gpu" and must give the numbers of the CPU paths: logits, BatchNorm
-    statistics, every parameter's gradient and the input's, in training mode. Float64: with
-    random weights a training-mode LSNet amplifies float32 rounding to ~0.5% of its gradients."""
+def test_reference_and_xla_cpu_kernels_give_the_same_model():
+    """The same LSNet-T with ``impl="reference"`` (plain lax, plain autodiff: what runs off CPU)
+    and ``impl="xla_cpu"`` (the CPU formulations): logits, BatchNorm statistics, every parameter's
+    gradient and the input's, in training mode, equal in float64. Float64: with random weights a
+    training-mode LSNet amplifies float32 rounding to ~0.5% of its gradients."""
     with jax.enable_x64(True):
-        model = create_model("lsnet_t", img_size=64, num_classes=10, seed=1, dtype=jnp.float64)
+        model = create_model("lsnet_t", img_size=64, num_classes=10, seed=1, dtype=jnp.float64, impl="xla_cpu")
         model.train()
-        graph = nnx.graphdef(model)
+        twin = create_model("lsnet_t", img_size=64, num_classes=10, seed=1, dtype=jnp.float64, impl="reference")
+        twin.train()
+        graphs = {"xla_cpu": nnx.graphdef(model), "reference": nnx.graphdef(twin)}
+        assert model.impl == "xla_cpu" and twin.impl == "reference" and graphs["xla_cpu"] != graphs["reference"]
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         rest = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                             nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
@@ -170,24 +177,21 @@ def test_accelerator_formulations_match_the_cpu_ones(monkeypatch):
         x = 1.5 * jax.random.normal(jax.random.key(5), (4, 64, 64, 3), jnp.float64) + 0.3
         r = jax.random.normal(jax.random.key(6), (4, 10), jnp.float64)
 
-        def loss(params, rest, x):
+        def loss(graph, params, rest, x):
             m = nnx.merge(graph, params, rest)
             logits = m(x)
             return jnp.sum(logits * r), (logits, nnx.to_pure_dict(nnx.state(m, nnx.BatchStat)))
 
-        def run():  # a new function object each time, so jit traces it afresh
-            f = jax.value_and_grad(lambda p, s, x: loss(p, s, x), argnums=(0, 2), has_aux=True)
+        def run(impl):
+            f = jax.value_and_grad(functools.partial(loss, graphs[impl]), argnums=(0, 2), has_aux=True)
             return jax.jit(f)(params, rest, x)
 
-        cpu = run()
-        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-        gpu = run()
-        monkeypatch.undo()
-        a, b = jax.tree.leaves(cpu), jax.tree.leaves(gpu)
+        cpu, ref = run("xla_cpu"), run("reference")
+        a, b = jax.tree.leaves(cpu), jax.tree.leaves(ref)
         assert len(a) == len(b) > 300 and all(u.dtype == jnp.float64 for u in a)
         # each leaf against the largest value of its kind (the gradients of BatchNorm biases that
         # another BatchNorm follows are zero up to rounding, so their own scale says nothing)
-        for part_a, part_b in ((cpu[0], gpu[0]), (cpu[1], gpu[1])):
+        for part_a, part_b in ((cpu[0], ref[0]), (cpu[1], ref[1])):
             la, lb = jax.tree.leaves(part_a), jax.tree.leaves(part_b)
             scale = max(float(jnp.abs(u).max()) for u in la)
             worst = max(float(jnp.abs(u - v).max()) for u, v in zip(la, lb)) / scale

@@ -1,4 +1,5 @@
-"""SKA and depthwise convolution against naive float64 loops, gradients included."""
+"""The kernels (``lsnet_jax.kernels``): SKA and the depthwise convolutions of both implementations
+against naive float64 loops, and the CPU formulations against the reference, gradients included."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from lsnet_jax import ops
+from lsnet_jax.kernels import reference, xla_cpu
+
+IMPLS = pytest.mark.parametrize("ops", [reference, xla_cpu], ids=["reference", "xla_cpu"])
 
 
 def naive_ska(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -46,8 +49,9 @@ def naive_depthwise(x: np.ndarray, k: np.ndarray, stride: int) -> np.ndarray:
     return out
 
 
+@IMPLS
 @pytest.mark.parametrize("shape,groups", [((2, 5, 7, 16), 2), ((1, 4, 4, 24), 3), ((2, 3, 6, 8), 8)])
-def test_ska_matches_naive_loop(shape, groups):
+def test_ska_matches_naive_loop(ops, shape, groups):
     rng = np.random.default_rng(sum(shape))
     n, h, w, c = shape
     x = rng.normal(0.5, 2.0, shape)
@@ -57,7 +61,8 @@ def test_ska_matches_naive_loop(shape, groups):
     np.testing.assert_allclose(got, naive_ska(x, k), rtol=1e-12, atol=1e-12)
 
 
-def test_ska_tiles_kernels_across_channels():
+@IMPLS
+def test_ska_tiles_kernels_across_channels(ops):
     """Channel c must use kernel c mod G: a kernel set that differs per group gives a result
     that the 'repeat per neighbouring channel' reading (c // (C/G)) would not."""
     rng = np.random.default_rng(0)
@@ -71,6 +76,7 @@ def test_ska_tiles_kernels_across_channels():
 
 
 def test_ska_gradients():
+    ops = reference  # forward mode too; the CPU form (reverse only) is held to it below
     rng = np.random.default_rng(1)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(2, 4, 5, 8)))
@@ -90,8 +96,9 @@ def test_ska_gradients():
         assert dw.shape == w.shape
 
 
+@IMPLS
 @pytest.mark.parametrize("ks,stride,c", [(3, 1, 8), (7, 1, 4), (3, 2, 6), (1, 1, 5)])
-def test_depthwise_conv_matches_naive_loop(ks, stride, c):
+def test_depthwise_conv_matches_naive_loop(ops, ks, stride, c):
     rng = np.random.default_rng(ks * 10 + stride)
     x = rng.normal(1.0, 2.0, (2, 9, 8, c))
     k = rng.normal(size=(ks, ks, 1, c))
@@ -102,7 +109,10 @@ def test_depthwise_conv_matches_naive_loop(ks, stride, c):
     np.testing.assert_allclose(got, naive_depthwise(x, k, stride), rtol=1e-12, atol=1e-12)
 
 
-def test_bad_shapes_are_explained():
+@IMPLS
+def test_bad_shapes_are_explained(ops):
+    with pytest.raises(ValueError, match=r"depthwise kernel must have shape \(3, 3, 1, 4\)"):
+        ops.depthwise_conv(jnp.zeros((1, 4, 4, 4)), jnp.zeros((3, 3, 1, 5)))
     with pytest.raises(ValueError, match="multiple of the kernel groups"):
         ops.ska(jnp.zeros((1, 2, 2, 10)), jnp.zeros((1, 2, 2, 3, 9)))
     with pytest.raises(ValueError, match=r"\(N, H, W, G, 9\)"):
@@ -112,8 +122,8 @@ def test_bad_shapes_are_explained():
 @pytest.mark.parametrize("shape,cin,cout,stride", [((2, 9, 8), 3, 4, 2), ((1, 8, 10), 5, 6, 2), ((2, 7, 7), 4, 3, 1),
                                                   ((2, 8, 6), 3, 5, 2)])  # the last: space-to-depth forward
 def test_stem_conv_gradients_match_xla_autodiff(shape, cin, cout, stride):
-    """conv2d's written-out backward (tap matmuls, interior-padded placement) against the
-    gradients XLA derives for its own convolution, float64, odd and even sizes."""
+    """The CPU conv2d's written-out backward (tap matmuls, interior-padded placement) against the
+    gradients XLA derives for its own convolution (the reference), float64, odd and even sizes."""
     rng = np.random.default_rng(sum(shape) + stride)
     n, h, w = shape
     with jax.enable_x64(True):
@@ -124,10 +134,12 @@ def test_stem_conv_gradients_match_xla_autodiff(shape, cin, cout, stride):
             return jax.lax.conv_general_dilated(a, b, (stride, stride), [(1, 1), (1, 1)],
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-        y = ops.conv2d(x, k, stride, 1)
+        y = xla_cpu.conv2d(x, k, stride, 1)
         np.testing.assert_allclose(np.asarray(y), np.asarray(xla(x, k)), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(reference.conv2d(x, k, stride, 1)), np.asarray(xla(x, k)),
+                                   rtol=1e-12, atol=1e-12)
         g = jnp.asarray(rng.normal(size=y.shape))
-        got = jax.vjp(lambda a, b: ops.conv2d(a, b, stride, 1), x, k)[1](g)
+        got = jax.vjp(lambda a, b: xla_cpu.conv2d(a, b, stride, 1), x, k)[1](g)
         want = jax.vjp(xla, x, k)[1](g)
         for a, b in zip(got, want):
             assert a.shape == b.shape
@@ -136,6 +148,7 @@ def test_stem_conv_gradients_match_xla_autodiff(shape, cin, cout, stride):
 
 def test_depthwise_kernel_gradient_in_batch_chunks(monkeypatch):
     """The chunked kernel gradient (taken for large inputs on CPU) against a float64 loop."""
+    ops = xla_cpu
     monkeypatch.setattr(ops, "_KGRAD_LOOP_MIN_BYTES", 0)
     monkeypatch.setattr(ops, "_KGRAD_CHUNK_BYTES", 1)  # one image per chunk
     rng = np.random.default_rng(7)
@@ -153,9 +166,10 @@ def test_depthwise_kernel_gradient_in_batch_chunks(monkeypatch):
     np.testing.assert_allclose(np.asarray(dk), want, rtol=1e-12, atol=1e-12)
 
 
-def test_conv1x1_gradients_match_numpy():
-    """conv1x1's written-out backward (dx = g w^T, dw = x^T g over every pixel) against float64
-    numpy, with a bias, and its dtypes under bfloat16."""
+@IMPLS
+def test_conv1x1_gradients_match_numpy(ops):
+    """conv1x1's backward (the CPU form's written out: dx = g w^T, dw = x^T g over every pixel)
+    against float64 numpy, with a bias, and its dtypes under bfloat16."""
     rng = np.random.default_rng(11)
     x = rng.normal(0.4, 1.3, (3, 5, 4, 6))
     k = rng.normal(0.0, 0.5, (1, 1, 6, 7))
@@ -174,31 +188,34 @@ def test_conv1x1_gradients_match_numpy():
 
 
 def test_materialized_ska_gradients_equal_autodiff():
-    """The SKA that LSConv uses (its cotangent materialised before the backward on CPU) against
-    plain autodiff of ``ska`` and numerical differences, float64; ``materialize`` itself returns
+    """The CPU form of SKA (its cotangent materialised before the backward) against plain autodiff
+    of the reference ``ska`` and numerical differences, float64; ``materialize`` itself returns
     its argument, or NaN where the first element is not finite."""
+    ops = xla_cpu
     rng = np.random.default_rng(5)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(0.2, 1.1, (2, 5, 4, 12)))
         w = jnp.asarray(rng.normal(size=(2, 5, 4, 3, 9)))
         g = jnp.asarray(rng.normal(size=(2, 5, 4, 12)))
-        np.testing.assert_array_equal(np.asarray(ops.ska_materialized(x, w)), np.asarray(ops.ska(x, w)))
-        got = jax.vjp(ops.ska_materialized, x, w)[1](g)
-        want = jax.vjp(ops.ska, x, w)[1](g)
+        np.testing.assert_array_equal(np.asarray(ops.ska(x, w)), np.asarray(reference.ska(x, w)))
+        got = jax.vjp(ops.ska, x, w)[1](g)
+        want = jax.vjp(reference.ska, x, w)[1](g)
         for a, b in zip(got, want):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-13)
-        check_grads(ops.ska_materialized, (x, w), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+        check_grads(ops.ska, (x, w), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(ops.materialize(g)), np.asarray(g))
         assert np.isnan(np.asarray(ops.materialize(g.at[0, 0, 0, 0].set(np.inf)))).all()
     with pytest.raises(ValueError, match="multiple of the kernel groups"):
-        ops.ska_materialized(jnp.zeros((1, 2, 2, 10)), jnp.zeros((1, 2, 2, 3, 9)))
+        ops.ska(jnp.zeros((1, 2, 2, 10)), jnp.zeros((1, 2, 2, 3, 9)))
 
 
+@IMPLS
 @pytest.mark.parametrize("group_size", [None, 2])
-def test_batch_norm_stats_one_pass_keeps_its_digits(group_size):
-    """The shifted one-pass statistics against float64 two-pass ones, on channels whose mean is
-    10^4 times their spread (where an unshifted one-pass variance in float32 is all rounding
-    error), and their gradients against float64 autodiff of the two-pass formula."""
+def test_batch_norm_stats_one_pass_keeps_its_digits(ops, group_size):
+    """The statistics (the CPU form's shifted one pass, the reference's two passes) against float64
+    two-pass ones, on channels whose mean is 10^4 times their spread (where an unshifted one-pass
+    variance in float32 is all rounding error), and their gradients against float64 autodiff of
+    the two-pass formula written out here."""
     rng = np.random.default_rng(3)
     x = rng.normal(0.0, 1.0, (4, 6, 5, 3)) * np.array([0.1, 1.0, 3.0]) + np.array([1000.0, -5.0, 0.5])
     xg = x.reshape(-1, group_size or 4, 6, 5, 3)

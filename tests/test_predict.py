@@ -1,4 +1,4 @@
-"""``python -m lsnet_jax.predict``: top-k with class names on real image files."""
+"""``lsnet-predict``: top-k with class names on real image files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from PIL import Image
 
 from data_utils import pil_eval_transform, sample_photos
 from lsnet_jax import create_model
-from lsnet_jax.predict import class_names
-from lsnet_jax.predict import main as predict_main
-from lsnet_jax.weights import flat_state, save_weights
+from lsnet_jax.checkpoints.state import flat_state
+from lsnet_jax.checkpoints.weights import save_weights
+from lsnet_jax.cli.predict import main as predict_main
+from lsnet_jax.inference.predict import class_names
 
 
 def test_predict_cli_matches_the_model(tmp_path, capsys):

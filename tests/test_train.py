@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from lsnet_jax.data.pipeline import DatasetNotFoundError
+from lsnet_jax.data.source import DatasetNotFoundError
 from lsnet_jax.train.loop import ConfigError, train_and_evaluate, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def digits_config(data_dir: str, **overrides):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
-    from lsnet_jax.data.pipeline import open_source
+    from lsnet_jax.data.source import open_source
 
     open_source("lsnet_digits", "train", str(d))  # prepare once for the module
     return str(d)
@@ -119,15 +119,14 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, tmp_path)
             "test_ema_acc1"} <= set(log[0])
     assert (work / "curves.png").stat().st_size > 10_000
     # the trained weights leave the run and score what the run logged
-    from lsnet_jax.train.export import export_weights
+    from lsnet_jax.checkpoints.run import export_weights
 
     export_weights(work, tmp_path / "weights")
     meta = json.loads((tmp_path / "weights" / "config.json").read_text())
-    assert meta["class_names"] == [str(i) for i in range(10)]  # for lsnet_jax.predict
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import eval as eval_script
+    assert meta["class_names"] == [str(i) for i in range(10)]  # for lsnet-predict
+    from lsnet_jax.cli.evaluate import main as evaluate_main
 
-    assert eval_script.main(["--weights", str(tmp_path / "weights"), "--data", "lsnet_digits", "--split", "test",
+    assert evaluate_main(["--weights", str(tmp_path / "weights"), "--data", "lsnet_digits", "--split", "test",
                              "--data_dir", data_dir, "--batch", "120", "--json", str(tmp_path / "e.json")]) == 0
     ev = json.loads((tmp_path / "e.json").read_text())
     ev = ev["sets"]["lsnet_digits/test"]

@@ -7,8 +7,8 @@ recipe) on PIL and numpy: the same ops, magnitudes, probabilities and fallbacks.
 themselves are PIL's (``ImageOps``, ``ImageEnhance``, affine ``transform``), as in timm, except
 the shears and translations: Pillow runs those through its generic per-pixel bicubic path, so
 ``shift_lines`` computes the same sampling in numpy, 1.7-2.5x faster (within one level of Pillow).
-Normalisation, the erasing noise and Mixup/CutMix run on the device (``lsnet_jax.data.mix``): the
-host ships uint8 images.
+Normalisation (``lsnet_jax.data.normalize``), the erasing noise and Mixup/CutMix
+(``lsnet_jax.train.augment``) run on the device: the host ships uint8 images.
 
 Randomness comes from a ``numpy.random.Generator`` passed in, seeded per record by the pipeline
 from (seed, global position), so every epoch is reproducible.
@@ -20,6 +20,7 @@ the output size after that reduction; crop and resize are one ``Image.resize(box
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections.abc import Sequence
@@ -297,7 +298,7 @@ def erasing_box(rng: np.random.Generator, height: int, width: int, prob: float =
     """timm's RandomErasing (mode 'pixel', one box) drawn on the host: ``(top, left, h, w)``, all
     zero when nothing is erased. With probability ``prob``, ten tries at a box of random area and
     log-uniform aspect that fits. The box is filled with N(0, 1) noise in normalised space on the
-    device (``lsnet_jax.data.mix.erase``), so the host ships uint8 images."""
+    device (``lsnet_jax.train.augment.erase``), so the host ships uint8 images."""
     box = np.zeros(4, np.int32)
     if rng.random() > prob:
         return box
@@ -313,3 +314,65 @@ def erasing_box(rng: np.random.Generator, height: int, width: int, prob: float =
             box[:] = (top, left, h, w)
             break
     return box
+
+
+# ----------------------------------------------------------------------------- per-record transforms
+
+
+@dataclasses.dataclass
+class TrainTransform:
+    """JPEG bytes -> ``{'image': uint8 HWC, 'erase': (top, left, h, w)}``: RandomResizedCrop, flip,
+    RandAugment, and RandomErasing's box. The step normalises with ``mean``/``std`` and fills the
+    box with noise on the device (``lsnet_jax.train.augment``)."""
+
+    size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    scale: Sequence[float] = (0.08, 1.0)
+    ratio: Sequence[float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    randaugment: str | None = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.25
+    fast_decode: bool = True
+    translate_pct: float = 0.45
+    erase_area: Sequence[float] = (0.02, 1 / 3)
+    erase_min_aspect: float = 0.3
+
+    def __post_init__(self):
+        fill = tuple(int(round(255 * m)) for m in self.mean)
+        self._ra = RandAugment(self.randaugment, fill, self.translate_pct) if self.randaugment else None
+
+    @classmethod
+    def from_config(cls, aug, size: int) -> TrainTransform:
+        """From a run config's ``aug`` section (``lsnet_jax.train.config``) at ``size`` pixels."""
+        return cls(size, tuple(aug.mean), tuple(aug.std), tuple(aug.scale), tuple(aug.ratio), aug.hflip,
+                   aug.randaugment or None, aug.reprob, aug.fast_decode, aug.translate_pct, tuple(aug.erase_area),
+                   aug.erase_min_aspect)
+
+    def __call__(self, data: bytes, rng: np.random.Generator) -> np.ndarray:
+        img = random_resized_crop(open_image(data), rng, self.size, self.scale, self.ratio,
+                                    self.fast_decode)
+        if self.hflip > 0 and rng.random() < self.hflip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self._ra is not None:
+            img = self._ra(img, rng)
+        return {"image": np.asarray(img, np.uint8), "erase": erasing_box(rng, self.size, self.size, self.reprob,
+                                                                 self.erase_area, self.erase_min_aspect)}
+
+
+@dataclasses.dataclass
+class EvalTransform:
+    """JPEG bytes -> ``{'image': uint8 HWC}``: resize the shorter side to size/crop_pct (bicubic),
+    centre crop. The step normalises on the device."""
+
+    size: int
+    crop_pct: float = 0.875
+    fast_decode: bool = False
+
+    def __call__(self, data: bytes, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        img = eval_resize_crop(open_image(data), self.size, self.crop_pct, self.fast_decode)
+        return {"image": np.asarray(img, np.uint8)}
+
+    @classmethod
+    def from_config(cls, aug, size: int) -> EvalTransform:
+        return cls(size, aug.crop_pct)

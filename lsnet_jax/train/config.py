@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lsnet_jax.model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -20,8 +20,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # published: float32 (autocast off); "bfloat16" computes in bfloat16
     c.bn_group_size = ml_collections.config_dict.placeholder(int)  # None: BN over the global batch;
     # 256 reproduces the official per-GPU BatchNorm (8 GPUs x 256)
+    c.bn_momentum = 0.1  # PyTorch's BatchNorm momentum (running = 0.9 running + 0.1 batch)
+    c.impl = "auto"  # the array operations (lsnet_jax.kernels): "auto" | "reference" | "xla_cpu"
     c.seed = 0
-    c.init_weights = ""  # fine-tuning: a weights directory (convert_torch.py or lsnet_jax.train.export);
+    c.init_weights = ""  # fine-tuning: a weights directory (lsnet-convert or lsnet-export-weights);
     # another class count re-initialises the heads, another img_size resizes the attention bias tables
 
     c.batch_size = 2048  # global
@@ -35,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.opt_betas = (0.9, 0.999)
     c.opt_eps = 1e-8
     c.clip_grad = 0.02  # adaptive gradient clipping factor (timm 'agc'); 0 disables
+    c.clip_eps = 1e-3  # AGC's floor on a unit's parameter norm (timm's eps)
     c.ema_decay = 0.99996
 
     c.data = ml_collections.ConfigDict()
@@ -52,7 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.aug.ratio = (3 / 4, 4 / 3)
     c.aug.hflip = 0.5
     c.aug.randaugment = "rand-m9-mstd0.5-inc1"  # '' disables
+    c.aug.translate_pct = 0.45  # RandAugment's TranslateRel at magnitude 10 (timm's hparams default)
     c.aug.reprob = 0.25
+    c.aug.erase_area = (0.02, 1 / 3)  # RandomErasing's box area, as a fraction of the image
+    c.aug.erase_min_aspect = 0.3  # box aspect log-uniform in [0.3, 1/0.3]
     c.aug.mixup = 0.8
     c.aug.cutmix = 1.0
     c.aug.mix_prob = 1.0

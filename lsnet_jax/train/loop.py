@@ -1,13 +1,18 @@
-"""``train_and_evaluate(config, workdir)``: the training run behind ``train.py``.
+"""``train_and_evaluate(config, workdir)``: the training run behind ``lsnet-train`` / ``train.py``.
 
 One mesh over every device of every process (axis ``data``); model, optimizer and EMA replicated;
 each step's global batch sharded along ``data``; the state buffers donated to the step. Restarting
-with the same work directory resumes from the newest complete checkpoint, data iterator included,
-so the run continues with the batches and losses an uninterrupted run would have had.
+with the same work directory resumes from the newest complete checkpoint, data iterator and the
+loop's running figures (``LoopStats``) included, so the run continues with the batches, losses
+and epoch figures an uninterrupted run would have had.
+
+Each part is built from the config section it reads: the data (``build_data``), the model
+(``build_model``), the optimizer (``optim.from_config``), the step (``StepConfig.from_config``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -17,21 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lsnet_jax.data import pipeline
-from lsnet_jax.registry import create_model, list_models
-from lsnet_jax.train import checkpoint, optim, reporting
-from lsnet_jax.train.steps import StepConfig, eval_step, init_train_state, train_step
+from lsnet_jax import kernels
+from lsnet_jax.checkpoints import run as run_checkpoints
+from lsnet_jax.data import pipeline, source
+from lsnet_jax.data.transforms import EvalTransform, TrainTransform
+from lsnet_jax.inference.evaluate import eval_step, run_eval
+from lsnet_jax.models.registry import DTYPES, create_model, list_models
+from lsnet_jax.train import optim, reporting
+from lsnet_jax.train.steps import StepConfig, init_train_state, train_step
 
 log = logging.getLogger("lsnet_jax.train")
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class ConfigError(ValueError):
@@ -50,6 +56,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ConfigError(f"config.eval_batch_size={eval_batch} is not divisible by the {num_devices} devices")
     if config.dtype not in DTYPES:
         raise ConfigError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
+    if config.impl not in kernels.IMPLS:
+        raise ConfigError(f"config.impl={config.impl!r}; use one of {kernels.IMPLS}")
     if config.img_size % 8:
         raise ConfigError(f"config.img_size={config.img_size} must be a multiple of 8")
     kind = config.distillation.type
@@ -62,7 +70,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ConfigError("hard distillation needs config.distillation.teacher_model and .teacher_checkpoint")
     if config.init_weights and not os.path.exists(config.init_weights):
         raise ConfigError(f"config.init_weights={config.init_weights!r} does not exist; give a directory written by "
-                          f"convert_torch.py or `python -m lsnet_jax.train.export`")
+                          f"lsnet-convert or lsnet-export-weights")
     if config.bn_group_size is not None and (config.batch_size // num_devices) % config.bn_group_size:
         raise ConfigError(f"config.bn_group_size={config.bn_group_size} must divide the per-device batch "
                           f"({config.batch_size // num_devices})")
@@ -77,31 +85,88 @@ def check_finite(rows: list[dict], steps_per_epoch: int, checkpoint_dir: Any) ->
             f"lower config.lr or check the data. Checkpoints up to the last good step are in {checkpoint_dir}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Data:
+    train: pipeline.Loader
+    eval: pipeline.Loader
+    info: source.SourceInfo
+    eval_info: source.SourceInfo
+    num_classes: int
+
+
+def build_data(config: ml_collections.ConfigDict) -> Data:
+    """The training and evaluation loaders of ``config.data`` with the transforms of ``config.aug``."""
+    d = config.data
+    src, info = source.open_source(d.name, d.train_split, d.data_dir)
+    esrc, einfo = source.open_source(d.name, d.eval_split, d.data_dir)
+    io = dict(workers=d.workers, threads=d.threads, prefetch=d.prefetch)
+    train = pipeline.train_loader(src, info, TrainTransform.from_config(config.aug, config.img_size),
+                                  global_batch=config.batch_size, seed=config.seed, num_epochs=config.epochs,
+                                  repeats=d.repeats, **io)
+    evaluation = pipeline.eval_loader(esrc, einfo, EvalTransform.from_config(config.aug, config.img_size),
+                                      global_batch=config.eval_batch_size or config.batch_size, **io)
+    return Data(train, evaluation, info, einfo, config.num_classes or info.num_classes)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
+    """The model of ``config`` (from ``config.init_weights`` when set), in eval mode."""
+    return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
+                        img_size=config.img_size, dtype=DTYPES[config.dtype], bn_group_size=config.bn_group_size,
+                        seed=config.seed, impl=config.impl, bn_momentum=config.bn_momentum)
+
+
 def _pure(model: nnx.Module, kind) -> dict:
     return nnx.to_pure_dict(nnx.state(model, kind))
 
 
-def _evaluate(eval_fn, params, stats, loader: pipeline.Loader, sharding) -> dict[str, float]:
-    sums = None
-    skipped = 0
-    for batch in loader.dataset:
-        skipped += int(batch["skipped"])
-        out = eval_fn(params, stats, pipeline.to_global(batch, sharding))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = {k: float(v) for k, v in jax.device_get(sums).items()}
-    n = max(sums["count"], 1.0)
-    if skipped:
-        log.warning("evaluation skipped %d unreadable records", skipped)
-    return {"loss": sums["loss"] / n, "acc1": 100 * sums["acc1"] / n, "acc5": 100 * sums["acc5"] / n,
-            "count": int(sums["count"]), "skipped": skipped}
+def build_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[dict | None, nnx.GraphDef | None]:
+    """The distillation teacher's state and graph (``None, None`` without hard distillation)."""
+    if config.distillation.type != "hard":
+        return None, None
+    t = create_model(config.distillation.teacher_model, pretrained=config.distillation.teacher_checkpoint,
+                     num_classes=num_classes, img_size=config.img_size, dtype=DTYPES[config.dtype],
+                     impl=config.impl)
+    return {"params": _pure(t, nnx.Param), "batch_stats": _pure(t, nnx.BatchStat)}, nnx.graphdef(t)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+@dataclasses.dataclass
+class LoopStats:
+    """The loop's running figures, saved with every checkpoint: the current epoch's loss and lr
+    sums over its steps so far, its unreadable records, and the best evaluation top-1."""
+
+    loss_sum: float = 0.0
+    lr_sum: float = 0.0
+    steps: int = 0
+    skipped: int = 0
+    best_acc1: float = -1.0
+
+    def add(self, rows: list[dict]) -> None:
+        self.loss_sum += sum(r["loss"] for r in rows)
+        self.lr_sum += sum(r["lr"] for r in rows)
+        self.steps += len(rows)
+
+    def epoch_means(self) -> dict[str, float | None]:
+        n = self.steps
+        return {"train_lr": self.lr_sum / n if n else None, "train_loss": self.loss_sum / n if n else None}
+
+    def new_epoch(self) -> None:
+        self.loss_sum, self.lr_sum, self.steps, self.skipped = 0.0, 0.0, 0, 0
 
 
-def _read_steps(path: Path, first: int, last: int) -> list[dict]:
-    return [r for r in _read_jsonl(path) if first < r["step"] <= last]
+def _restore(manager, abstract, iterator) -> tuple[int, Any, LoopStats]:
+    """(step, state, loop stats) of the newest checkpoint that restores; ``(0, None, fresh)`` if none."""
+    restored = run_checkpoints.restore_latest(manager, abstract)
+    if restored is None:
+        return 0, None, LoopStats()
+    step, state, data = restored
+    data = data or {}
+    if "iterator" not in data:  # written before the loop's figures were saved with it
+        log.warning("the checkpoint at step %d holds no loop figures: this epoch's train_loss/train_lr "
+                    "average the steps from here on", step)
+        data = {"iterator": data or None, "loop": {}}
+    if data["iterator"] is not None:
+        iterator.set_state(data["iterator"])
+    return step, state, LoopStats(**data["loop"])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
@@ -113,82 +178,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     mesh = Mesh(np.asarray(devices), ("data",))
     rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-    d, a = config.data, config.aug
-    src, info = pipeline.open_source(d.name, d.train_split, d.data_dir)
-    esrc, einfo = pipeline.open_source(d.name, d.eval_split, d.data_dir)
-    num_classes = config.num_classes or info.num_classes
-    train_tf = pipeline.TrainTransform(config.img_size, tuple(a.mean), tuple(a.std), tuple(a.scale), tuple(a.ratio),
-                                       a.hflip, a.randaugment or None, a.reprob, a.fast_decode)
-    eval_tf = pipeline.EvalTransform(config.img_size, a.crop_pct)
-    loader = pipeline.train_loader(src, info, train_tf, config.batch_size, config.seed, config.epochs,
-                                   d.repeats, d.workers, d.threads, d.prefetch)
-    eval_batch = config.eval_batch_size or config.batch_size
-    eloader = pipeline.eval_loader(esrc, einfo, eval_tf, eval_batch, d.workers, d.threads, d.prefetch)
-    spe = loader.steps_per_epoch
+    data = build_data(config)
+    num_classes, spe = data.num_classes, data.train.steps_per_epoch
     total_steps = config.epochs * spe
-
-    model = create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
-                         img_size=config.img_size, dtype=DTYPES[config.dtype], bn_group_size=config.bn_group_size,
-                         seed=config.seed)
+    model = build_model(config, num_classes)
     n_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_pure(model, nnx.Param)))
-
-    peak_lr = optim.scaled_lr(config.lr, config.batch_size)
-    schedule = optim.lr_schedule(peak_lr, spe, config.epochs, config.warmup_epochs, config.warmup_lr,
-                                 config.min_lr)
-    tx = optim.make_optimizer(schedule, config.weight_decay, config.opt_betas[0], config.opt_betas[1],
-                              config.opt_eps, config.clip_grad or None)
+    schedule, tx = optim.from_config(config, spe)
     state, graphdef, eval_graphdef = init_train_state(model, tx, config.seed)
+    step_cfg = StepConfig.from_config(config, num_classes, model.impl)
     del model
     state = jax.device_put(state, rep)
+    teacher, teacher_graphdef = build_teacher(config, num_classes)
+    teacher = None if teacher is None else jax.device_put(teacher, rep)
 
-    teacher, teacher_graphdef = None, None
-    if config.distillation.type == "hard":
-        t = create_model(config.distillation.teacher_model, pretrained=config.distillation.teacher_checkpoint,
-                         num_classes=num_classes, img_size=config.img_size, dtype=DTYPES[config.dtype])
-        teacher_graphdef = nnx.graphdef(t)
-        teacher = jax.device_put({"params": _pure(t, nnx.Param), "batch_stats": _pure(t, nnx.BatchStat)}, rep)
-
-    manager = checkpoint.make_manager(workdir / "checkpoints", config.keep_checkpoints, config.async_checkpoint)
-    best_manager = checkpoint.make_manager(workdir / "best", 1, config.async_checkpoint, best=True)
+    manager = run_checkpoints.make_manager(workdir / "checkpoints", config.keep_checkpoints, config.async_checkpoint)
+    best_manager = run_checkpoints.make_manager(workdir / "best", 1, config.async_checkpoint, best=True)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
-    iterator = iter(loader.dataset)
-    restored = checkpoint.restore_latest(manager, abstract)
-    start = 0
+    iterator = iter(data.train.dataset)
+    start, restored, stats = _restore(manager, abstract, iterator)
     if restored is not None:
-        start, state, data_state = restored
-        if data_state is not None:
-            iterator.set_state(data_state)
+        state = restored
         log.info("resumed from step %d (epoch %d) in %s", start, start // spe, manager.directory)
 
-    step_cfg = StepConfig(num_classes=num_classes, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, mix_prob=a.mix_prob,
-                          switch_prob=a.switch_prob, smoothing=a.smoothing, distillation=config.distillation.type,
-                          distill_alpha=config.distillation.alpha, ema_decay=config.ema_decay,
-                          mean=tuple(a.mean), std=tuple(a.std))
     train_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=step_cfg,
                                          teacher_graphdef=teacher_graphdef),
                        in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, mean=tuple(a.mean), std=tuple(a.std)),
-                      in_shardings=(rep, rep, dat),
-                      out_shardings=rep)
+    eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, mean=step_cfg.mean, std=step_cfg.std),
+                      in_shardings=((rep, rep), dat), out_shardings=rep)
 
     is_main = jax.process_index() == 0
     reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main)
-    if is_main:  # what lsnet_jax.train.export needs to turn a checkpoint into weights
+    if is_main:  # what lsnet-export-weights needs to turn a checkpoint into weights
         (workdir / "run.json").write_text(json.dumps(
             {"model": config.model, "num_classes": num_classes, "img_size": config.img_size,
-             "n_parameters": n_parameters, "class_names": list(info.class_names)[:num_classes],
+             "n_parameters": n_parameters, "class_names": list(data.info.class_names)[:num_classes],
              "config": config.to_dict()}, indent=2, default=str) + "\n")
     log.info("%s: %d parameters, %d classes, %d train / %d eval images, %d steps/epoch x %d epochs, "
              "global batch %d on %d devices, peak lr %.3g", config.model, n_parameters, num_classes,
-             info.num_examples, einfo.num_examples, spe, config.epochs, config.batch_size, len(devices), peak_lr)
+             data.info.num_examples, data.eval_info.num_examples, spe, config.epochs, config.batch_size,
+             len(devices), optim.scaled_lr(config.lr, config.batch_size))
     progress = reporting.Progress(total_steps, spe, config.batch_size, start)
     end = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
     pending: list[tuple[int, jax.Array]] = []
-    skipped, last = 0, {}
-    # the same on every process (a best checkpoint is saved collectively): epochs up to the resumed step
-    best_acc = max([-1.0] + [r["test_acc1"] for r in _read_jsonl(reporter.log_path) if r["step"] <= start])
+    last: dict[str, Any] = {}
 
-    def flush() -> None:
+    def flush(line: bool) -> None:
+        """Write the pending steps' losses (steps.jsonl, TensorBoard, the epoch sums); with
+        ``line``, the progress line."""
         nonlocal pending
         if not pending:
             return
@@ -198,40 +234,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         pending = []
         reporter.steps([r for r in rows if math.isfinite(r["loss"])])
         check_finite(rows, spe, manager.directory)
-        if is_main:
-            log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], skipped))
+        stats.add(rows)
+        if is_main and line:
+            log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], stats.skipped))
+
+    def evaluate(params, batch_stats) -> dict[str, float]:
+        return run_eval(lambda b: eval_fn((params, batch_stats), b), data.eval, dat)
 
     try:
         for step in range(start, end):
             batch = next(iterator)
-            skipped += int(batch["skipped"])
+            stats.skipped += int(batch["skipped"])
             state, metrics = train_fn(state, pipeline.to_global(batch, dat), teacher)
             pending.append((step, metrics["loss"]))
             done = step + 1
             epoch_end = done % spe == 0
             if done % config.log_every_steps == 0 or epoch_end or done == end:
-                flush()
+                flush(line=True)
             if (epoch_end and (done // spe) % config.eval_every_epochs == 0) or done == total_steps:
                 epoch = done // spe - 1
-                ev = _evaluate(eval_fn, state.params, state.batch_stats, eloader, dat)
-                ev_ema = _evaluate(eval_fn, state.ema_params, state.ema_stats, eloader, dat)
-                rows = _read_steps(reporter.steps_path, epoch * spe, done)
-                last = {"train_lr": float(np.mean([r["lr"] for r in rows])) if rows else None,
-                        "train_loss": float(np.mean([r["loss"] for r in rows])) if rows else None,
-                        "test_loss": ev["loss"], "test_acc1": ev["acc1"], "test_acc5": ev["acc5"],
-                        "test_ema_loss": ev_ema["loss"], "test_ema_acc1": ev_ema["acc1"],
-                        "test_ema_acc5": ev_ema["acc5"], "epoch": epoch, "n_parameters": n_parameters,
-                        "steps_per_epoch": spe, "step": done, "train_skipped": skipped}
-                skipped = 0
+                ev = evaluate(state.params, state.batch_stats)
+                ev_ema = evaluate(state.ema_params, state.ema_stats)
+                last = stats.epoch_means() | {
+                    "test_loss": ev["loss"], "test_acc1": ev["top1"], "test_acc5": ev["top5"],
+                    "test_ema_loss": ev_ema["loss"], "test_ema_acc1": ev_ema["top1"],
+                    "test_ema_acc5": ev_ema["top5"], "epoch": epoch, "n_parameters": n_parameters,
+                    "steps_per_epoch": spe, "step": done, "train_skipped": stats.skipped}
                 reporter.epoch(last, done)
                 if is_main:
                     log.info("epoch %d: test top-1 %.2f top-5 %.2f loss %.4f | EMA top-1 %.2f", epoch,
-                             ev["acc1"], ev["acc5"], ev["loss"], ev_ema["acc1"])
-                if ev["acc1"] > best_acc:
-                    best_acc = ev["acc1"]
-                    checkpoint.save(best_manager, done, state, None, {"acc1": ev["acc1"]})
+                             ev["top1"], ev["top5"], ev["loss"], ev_ema["top1"])
+                if ev["top1"] > stats.best_acc1:
+                    stats.best_acc1 = ev["top1"]
+                    run_checkpoints.save(best_manager, done, state, None, {"acc1": ev["top1"]})
+            if epoch_end:
+                stats.new_epoch()
             if epoch_end or done % config.checkpoint_every_steps == 0 or done == end:
-                checkpoint.save(manager, done, state, iterator.get_state())
+                flush(line=False)  # the loop's figures saved with the step include every step up to it
+                run_checkpoints.save(manager, done, state,
+                                     {"iterator": iterator.get_state(), "loop": dataclasses.asdict(stats)})
     finally:
         manager.wait_until_finished()
         best_manager.wait_until_finished()

@@ -93,3 +93,13 @@ def make_optimizer(schedule: Callable, weight_decay: float, b1: float = 0.9, b2:
 def ema_update(ema: Params, new: Params, decay: float) -> Params:
     """timm's ModelEma: ``ema = decay * ema + (1 - decay) * new``, leaf by leaf (weights and BN stats)."""
     return jax.tree.map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
+
+
+def from_config(config, steps_per_epoch: int) -> tuple[Callable, optax.GradientTransformation]:
+    """The schedule and the optimizer of a run config (``lsnet_jax.train.config``)."""
+    c = config
+    schedule = lr_schedule(scaled_lr(c.lr, c.batch_size), steps_per_epoch, c.epochs, c.warmup_epochs, c.warmup_lr,
+                           c.min_lr)
+    tx = make_optimizer(schedule, c.weight_decay, c.opt_betas[0], c.opt_betas[1], c.opt_eps, c.clip_grad or None,
+                        c.clip_eps)
+    return schedule, tx

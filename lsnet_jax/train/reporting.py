@@ -13,6 +13,11 @@ from pathlib import Path
 log = logging.getLogger("lsnet_jax.train")
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file, one a line; ``[]`` if there is no file."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -61,7 +66,7 @@ class Reporter:
         """Drop lines a killed run wrote after the checkpoint it resumes from."""
         if not path.exists():
             return
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        rows = read_jsonl(path)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
 
     def steps(self, rows: list[dict]) -> None:
@@ -94,8 +99,7 @@ class Reporter:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        epochs = [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
-        steps = [json.loads(x) for x in self.steps_path.read_text().splitlines()] if self.steps_path.exists() else []
+        epochs, steps = read_jsonl(self.log_path), read_jsonl(self.steps_path)
         fig, ax = plt.subplots(1, 3, figsize=(15, 4))
         if steps:
             ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.7)

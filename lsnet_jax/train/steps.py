@@ -3,7 +3,7 @@
 The state is a plain pytree of pure dicts (``TrainState``); the model's structure travels as an
 ``nnx.GraphDef`` bound statically. Under ``jit`` with the batch sharded along the mesh's data axis
 and the state replicated, XLA computes BatchNorm statistics over the global batch (or per group of
-``bn_group_size`` images, see ``lsnet_jax.layers.BatchNorm``) and all-reduces the gradients.
+``bn_group_size`` images, see ``lsnet_jax.models.layers.BatchNorm``) and all-reduces the gradients.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from lsnet_jax.data.mix import erase, mixup_cutmix, normalize
+from lsnet_jax.data.normalize import normalize
+from lsnet_jax.inference.metrics import cross_entropy, eval_sums
 from lsnet_jax.train import optim
+from lsnet_jax.train.augment import erase, mixup_cutmix
 
 Array = jax.Array
 
@@ -65,16 +67,21 @@ class StepConfig:
     ema_decay: float = 0.99996
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    compact_erase: bool = False  # draw only the erased pixels' noise (faster on XLA:CPU)
+
+    @classmethod
+    def from_config(cls, config, num_classes: int, impl: str) -> StepConfig:
+        """From a run config (``lsnet_jax.train.config``) for a model whose kernels are ``impl``."""
+        a, d = config.aug, config.distillation
+        return cls(num_classes=num_classes, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, mix_prob=a.mix_prob,
+                   switch_prob=a.switch_prob, smoothing=a.smoothing, distillation=d.type, distill_alpha=d.alpha,
+                   ema_decay=config.ema_decay, mean=tuple(a.mean), std=tuple(a.std),
+                   compact_erase=impl == "xla_cpu")
 
 
 def soft_target_cross_entropy(logits: Array, targets: Array) -> Array:
     """timm's SoftTargetCrossEntropy: mean over the batch of ``-sum(t * log_softmax(x))``."""
     return jnp.mean(jnp.sum(-targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1))
-
-
-def cross_entropy(logits: Array, labels: Array) -> Array:
-    """Per-example cross-entropy with integer labels (float32)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
 def hard_distillation_loss(logits: Array, dist_logits: Array, targets: Array, teacher_logits: Array,
@@ -94,7 +101,7 @@ def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None,
     k_erase, k_mix = jax.random.split(key)
     images = normalize(batch["image"], cfg.mean, cfg.std)
     if "erase" in batch:
-        images = erase(k_erase, images, batch["erase"])
+        images = erase(k_erase, images, batch["erase"], cfg.compact_erase)
     images, targets = mixup_cutmix(k_mix, images, batch["label"], cfg.num_classes, cfg.mixup_alpha,
                                    cfg.cutmix_alpha, cfg.mix_prob, cfg.switch_prob, cfg.smoothing)
     teacher_logits = None
@@ -123,20 +130,12 @@ def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None,
     new = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state,
                         ema_params=optim.ema_update(state.ema_params, params, d),
                         ema_stats=optim.ema_update(state.ema_stats, new_stats, d))
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return new, metrics
+    return new, {"loss": loss}
 
 
 def eval_step(params: dict, batch_stats: dict, batch: dict[str, Array], *, graphdef: nnx.GraphDef,
               mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Array]:
     """Sums over the real (``mask`` 1) samples of a batch: loss, top-1 and top-5 hits, count."""
     model = nnx.merge(graphdef, params, batch_stats)
-    logits = model(normalize(batch["image"], mean, std)).astype(jnp.float32)
-    labels, mask = batch["label"], batch["mask"]
-    k = min(5, logits.shape[-1])
-    top = jax.lax.top_k(logits, k)[1]
-    hit = top == labels[:, None]
-    return {"loss": jnp.sum(cross_entropy(logits, labels) * mask),
-            "acc1": jnp.sum(hit[:, 0] * mask),
-            "acc5": jnp.sum(jnp.any(hit, axis=-1) * mask),
-            "count": jnp.sum(mask)}
+    logits = model(normalize(batch["image"], mean, std))
+    return eval_sums(logits, batch["label"], batch["mask"])

@@ -1,9 +1,12 @@
-"""Pure array operations behind the LSNet layers (NHWC throughout).
+"""The formulations of LSNet's operations measured fastest on XLA:CPU (NHWC, HWIO).
 
-Formulations were chosen by measurement (see ``docs/performance.md``): on XLA:CPU a depthwise
-convolution written as ``feature_group_count=C`` ran ~30x slower than the same thing written as
-``k*k`` shifted multiply-adds, which XLA fuses into a single loop; 1x1 convolutions are plain
-matrix products.
+Each function computes what its namesake in ``lsnet_jax.kernels.reference`` computes (the tests
+hold them equal in float64, gradients included); what differs is how, chosen by measurement on a
+2-core CPU (``docs/performance.md``): on XLA:CPU a depthwise convolution written as
+``feature_group_count=C`` ran ~30x slower than the same thing written as ``k*k`` shifted
+multiply-adds, which XLA fuses into a single loop; several backward passes are written out
+(``custom_vjp``) where XLA's autodiff stored transposed or padded copies; the tuned constants are
+for that machine. Selected by ``impl="xla_cpu"`` (what ``"auto"`` picks on CPU).
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lsnet_jax.kernels.reference import check_depthwise_kernel, check_ska_shapes, grouped, ska_forward, window
+
 Array = jax.Array
 
 
 def conv1x1(x: Array, kernel: Array, bias: Array | None = None) -> Array:
-    """1x1 convolution as a matrix product. ``kernel`` is HWIO ``(1, 1, Cin, Cout)``."""
-    y = _matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
+    """1x1 convolution as a matrix product with a written-out backward; HWIO ``(1, 1, Cin, Cout)``."""
+    y = _matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0].astype(x.dtype))
+    y = y.reshape(*x.shape[:-1], kernel.shape[-1])
     return y if bias is None else y + bias
 
 
@@ -48,17 +54,7 @@ def _matmul_bwd(res, g: Array):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _window(xp: Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> Array:
-    """The (i, j) tap of a strided k x k window over the padded input ``xp``."""
-    return lax.slice(
-        xp,
-        (0, i, j, 0),
-        (xp.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, xp.shape[3]),
-        (1, stride, stride, 1),
-    )
-
-
-def conv_out_size(size: int, kernel: int, stride: int, pad: int) -> int:
+def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
@@ -66,13 +62,13 @@ def _depthwise_forward(x: Array, kernel: Array, stride: int) -> Array:
     k = kernel.shape[0]
     pad = k // 2
     _, h, w, _ = x.shape
-    out_h, out_w = conv_out_size(h, k, stride, pad), conv_out_size(w, k, stride, pad)
+    out_h, out_w = _out_size(h, k, stride, pad), _out_size(w, k, stride, pad)
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     kk = kernel[:, :, 0, :].astype(x.dtype)
     out = None
     for i in range(k):
         for j in range(k):
-            term = _window(xp, i, j, stride, out_h, out_w) * kk[i, j]
+            term = window(xp, i, j, stride, out_h, out_w) * kk[i, j]
             out = term if out is None else out + term
     return out
 
@@ -105,7 +101,7 @@ def _depthwise_bwd(stride: int, res, g: Array):
     dx = None
     for i in range(k):
         for j in range(k):
-            term = _window(gd, i, j, 1, h, w) * kk[k - 1 - i, k - 1 - j]
+            term = window(gd, i, j, 1, h, w) * kk[k - 1 - i, k - 1 - j]
             dx = term if dx is None else dx + term
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     dk = _kernel_grad(xp, g, k, stride)
@@ -121,7 +117,7 @@ _KGRAD_CHUNK_BYTES = 512 << 10  # a chunk's share of x
 
 def _kernel_grad_chunk(shape: tuple[int, ...], k: int, stride: int, itemsize: int) -> int | None:
     """Images per chunk of the looped kernel gradient, or None for one pass per tap."""
-    if jax.default_backend() != "cpu" or stride != 1:
+    if stride != 1:
         return None
     n = shape[0]
     per_image = itemsize * math.prod(shape[1:])
@@ -137,7 +133,7 @@ def _kernel_grad(xp: Array, g: Array, k: int, stride: int) -> Array:
     out_h, out_w = g.shape[1], g.shape[2]
 
     def taps(xb: Array, gb: Array) -> Array:
-        return jnp.stack([jnp.stack([jnp.sum(_window(xb, i, j, stride, out_h, out_w) * gb, axis=(0, 1, 2), dtype=acc)
+        return jnp.stack([jnp.stack([jnp.sum(window(xb, i, j, stride, out_h, out_w) * gb, axis=(0, 1, 2), dtype=acc)
                                      for j in range(k)]) for i in range(k)])
 
     chunk = _kernel_grad_chunk(xp.shape, k, stride, xp.dtype.itemsize)
@@ -158,18 +154,14 @@ def depthwise_conv(x: Array, kernel: Array, stride: int = 1, bias: Array | None 
     input; XLA fuses them into one elementwise loop, so nothing of size k*k x input is stored. The
     backward pass is written out (``_depthwise_bwd``) rather than left to autodiff.
     """
-    k = kernel.shape[0]
-    c = x.shape[-1]
-    if kernel.shape != (k, k, 1, c):
-        raise ValueError(f"depthwise kernel must have shape {(k, k, 1, c)}, got {kernel.shape}")
+    check_depthwise_kernel(x, kernel)
     out = _depthwise(x, kernel, stride)
     return out if bias is None else out + bias
 
 
 def _conv_forward(x: Array, kernel: Array, stride: int, pad: int) -> Array:
     n, h, w, cin = x.shape
-    if (jax.default_backend() == "cpu" and kernel.shape[:2] == (3, 3) and stride == 2 and pad == 1
-            and cin <= 4 and h % 2 == 0 and w % 2 == 0):
+    if kernel.shape[:2] == (3, 3) and stride == 2 and pad == 1 and cin <= 4 and h % 2 == 0 and w % 2 == 0:
         return _conv3x3s2_space_to_depth(x, kernel)
     return lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad), (pad, pad)],
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -221,7 +213,7 @@ def _conv_taps_bwd(stride: int, pad: int, res, g: Array):
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     g2 = g.reshape(-1, cout)
     acc = jnp.promote_types(g.dtype, jnp.float32)  # a sum over every output pixel of the batch
-    dk = jnp.stack([jnp.stack([jnp.matmul(_window(xp, i, j, stride, oh, ow).reshape(-1, cin).T, g2,
+    dk = jnp.stack([jnp.stack([jnp.matmul(window(xp, i, j, stride, oh, ow).reshape(-1, cin).T, g2,
                                           preferred_element_type=acc) for j in range(k)]) for i in range(k)])
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
@@ -230,67 +222,18 @@ _conv_taps_vjp.defvjp(_conv_taps_fwd, _conv_taps_bwd)
 
 
 def conv2d(x: Array, kernel: Array, stride: int, pad: int, bias: Array | None = None) -> Array:
-    """Dense convolution (the stem), HWIO kernel, symmetric zero padding. On CPU its gradients are
-    written out as matrix products over the taps (``_conv_taps_bwd``); elsewhere XLA's own."""
-    kernel = kernel.astype(x.dtype)
-    if jax.default_backend() == "cpu":
-        y = _conv_taps_vjp(x, kernel, stride, pad)
-    else:
-        y = _conv_forward(x, kernel, stride, pad)
+    """Dense convolution (the stem), HWIO kernel, symmetric zero padding; a 3x3 stride-2 layer of
+    few input channels by space-to-depth, gradients written out as matrix products over the taps
+    (``_conv_taps_bwd``)."""
+    y = _conv_taps_vjp(x, kernel.astype(x.dtype), stride, pad)
     return y if bias is None else y + bias
 
 
 def ska(x: Array, w: Array) -> Array:
-    """Small-kernel aggregation: per-pixel dynamic 3x3 depthwise filtering.
-
-    ``out[n, h, w, c] = sum_{i,j} x[n, h+i-1, w+j-1, c] * w[n, h, w, c mod G, 3*i + j]``
-    with zero padding, where ``x`` is ``(N, H, W, C)`` and ``w`` is ``(N, H, W, G, 9)`` with
-    ``G = C / r``. The G kernels are TILED across channels (channel c uses kernel c mod G), as in
-    the official Triton kernel.
-
-    The tiling is expressed without copying the kernels: x is viewed as ``(N, H, W, r, G)`` and w
-    broadcasts along the ``r`` axis. Forward, it materialises the padded input and the output only
-    (the nine shifted products are fused into one loop). Backward (autodiff of the same slices;
-    ``ska_materialized`` is the same from a materialised cotangent, the faster form on CPU),
-    dx is nine shifted products of ``g * w`` accumulated into one padded buffer and dw is nine
-    fused multiply-reductions over ``r``; the residuals are ``x`` and ``w`` themselves, nothing of
-    size 9 x input is kept.
-    """
-    _check_ska_shapes(x, w)
-    return _ska_forward(x, w.astype(x.dtype))
-
-
-def _check_ska_shapes(x: Array, w: Array) -> None:
-    n, h, wd, c = x.shape
-    if w.ndim != 5 or w.shape[:3] != (n, h, wd) or w.shape[4] != 9:
-        raise ValueError(f"SKA kernels must have shape (N, H, W, G, 9) = ({n}, {h}, {wd}, G, 9), got {w.shape}")
-    if c % w.shape[3]:
-        raise ValueError(f"SKA: channels ({c}) must be a multiple of the kernel groups ({w.shape[3]})")
-
-
-def ska_materialized(x: Array, w: Array) -> Array:
-    """``ska`` whose reverse-mode gradient starts from a materialised cotangent on CPU
-    (``materialize``), what LSConv uses; reverse mode only there (a ``custom_vjp``), as the
-    depthwise convolutions. Elsewhere it is ``ska``."""
-    if jax.default_backend() != "cpu":
-        return ska(x, w)
-    _check_ska_shapes(x, w)
+    """``reference.ska`` whose reverse-mode gradient starts from a materialised cotangent
+    (``materialize``); reverse mode only (a ``custom_vjp``), as the depthwise convolutions."""
+    check_ska_shapes(x, w)
     return _ska_materialized_grad(x, w.astype(x.dtype))
-
-
-def _ska_forward(x: Array, w: Array) -> Array:
-    n, h, wd, c = x.shape
-    g = w.shape[3]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = None
-    for i in range(3):
-        for j in range(3):
-            tap = _window(xp, i, j, 1, h, wd).reshape(n, h, wd, c // g, g)
-            # a static slice, not an integer index: that lowers to a gather, which with a symbolic
-            # batch size becomes a dynamic_gather that the TFLite converter rejects
-            term = tap * lax.index_in_dim(w, 3 * i + j, axis=4, keepdims=False)[:, :, :, None, :]
-            out = term if out is None else out + term
-    return out.reshape(n, h, wd, c)
 
 
 def materialize(a: Array) -> Array:
@@ -309,41 +252,28 @@ def materialize(a: Array) -> Array:
 
 @jax.custom_vjp
 def _ska_materialized_grad(x: Array, w: Array) -> Array:
-    return _ska_forward(x, w)
+    return ska_forward(x, w)
 
 
 def _ska_mg_fwd(x: Array, w: Array):
-    return _ska_forward(x, w), (x, w)
+    return ska_forward(x, w), (x, w)
 
 
 def _ska_mg_bwd(res, g: Array):
     """Autodiff of the forward, from a materialised cotangent (``materialize``): LSNet-T's
     training step 410 against 423-440 ms on the 2-core CPU (docs/performance.md)."""
-    return jax.vjp(_ska_forward, *res)[1](materialize(g))
+    return jax.vjp(ska_forward, *res)[1](materialize(g))
 
 
 _ska_materialized_grad.defvjp(_ska_mg_fwd, _ska_mg_bwd)
 
 
 def batch_norm_stats(x: Array, group_size: int | None) -> tuple[Array, Array]:
-    """Per-channel mean and biased variance over (N, H, W), float32.
-
-    With ``group_size`` the batch is split into groups of that many images and every group gets
-    its own statistics (as PyTorch's per-GPU BatchNorm under DDP); the results then have a leading
-    group axis and broadcast against ``x`` reshaped to ``(groups, group_size, ...)``.
-
-    One pass over ``x`` (``_shifted_moments``): XLA computes both sums in one fused reduction,
-    where the mean and then the squared deviations from it took two; LSNet-T's training step
-    350 and 360 against 364 and 369 ms in alternating runs on the 2-core CPU.
-    """
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    if group_size is None:
-        return _shifted_moments(x32, tuple(range(x.ndim - 1)), 0)
-    n = x.shape[0]
-    if n % group_size:
-        raise ValueError(f"batch of {n} images is not divisible into BatchNorm groups of {group_size}")
-    xg = x32.reshape((n // group_size, group_size) + x.shape[1:])
-    return _shifted_moments(xg, tuple(range(1, xg.ndim - 1)), 1)
+    """``reference.batch_norm_stats`` in one pass over ``x`` (``_shifted_moments``): XLA computes
+    both sums in one fused reduction, where the mean and then the squared deviations from it took
+    two; LSNet-T's training step 350 and 360 against 364 and 369 ms in alternating runs."""
+    xg, axes = grouped(x, group_size)
+    return _shifted_moments(xg, axes, 0 if group_size is None else 1)
 
 
 def _shifted_moments(x: Array, axes: tuple[int, ...], sample_axis: int) -> tuple[Array, Array]:

@@ -1,8 +1,11 @@
-"""Name and layout mapping between official PyTorch LSNet state dicts and lsnet_jax models.
+"""LSNet's official PyTorch state-dict names and the mapping onto the JAX model, both ways.
 
-Pure numpy: nothing here imports torch. The JAX model groups the official flat sequences into
-stages (``blocks{i+1}.0/.1`` are stage i's ``downsample.dw/.pw``, its blocks follow from index 2),
-drops the ``Residual`` wrappers (``mixer.m``, ``ffn.m``), and keeps NHWC/HWIO layouts.
+Beside the model as timm keeps a ``checkpoint_filter_fn`` beside its: a change of the model's
+layout changes this file and nothing in ``lsnet_jax.checkpoints``, which holds the generic I/O and
+layout changes. Pure numpy: nothing here imports torch. The JAX model groups the official flat
+sequences into stages (``blocks{i+1}.0/.1`` are stage i's ``downsample.dw/.pw``, its blocks follow
+from index 2), drops the ``Residual`` wrappers (``mixer.m``, ``ffn.m``), and keeps NHWC/HWIO
+layouts.
 """
 
 from __future__ import annotations
@@ -10,39 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from flax import nnx
 
-from lsnet_jax.layers import attention_bias_idxs
+from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
+from lsnet_jax.checkpoints.torch_io import to_jax_layout, to_torch_layout, torch_shape
+from lsnet_jax.models.layers import attention_bias_idxs
+from lsnet_jax.models.lsnet import VARIANTS, LSNet, model_config
 
-JaxPath = tuple  # of str | int
 _ATTN = ("qkv", "dw", "proj", "attention_biases")
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                   "var": "running_var", "attention_biases": "attention_biases"}
-# Buffers of the official model that hold no learned state: checked or regenerated, never loaded.
-TORCH_BUFFER_SUFFIXES = ("num_batches_tracked", "attention_bias_idxs")
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the model; lists every offending key on both sides."""
-
-    def __init__(self, what: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[tuple[str, tuple, tuple]], hint: str = ""):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        lines = [f"{what}: the checkpoint does not match the model."]
-
-        def section(title: str, items: list[str]) -> None:
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    {k}" for k in items[:50])
-                if len(items) > 50:
-                    lines.append(f"    ... and {len(items) - 50} more")
-
-        section("missing in the checkpoint", missing)
-        section("unexpected in the checkpoint", unexpected)
-        section("wrong shape (key: checkpoint vs model)",
-                [f"{k}: {tuple(a)} vs {tuple(b)}" for k, a, b in mismatched])
-        if hint:
-            lines.append(hint)
-        super().__init__("\n".join(lines))
 
 
 def torch_key(path: JaxPath) -> str:
@@ -71,26 +51,6 @@ def torch_key(path: JaxPath) -> str:
                        "training form)")
     rest[-1] = _LEAF_TO_TORCH[rest[-1]]
     return ".".join(str(s) for s in prefix + rest)
-
-
-def to_torch_layout(path: JaxPath, a: np.ndarray) -> np.ndarray:
-    if path[-1] == "kernel" and a.ndim == 4:
-        return np.ascontiguousarray(a.transpose(3, 2, 0, 1))  # HWIO -> OIHW
-    if path[-1] == "kernel" and a.ndim == 2:
-        return np.ascontiguousarray(a.T)  # (in, out) -> (out, in)
-    return a
-
-
-def to_jax_layout(path: JaxPath, a: np.ndarray) -> np.ndarray:
-    if path[-1] == "kernel" and a.ndim == 4:
-        return np.ascontiguousarray(a.transpose(2, 3, 1, 0))  # OIHW -> HWIO
-    if path[-1] == "kernel" and a.ndim == 2:
-        return np.ascontiguousarray(a.T)
-    return a
-
-
-def torch_shape(path: JaxPath, shape: tuple[int, ...]) -> tuple[int, ...]:
-    return to_torch_layout(path, np.empty(shape, np.uint8)).shape
 
 
 def torch_to_jax(state_dict: Mapping[str, np.ndarray], jax_shapes: Mapping[JaxPath, tuple[int, ...]],
@@ -145,39 +105,8 @@ def jax_to_torch(params: Mapping[JaxPath, np.ndarray]) -> dict[str, np.ndarray]:
     return sd
 
 
-def unwrap_checkpoint(obj: object, use_ema: bool = False) -> dict[str, np.ndarray]:
-    """The state dict inside an official checkpoint: ``{'model': sd}``, ``{'model_ema': sd}``,
-    ``{'state_dict': sd}`` or a bare state dict. ``module.`` prefixes (DDP) are stripped."""
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a checkpoint dict, got {type(obj).__name__}")
-    if use_ema:
-        if "model_ema" not in obj:
-            raise ValueError(f"--ema: the checkpoint has no 'model_ema' entry (top-level keys: {sorted(obj)[:10]})")
-        sd = obj["model_ema"]
-    elif "model" in obj and isinstance(obj["model"], Mapping):
-        sd = obj["model"]
-    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        sd = obj["state_dict"]
-    elif "model_ema" in obj and isinstance(obj["model_ema"], Mapping):
-        sd = obj["model_ema"]
-    else:
-        sd = obj
-    out = {}
-    for k, v in sd.items():
-        if not hasattr(v, "shape"):
-            raise ValueError(f"checkpoint entry {k!r} is a {type(v).__name__}, not a tensor: this is not "
-                             "a model state dict (is it an optimizer or a whole training checkpoint?)")
-        out[k.removeprefix("module.")] = v
-    return out
-
-
 def expected_jax_shapes(name: str, num_classes: int = 1000, img_size: int = 224) -> dict[JaxPath, tuple]:
     """Leaf shapes of the training-form JAX model, without initialising it."""
-    from flax import nnx
-
-    from lsnet_jax.model import LSNet, model_config
-    from lsnet_jax.weights import state_shapes
-
     return state_shapes(nnx.eval_shape(lambda: LSNet(model_config(name, num_classes, img_size), rngs=nnx.Rngs(0))))
 
 
@@ -186,8 +115,6 @@ def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int, int]
 
     Raises ``CheckpointMismatchError`` against the closest variant when none fits exactly.
     """
-    from lsnet_jax.model import VARIANTS
-
     if "head.l.weight" not in state_dict:
         num_classes = 1000
     else:

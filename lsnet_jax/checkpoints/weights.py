@@ -1,6 +1,6 @@
 """Saving and loading LSNet weights: an Orbax checkpoint directory plus safetensors for interchange.
 
-A weights directory written by ``save_weights`` (and by ``convert_torch.py``) holds
+A weights directory written by ``save_weights`` (and by ``lsnet-convert``) holds
 ``config.json`` (model name, classes, image size, where the weights came from), ``orbax/``
 (the state as an Orbax PyTree checkpoint) and ``model.safetensors`` (the same arrays, keys are
 the JAX paths joined by dots, e.g. ``stages.2.blocks.1.mixer.lkp.cv4.kernel``).
@@ -14,45 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx
 
-from lsnet_jax.convert import CheckpointMismatchError, JaxPath
+from lsnet_jax.checkpoints.state import JaxPath, path_str, str_path
 
 CONFIG_FILE, ORBAX_DIR, SAFETENSORS_FILE = "config.json", "orbax", "model.safetensors"
-
-
-def path_str(path: JaxPath) -> str:
-    return ".".join(str(p) for p in path)
-
-
-def str_path(key: str) -> JaxPath:
-    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
-
-
-def state_shapes(model: nnx.Module) -> dict[JaxPath, tuple[int, ...]]:
-    """Shape of every array leaf (parameters, BatchNorm statistics, buffers) by path."""
-    return {tuple(p): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(model))}
-
-
-def flat_state(model: nnx.Module) -> dict[JaxPath, np.ndarray]:
-    return {tuple(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model))}
-
-
-def load_flat(model: nnx.Module, flat: Mapping[JaxPath, Any], what: str = "weights") -> None:
-    """Load every leaf of ``model`` from ``flat``; all keys must match both ways, with shapes."""
-    shapes = state_shapes(model)
-    missing = sorted(path_str(p) for p in shapes if p not in flat)
-    unexpected = sorted(path_str(p) for p in flat if p not in shapes)
-    mismatched = [(path_str(p), tuple(np.shape(flat[p])), s) for p, s in shapes.items()
-                  if p in flat and tuple(np.shape(flat[p])) != s]
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(what, missing, unexpected, mismatched)
-    state = nnx.state(model)
-    for path, var in nnx.to_flat_state(state):
-        var.set_value(jax.numpy.asarray(flat[tuple(path)], var.get_value().dtype))
-    nnx.update(model, state)
 
 
 def save_weights(directory: str | os.PathLike, state: Mapping[JaxPath, Any], meta: Mapping[str, Any]) -> Path:

@@ -1,8 +1,8 @@
-"""Batch operations on the device: normalisation, RandomErasing's noise, Mixup / CutMix.
+"""Training augmentation on the device: RandomErasing's noise, Mixup / CutMix.
 
 The host ships uint8 images (4x fewer bytes than float32, and no host time spent on arithmetic);
-``normalize`` and ``erase`` finish timm's per-image transform inside the jit-compiled step, where
-XLA fuses them into the first convolution's input.
+``lsnet_jax.data.normalize`` and ``erase`` finish timm's per-image transform inside the
+jit-compiled step, where XLA fuses them into the first convolution's input.
 
 Mixup / CutMix with label smoothing follow timm's per-batch semantics.
 
@@ -24,26 +24,21 @@ from jax import lax
 Array = jax.Array
 
 
-def normalize(images: Array, mean, std) -> Array:
-    """uint8 NHWC -> float32, ``(x / 255 - mean) / std``."""
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    return images.astype(jnp.float32) * (1.0 / (255.0 * std)) - mean / std
-
-
-def erase(key: Array, images: Array, boxes: Array) -> Array:
+def erase(key: Array, images: Array, boxes: Array, compact: bool) -> Array:
     """Fill each image's box ``(top, left, h, w)`` (h = 0: none) with N(0, 1) noise, per pixel and
     channel, as timm's RandomErasing in 'pixel' mode does after normalisation.
 
-    On CPU only the noise the boxes use is drawn (``_erase_compact``): N(0, 1) for every pixel of
-    a 32x224x224x3 batch costs 46 ms on a 2-core CPU, while at the recipe's rate (a box on a
+    ``compact`` (what the training step sets for ``impl="xla_cpu"``) draws only the noise the
+    boxes use (``_erase_compact``): N(0, 1) for every pixel of a 32x224x224x3 batch costs 46 ms on
+    a 2-core CPU, while at the recipe's rate (a box on a
     quarter of the images, at most a third of the image) the boxes cover about 1.4 images' worth.
     A batch without boxes draws nothing; one with more boxes than that path has room for, or a box
     larger than a third of the image, draws noise for every pixel (``_erase``). The conditional's
     result is materialised once (XLA:CPU otherwise fused the noise into mixup, whose partner is
-    the reversed batch, and drew it twice). Other backends draw every pixel's noise in one fused
-    kernel, which costs them little."""
-    if jax.default_backend() != "cpu":
+    the reversed batch, and drew it twice). Otherwise every pixel's noise is drawn in one fused
+    kernel, which costs GPUs and TPUs little. Both draw each erased value as its own N(0, 1)
+    sample, from different streams of the key."""
+    if not compact:
         return _erase(key, images, boxes)
     n, height, width, _ = images.shape
     area = boxes[:, 2] * boxes[:, 3]

@@ -1,9 +1,9 @@
 """Export a model for serving, checked against the JAX logits.
 
-    python scripts/export.py --weights weights/lsnet_t --out lsnet_t.jaxexport --deploy
-    python scripts/export.py --weights weights/lsnet_t --out lsnet_t_savedmodel --format savedmodel --deploy
-    python scripts/export.py --weights weights/lsnet_t --out lsnet_t.tflite --format tflite --deploy
-    python scripts/export.py --model lsnet_t --out lsnet_t_random.jaxexport   # random weights
+    lsnet-export --weights weights/lsnet_t --out lsnet_t.jaxexport --deploy
+    lsnet-export --weights weights/lsnet_t --out lsnet_t_savedmodel --format savedmodel --deploy
+    lsnet-export --weights weights/lsnet_t --out lsnet_t.tflite --format tflite --deploy
+    lsnet-export --model lsnet_t --out lsnet_t_random.jaxexport   # random weights
 
 Formats: ``stablehlo`` (``jax.export``, serialized), ``savedmodel`` (TF SavedModel, signature
 ``serving_default``) and ``tflite``; the last two go through jax2tf and need the ``[tf]`` extra.
@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default=None, help="weights directory (convert_torch.py / train export)")
+    ap = argparse.ArgumentParser(prog="lsnet-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=None, help="weights directory (lsnet-convert / lsnet-export-weights)")
     ap.add_argument("--model", default=None, help="model name (default: from the weights' config.json)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--img-size", type=int, default=None)
@@ -38,17 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from lsnet_jax import create_model
-    from lsnet_jax import export as E
-    from lsnet_jax.weights import read_meta
+    from lsnet_jax.inference import serving as E
+    from lsnet_jax.inference.loading import inference_spec
 
-    meta = read_meta(args.weights)
-    name = args.model or meta.get("model")
-    if name is None:
+    try:
+        spec = inference_spec(args.weights, args.model, args.img_size)
+    except ValueError:
         print("error: give --model or --weights with a config.json", file=sys.stderr)
         return 2
-    size = args.img_size or int(meta.get("img_size", 224))
-    model = create_model(name, pretrained=args.weights, img_size=size, deploy=args.deploy)
+    size = spec.img_size
+    model = spec.create(deploy=args.deploy)
     try:
         if args.format == "stablehlo":
             platforms = tuple(args.platforms) if args.platforms else None
@@ -75,5 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if err < 1e-4 else 1
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

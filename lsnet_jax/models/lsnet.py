@@ -1,7 +1,8 @@
 """LSNet: the network, its variants and their default configurations.
 
 Ordered as timm's model files: stage -> model -> variant table -> default configs. The registry
-(``create_model``) is in ``lsnet_jax.registry``.
+(``create_model``) is in ``lsnet_jax.models.registry``, the official PyTorch names in
+``lsnet_jax.models.lsnet_official``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lsnet_jax.layers import Block, BNLinear, ConvBN
+from lsnet_jax import kernels
+from lsnet_jax.models.layers import Block, BNLinear, ConvBN
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class LSNetConfig:
-    """Everything that determines an LSNet's structure and its parameter shapes."""
+    """Everything that determines an LSNet: its structure and parameter shapes, its BatchNorms'
+    training behaviour and the implementation of its array operations (``lsnet_jax.kernels``)."""
 
     embed_dim: tuple[int, int, int, int]
     depth: tuple[int, int, int, int]
@@ -32,6 +35,12 @@ class LSNetConfig:
     in_chans: int = 3
     num_classes: int = 1000
     distillation: bool = False
+    lks: int = 7  # LKP's large depthwise kernel
+    sks: int = 3  # SKA's small dynamic kernel
+    ska_groups: int = 8  # channels per SKA kernel (C / G kernels per pixel)
+    bn_momentum: float = 0.1  # PyTorch's convention: running = (1 - m) * running + m * batch
+    bn_group_size: int | None = None  # None: statistics over the whole batch; 256: per-GPU as published
+    impl: str = "auto"  # "auto" | "reference" | "xla_cpu" (lsnet_jax.kernels)
 
     def resolutions(self) -> tuple[int, ...]:
         """Feature-map side of each stage: img/8, then halved (rounding up) three times."""
@@ -60,8 +69,9 @@ class Stage(nnx.Module):
         self.downsample = Downsample(cfg.embed_dim[i - 1], dim, **kw) if i > 0 else None
         attn_ratio = dim / (cfg.key_dim * cfg.num_heads[i])
         res = cfg.resolutions()[i]
+        lkp = (cfg.lks, cfg.sks, cfg.ska_groups)
         self.blocks = nnx.List([
-            Block(dim, cfg.key_dim, cfg.num_heads[i], attn_ratio, res, stage=i, depth=d, **kw)
+            Block(dim, cfg.key_dim, cfg.num_heads[i], attn_ratio, res, stage=i, depth=d, lkp=lkp, **kw)
             for d in range(cfg.depth[i])
         ])
 
@@ -78,13 +88,15 @@ class LSNet(nnx.Module):
 
     ``model(x)`` returns logits. For a distilled model in training mode (``model.train()``) it
     returns the pair (head, head_dist); in eval mode (``model.eval()``) their mean, as the
-    official code. ``deploy=True`` builds the folded form (see ``lsnet_jax.fold``).
+    official code. ``deploy=True`` builds the folded form (see ``lsnet_jax.models.fold``).
     """
 
     def __init__(self, cfg: LSNetConfig, *, deploy: bool = False, dtype: jnp.dtype = jnp.float32,
-                 bn_group_size: int | None = None, rngs: nnx.Rngs):
+                 rngs: nnx.Rngs):
         self.cfg, self.deploy, self.dtype = cfg, deploy, dtype
-        kw = dict(deploy=deploy, bn_group_size=bn_group_size, rngs=rngs)
+        self.impl = kernels.resolve(cfg.impl)  # "auto" is decided here, once
+        kw = dict(deploy=deploy, bn_group_size=cfg.bn_group_size, bn_momentum=cfg.bn_momentum, impl=self.impl,
+                  rngs=rngs)
         e0 = cfg.embed_dim[0]
         self.patch_embed = nnx.List([
             ConvBN(cfg.in_chans, e0 // 4, 3, 2, 1, **kw),
@@ -99,6 +111,11 @@ class LSNet(nnx.Module):
             BNLinear(self.num_features, cfg.num_classes, **kw) if has_head and cfg.distillation else None
         )
         self.deterministic = False  # set True by model.eval(): distilled models average their heads
+
+    def deploy_twin(self) -> LSNet:
+        """The abstract (``nnx.eval_shape``) deploy form of this model, for ``models.fold``."""
+        cfg = dataclasses.replace(self.cfg, impl=self.impl)
+        return nnx.eval_shape(lambda: LSNet(cfg, deploy=True, dtype=self.dtype, rngs=nnx.Rngs(0)))
 
     @property
     def feature_info(self) -> list[dict]:
@@ -174,15 +191,21 @@ DEFAULT_CFGS: dict[str, dict] = {
 }
 
 
-def model_config(name: str, num_classes: int = 1000, img_size: int = 224) -> LSNetConfig:
+def model_config(name: str, num_classes: int = 1000, img_size: int = 224, **overrides) -> LSNetConfig:
+    """The config of variant ``name``; ``overrides`` set any other ``LSNetConfig`` field."""
     base = name.removesuffix("_distill")
     if name not in DEFAULT_CFGS:
         raise ValueError(f"unknown model {name!r}; available: {sorted(DEFAULT_CFGS)}")
     embed_dim, depth = VARIANTS[base]
     if img_size % 8:
         raise ValueError(f"img_size must be a multiple of 8 (the stem's stride), got {img_size}")
+    fields = {f.name for f in dataclasses.fields(LSNetConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown LSNet config field(s) {unknown}; the fields are {sorted(fields)}")
+    kernels.resolve(overrides.get("impl", "auto"))  # an unknown impl fails here, naming the choices
     return LSNetConfig(embed_dim=tuple(embed_dim), depth=tuple(depth), img_size=img_size,
-                       num_classes=num_classes, distillation=name.endswith("_distill"))
+                       num_classes=num_classes, distillation=name.endswith("_distill"), **overrides)
 
 
 def _torch_bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 Names follow the paper and the official PyTorch code (ConvBN = ``Conv2d_BN``, LKP, SKA, LSConv,
 RepVGGDW ...) so that a reader of either finds their way, and so that checkpoint conversion is a
-name mapping (``lsnet_jax.convert``). Every module takes ``deploy``: the deploy form has the
-BatchNorms folded into the convolutions (see ``lsnet_jax.fold``), the training form has them apart.
-Parameters are float32; ``dtype`` is the compute dtype.
+name mapping (``lsnet_jax.models.lsnet_official``). Every module takes ``deploy``: the deploy form
+has the BatchNorms folded into the convolutions, the training form has them apart. A module that
+changes between the two forms carries its rule, ``fold_rule(state) -> state`` on its pure state
+dict (children already folded), as timm's ``ConvNorm.fuse``; ``lsnet_jax.models.fold`` walks a
+model and applies them. Array operations come from ``lsnet_jax.kernels``, in the implementation
+``impl`` names. Parameters are float32; ``dtype`` is the compute dtype.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lsnet_jax import ops
+from lsnet_jax import kernels
 
 Array = jax.Array
+Tree = dict[Any, Any]
 BN_EPS = 1e-5
 
 
@@ -45,18 +50,19 @@ def torch_uniform_init(key: Array, shape: tuple[int, ...], fan_in: int) -> Array
 class Conv(nnx.Module):
     """2-D convolution, HWIO kernel, PyTorch padding semantics, initialised as PyTorch does.
 
-    The formulation is picked from the shape: depthwise (``groups == cin == cout``) as shifted
-    multiply-adds, 1x1 as a matrix product, anything else as a dense XLA convolution.
+    The kernel is picked from the shape: depthwise (``groups == cin == cout``), 1x1 (a matrix
+    product) or dense, each from the implementation ``impl`` (``lsnet_jax.kernels``).
     """
 
     def __init__(self, cin: int, cout: int, kernel_size: int = 1, stride: int = 1, pad: int = 0,
-                 groups: int = 1, use_bias: bool = False, *, rngs: nnx.Rngs):
+                 groups: int = 1, use_bias: bool = False, *, impl: str = "auto", rngs: nnx.Rngs):
         if groups != 1 and not groups == cin == cout:
             raise ValueError(f"Conv supports dense or depthwise convolutions, got groups={groups} for {cin}->{cout}")
         self.depthwise = groups == cin and groups > 1
         if self.depthwise and pad != kernel_size // 2:
             raise ValueError("depthwise convolutions use padding kernel_size // 2")
         self.stride, self.pad = stride, pad
+        self.impl = kernels.resolve(impl)
         fan_in = (cin // groups) * kernel_size * kernel_size
         shape = (kernel_size, kernel_size, cin // groups, cout)
         self.kernel = nnx.Param(torch_uniform_init(rngs.params(), shape, fan_in))
@@ -65,35 +71,37 @@ class Conv(nnx.Module):
     def __call__(self, x: Array) -> Array:
         k = self.kernel[...]
         b = None if self.bias is None else self.bias[...].astype(x.dtype)
+        ops = kernels.get(self.impl)
         if self.depthwise:
             return ops.depthwise_conv(x, k, self.stride, b)
         if k.shape[0] == 1 and self.stride == 1 and self.pad == 0:
-            return ops.conv1x1(x, k.astype(x.dtype), b)
+            return ops.conv1x1(x, k, b)
         return ops.conv2d(x, k, self.stride, self.pad, b)
 
 
 class BatchNorm(nnx.Module):
     """BatchNorm over all axes but the last, with PyTorch's semantics.
 
-    momentum 0.1 on the running statistics, unbiased running variance, eps 1e-5. In training mode
-    (``use_running_average=False``) the statistics are taken over the whole (global) batch, or
-    per group of ``group_size`` images as the official per-GPU BatchNorm did.
+    ``momentum`` (PyTorch's 0.1) on the running statistics, unbiased running variance, eps 1e-5.
+    In training mode (``use_running_average=False``) the statistics are taken over the whole
+    (global) batch, or per group of ``group_size`` images as the official per-GPU BatchNorm did.
     """
 
     def __init__(self, num_features: int, scale_init: float = 1.0, momentum: float = 0.1,
-                 group_size: int | None = None):
+                 group_size: int | None = None, impl: str = "auto"):
         self.scale = nnx.Param(jnp.full((num_features,), scale_init, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
         self.momentum = momentum
         self.group_size = group_size
+        self.impl = kernels.resolve(impl)
         self.use_running_average = False
 
     def __call__(self, x: Array) -> Array:
         if self.use_running_average:
             return self._affine(x, self.mean[...], self.var[...])
-        mean, var = ops.batch_norm_stats(x, self.group_size)
+        mean, var = kernels.get(self.impl).batch_norm_stats(x, self.group_size)
         per_group = x.size // x.shape[-1] // (1 if self.group_size is None else x.shape[0] // self.group_size)
         unbiased = var * (per_group / max(per_group - 1, 1))
         if self.group_size is not None:  # running stats follow the average group
@@ -117,18 +125,31 @@ class BatchNorm(nnx.Module):
         return x * a.astype(x.dtype) + b.astype(x.dtype)
 
 
+def bn_affine(bn: Tree) -> tuple[Array, Array]:
+    """A BatchNorm's state in eval mode as ``x * a + b``."""
+    a = bn["scale"] / jnp.sqrt(bn["var"] + BN_EPS)
+    return a, bn["bias"] - bn["mean"] * a
+
+
 class ConvBN(nnx.Module):
     """``Conv2d_BN``: convolution without bias, then BatchNorm (deploy: one conv with bias)."""
 
     def __init__(self, cin: int, cout: int, kernel_size: int = 1, stride: int = 1, pad: int = 0,
                  groups: int = 1, bn_weight_init: float = 1.0, *, deploy: bool = False,
-                 bn_group_size: int | None = None, rngs: nnx.Rngs):
-        self.c = Conv(cin, cout, kernel_size, stride, pad, groups, use_bias=deploy, rngs=rngs)
-        self.bn = None if deploy else BatchNorm(cout, bn_weight_init, group_size=bn_group_size)
+                 bn_group_size: int | None = None, bn_momentum: float = 0.1, impl: str = "auto",
+                 rngs: nnx.Rngs):
+        self.c = Conv(cin, cout, kernel_size, stride, pad, groups, use_bias=deploy, impl=impl, rngs=rngs)
+        self.bn = None if deploy else BatchNorm(cout, bn_weight_init, bn_momentum, bn_group_size, impl)
 
     def __call__(self, x: Array) -> Array:
         x = self.c(x)
         return x if self.bn is None else self.bn(x)
+
+    @staticmethod
+    def fold_rule(t: Tree) -> Tree:
+        """{c: {kernel}, bn} -> {c: {kernel, bias}}: the HWIO kernel scaled per output channel."""
+        a, b = bn_affine(t["bn"])
+        return {"c": {"kernel": t["c"]["kernel"] * a, "bias": b}}
 
 
 class Linear(nnx.Module):
@@ -147,12 +168,19 @@ class BNLinear(nnx.Module):
     """``BN_Linear``: BatchNorm1d then Linear (deploy: one Linear)."""
 
     def __init__(self, din: int, dout: int, *, deploy: bool = False, bn_group_size: int | None = None,
-                 rngs: nnx.Rngs):
-        self.bn = None if deploy else BatchNorm(din, group_size=bn_group_size)
+                 bn_momentum: float = 0.1, impl: str = "auto", rngs: nnx.Rngs):
+        self.bn = None if deploy else BatchNorm(din, momentum=bn_momentum, group_size=bn_group_size, impl=impl)
         self.l = Linear(din, dout, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         return self.l(x if self.bn is None else self.bn(x))
+
+    @staticmethod
+    def fold_rule(t: Tree) -> Tree:
+        """{bn, l} -> {l}: y = (x*a + b) W + c = x (a W) + (b W + c)."""
+        a, b = bn_affine(t["bn"])
+        w = t["l"]["kernel"]
+        return {"l": {"kernel": w * a[:, None], "bias": b @ w + t["l"]["bias"]}}
 
 
 class FFN(nnx.Module):
@@ -178,6 +206,14 @@ class RepVGGDW(nnx.Module):
             return self.conv(x)
         return self.conv(x) + self.conv1(x) + x
 
+    @staticmethod
+    def fold_rule(t: Tree) -> Tree:
+        """{conv, conv1} (each already one conv with bias) -> {conv}: the 1x1 and the identity join
+        the 3x3's centre tap."""
+        k3, b3 = t["conv"]["c"]["kernel"], t["conv"]["c"]["bias"]
+        k1, b1 = t["conv1"]["c"]["kernel"], t["conv1"]["c"]["bias"]
+        return {"conv": {"c": {"kernel": k3.at[1, 1].add(k1[0, 0] + 1.0), "bias": b3 + b1}}}
+
 
 def make_divisible(v: float, divisor: int = 8) -> int:
     """timm's rounding of SE widths (``round_limit=0``): nearest multiple of ``divisor``."""
@@ -187,10 +223,10 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 class SqueezeExcite(nnx.Module):
     """timm's SEModule: mean -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid gate."""
 
-    def __init__(self, dim: int, rd_ratio: float = 0.25, *, rngs: nnx.Rngs, **_):
+    def __init__(self, dim: int, rd_ratio: float = 0.25, *, impl: str = "auto", rngs: nnx.Rngs, **_):
         rd = make_divisible(dim * rd_ratio)
-        self.fc1 = Conv(dim, rd, use_bias=True, rngs=rngs)
-        self.fc2 = Conv(rd, dim, use_bias=True, rngs=rngs)
+        self.fc1 = Conv(dim, rd, use_bias=True, impl=impl, rngs=rngs)
+        self.fc2 = Conv(rd, dim, use_bias=True, impl=impl, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
@@ -222,14 +258,15 @@ class GroupNorm(nnx.Module):
 
 
 class LKP(nnx.Module):
-    """Large-kernel perception: produces the per-pixel SKA kernels ``(N, H, W, C/groups, sks**2)``."""
+    """Large-kernel perception: a ``lks`` x ``lks`` depthwise view of half the channels produces the
+    per-pixel SKA kernels ``(N, H, W, C/groups, sks**2)``."""
 
     def __init__(self, dim: int, lks: int = 7, sks: int = 3, groups: int = 8, *, rngs: nnx.Rngs, **kw):
         half = dim // 2
         self.cv1 = ConvBN(dim, half, rngs=rngs, **kw)
         self.cv2 = ConvBN(half, half, lks, 1, (lks - 1) // 2, groups=half, rngs=rngs, **kw)
         self.cv3 = ConvBN(half, half, rngs=rngs, **kw)
-        self.cv4 = Conv(half, sks * sks * dim // groups, use_bias=True, rngs=rngs)
+        self.cv4 = Conv(half, sks * sks * dim // groups, use_bias=True, impl=kw.get("impl", "auto"), rngs=rngs)
         self.norm = GroupNorm(dim // groups, sks * sks * dim // groups)
 
     def __call__(self, x: Array) -> Array:
@@ -240,13 +277,15 @@ class LKP(nnx.Module):
 class LSConv(nnx.Module):
     """LS convolution: ``BN(SKA(x, LKP(x))) + x``."""
 
-    def __init__(self, dim: int, *, deploy: bool = False, bn_group_size: int | None = None,
-                 rngs: nnx.Rngs):
-        self.lkp = LKP(dim, deploy=deploy, bn_group_size=bn_group_size, rngs=rngs)
-        self.bn = BatchNorm(dim, group_size=bn_group_size)
+    def __init__(self, dim: int, lks: int = 7, sks: int = 3, groups: int = 8, *, bn_group_size: int | None = None,
+                 bn_momentum: float = 0.1, impl: str = "auto", rngs: nnx.Rngs, **kw):
+        kw = dict(kw, bn_group_size=bn_group_size, bn_momentum=bn_momentum, impl=impl, rngs=rngs)
+        self.lkp = LKP(dim, lks, sks, groups, **kw)
+        self.bn = BatchNorm(dim, momentum=bn_momentum, group_size=bn_group_size, impl=impl)
+        self.impl = kernels.resolve(impl)
 
     def __call__(self, x: Array) -> Array:
-        return self.bn(ops.ska_materialized(x, self.lkp(x))) + x
+        return self.bn(kernels.get(self.impl).ska(x, self.lkp(x))) + x
 
 
 @functools.lru_cache(maxsize=None)
@@ -269,7 +308,7 @@ class Attention(nnx.Module):
     """LeViT-style attention with a depthwise 3x3 on the queries and a relative-position bias table.
 
     The bias table is built for a ``resolution x resolution`` grid; another input size needs the
-    table resized (``lsnet_jax.model.resize_attention_biases``).
+    table resized (``lsnet_jax.models.lsnet.resize_attention_biases``).
     """
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int,
@@ -293,6 +332,15 @@ class Attention(nnx.Module):
             return self.ab[...]
         return self.attention_biases[...][:, attention_bias_idxs(self.resolution)]
 
+    @staticmethod
+    def fold_rule(t: Tree) -> Tree:
+        """The bias table gathered once into its dense ``(heads, N, N)`` form, ``ab``."""
+        table = t["attention_biases"]
+        res = int(round(table.shape[1] ** 0.5))
+        out = {k: v for k, v in t.items() if k != "attention_biases"}
+        out["ab"] = table[:, np.asarray(attention_bias_idxs(res))]
+        return out
+
     def __call__(self, x: Array) -> Array:
         b, h, w, _ = x.shape
         if (h, w) != (self.resolution, self.resolution):
@@ -313,10 +361,11 @@ class Attention(nnx.Module):
 
 
 class Block(nnx.Module):
-    """LSNet block ``depth`` of stage ``stage``: (RepVGGDW + SE | LSConv | Attention) then FFN."""
+    """LSNet block ``depth`` of stage ``stage``: (RepVGGDW + SE | LSConv | Attention) then FFN.
+    ``lkp`` holds LSConv's ``(lks, sks, groups)``."""
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int,
-                 stage: int, depth: int, **kw):
+                 stage: int, depth: int, lkp: tuple[int, int, int] = (7, 3, 8), **kw):
         if depth % 2 == 0:
             self.mixer = RepVGGDW(dim, **kw)
             self.se = SqueezeExcite(dim, 0.25, **kw)
@@ -324,7 +373,7 @@ class Block(nnx.Module):
             self.mixer = Attention(dim, key_dim, num_heads, attn_ratio, resolution, **kw)
             self.se = None
         else:
-            self.mixer = LSConv(dim, **kw)
+            self.mixer = LSConv(dim, *lkp, **kw)
             self.se = None
         self.ffn = FFN(dim, 2 * dim, **kw)
 

@@ -1,0 +1,105 @@
+"""PyTorch checkpoints as numpy: reading ``.pth`` / ``.safetensors`` files, writing official-layout
+state dicts, and the layout changes between PyTorch (OIHW kernels, ``(out, in)`` linears) and JAX
+(HWIO, ``(in, out)``). No model knowledge here: the name mapping of each model family is beside
+the model (``lsnet_jax.models.lsnet_official``). Reading a ``.pth`` needs torch (the ``[torch]``
+extra); safetensors files do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from lsnet_jax.checkpoints.state import JaxPath
+
+
+def to_torch_layout(path: JaxPath, a: np.ndarray) -> np.ndarray:
+    if path[-1] == "kernel" and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(3, 2, 0, 1))  # HWIO -> OIHW
+    if path[-1] == "kernel" and a.ndim == 2:
+        return np.ascontiguousarray(a.T)  # (in, out) -> (out, in)
+    return a
+
+
+def to_jax_layout(path: JaxPath, a: np.ndarray) -> np.ndarray:
+    if path[-1] == "kernel" and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+    if path[-1] == "kernel" and a.ndim == 2:
+        return np.ascontiguousarray(a.T)
+    return a
+
+
+def torch_shape(path: JaxPath, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return to_torch_layout(path, np.empty(shape, np.uint8)).shape
+
+
+def unwrap_checkpoint(obj: object, use_ema: bool = False) -> dict[str, np.ndarray]:
+    """The state dict inside an official checkpoint: ``{'model': sd}``, ``{'model_ema': sd}``,
+    ``{'state_dict': sd}`` or a bare state dict. ``module.`` prefixes (DDP) are stripped."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a checkpoint dict, got {type(obj).__name__}")
+    if use_ema:
+        if "model_ema" not in obj:
+            raise ValueError(f"--ema: the checkpoint has no 'model_ema' entry (top-level keys: {sorted(obj)[:10]})")
+        sd = obj["model_ema"]
+    elif "model" in obj and isinstance(obj["model"], Mapping):
+        sd = obj["model"]
+    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        sd = obj["state_dict"]
+    elif "model_ema" in obj and isinstance(obj["model_ema"], Mapping):
+        sd = obj["model_ema"]
+    else:
+        sd = obj
+    out = {}
+    for k, v in sd.items():
+        if not hasattr(v, "shape"):
+            raise ValueError(f"checkpoint entry {k!r} is a {type(v).__name__}, not a tensor: this is not "
+                             "a model state dict (is it an optimizer or a whole training checkpoint?)")
+        out[k.removeprefix("module.")] = v
+    return out
+
+
+def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+    """The model state dict of a .pth / .pt / .safetensors checkpoint, as numpy arrays."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return unwrap_checkpoint(load_file(str(path)), use_ema)
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+    import argparse
+    import pickle
+
+    import torch
+
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: torch.load refused to unpickle it safely ({str(e).splitlines()[0]}). If "
+                         "you trust the file, pass --trust-pickle.") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+    sd = unwrap_checkpoint(obj, use_ema)
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in sd.items()}
+
+
+def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
+    """An official-layout state dict as ``{'model': sd}`` in a ``.pth`` (torch), or a ``.safetensors`` file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file(dict(state_dict), str(path))
+    else:
+        import torch
+
+        torch.save({"model": {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}}, path)
+    return path

@@ -1,0 +1,110 @@
+"""Convert official PyTorch LSNet checkpoints to lsnet_jax weights, and back.
+
+    lsnet-convert lsnet_t.pth weights/lsnet_t --check
+    lsnet-convert checkpoint.pth weights/lsnet_t_ema --ema        # training checkpoint's EMA
+    lsnet-convert --to-torch weights/lsnet_t lsnet_t_from_jax.pth  # JAX -> official layout
+
+(``python convert_torch.py ...`` at the repository's root is the same command.)
+
+The variant, its distillation head, the number of classes and the input size are read from the
+keys and shapes (or given with --model). Writes OUT/orbax, OUT/model.safetensors and
+OUT/config.json; ``lsnet_jax.create_model(name, pretrained=OUT)`` loads them. ``--check`` rebuilds
+the model in PyTorch (lsnet_jax.torch_reference) from the same checkpoint and prints the largest
+logit difference on random inputs. Needs the ``[torch]`` extra for .pth files and --check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def to_jax(args: argparse.Namespace) -> None:
+    from lsnet_jax.checkpoints.torch_io import read_checkpoint
+    from lsnet_jax.checkpoints.weights import save_weights
+    from lsnet_jax.models.lsnet_official import detect_variant, expected_jax_shapes, torch_to_jax
+
+    sd = read_checkpoint(Path(args.ckpt), args.ema, args.trust_pickle)
+    if args.model:
+        num_classes = int(sd["head.l.weight"].shape[0]) if "head.l.weight" in sd else 1000
+        img_size = args.img_size
+        name = args.model
+    else:
+        name, num_classes, img_size = detect_variant(sd)
+    # torch_to_jax has checked every key and shape against the model, both ways
+    flat = torch_to_jax(sd, expected_jax_shapes(name, num_classes, img_size), what=args.ckpt)
+    out = save_weights(args.out, flat, dict(model=name, num_classes=num_classes, img_size=img_size,
+                                             source=str(Path(args.ckpt).name), ema=bool(args.ema)))
+    print(f"{args.ckpt}: {name}, {num_classes} classes, {img_size}px -> {out}")
+    if args.check:
+        check(sd, name, num_classes, img_size, out)
+
+
+def check(sd: dict[str, np.ndarray], name: str, num_classes: int, img_size: int, out: Path,
+          batch: int = 2, seed: int = 0) -> dict[str, float]:
+    """Largest |logit difference| between the PyTorch reference and the converted JAX model."""
+    import jax.numpy as jnp
+    import torch
+
+    from lsnet_jax.models.registry import compiled, create_model
+    from lsnet_jax.testing import diverse_images
+    from lsnet_jax.torch_reference import create_torch_model
+
+    tm = create_torch_model(name, num_classes, img_size)
+    tm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
+    x = diverse_images(batch, img_size, seed)
+    with torch.inference_mode():
+        ref = tm(torch.from_numpy(x)).numpy()
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    res = {}
+    for deploy in (False, True):
+        jm = create_model(name, pretrained=out, img_size=img_size, deploy=deploy)
+        got = np.asarray(compiled(jm)(xj))
+        res["folded" if deploy else "unfolded"] = float(np.abs(got - ref).max())
+    scale = float(ref.std())
+    print(f"check on {batch} random images (seed {seed}): logit std {scale:.4g}; largest |JAX - PyTorch| "
+          f"{res['unfolded']:.3g} ({res['unfolded'] / scale:.2g} std), folded {res['folded']:.3g} "
+          f"({res['folded'] / scale:.2g} std)")
+    return res
+
+
+def to_torch(args: argparse.Namespace) -> None:
+    from lsnet_jax.checkpoints.torch_io import write_state_dict
+    from lsnet_jax.checkpoints.weights import load_weights
+    from lsnet_jax.models.lsnet_official import jax_to_torch
+
+    flat, meta = load_weights(args.ckpt)
+    out = write_state_dict(jax_to_torch(flat), args.out)
+    print(f"{args.ckpt} ({meta.get('model', 'LSNet')}) -> {out} (official state-dict layout)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lsnet-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ckpt", help="official checkpoint (.pth/.safetensors); with --to-torch, JAX weights")
+    p.add_argument("out", help="output weights directory; with --to-torch, a .pth or .safetensors file")
+    p.add_argument("--model", help="variant name (default: detected from the keys)")
+    p.add_argument("--img-size", type=int, default=224, help="input size, with --model")
+    p.add_argument("--ema", action="store_true", help="convert the 'model_ema' weights of a training checkpoint")
+    p.add_argument("--check", action="store_true", help="compare logits with the PyTorch reference")
+    p.add_argument("--to-torch", action="store_true", help="JAX weights -> official PyTorch state dict")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow arbitrary pickled objects in the .pth (only for files you trust)")
+    args = p.parse_args(argv)
+    try:
+        (to_torch if args.to_torch else to_jax)(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run() -> None:
+    """The console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

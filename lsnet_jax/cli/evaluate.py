@@ -1,0 +1,128 @@
+"""Top-1 / top-5 of a model on ImageNet and its robustness sets, through the project's pipeline.
+
+    lsnet-eval --weights weights/lsnet_t --sets imagenet,imagenet_a,imagenet_r
+    lsnet-eval --weights weights/lsnet_t --sets imagenet_c --json c.json
+    lsnet-eval --weights W --data lsnet_digits --split test --data_dir data/tfds
+
+``--weights`` is a directory written by ``lsnet-convert`` or ``lsnet-export-weights`` (converted
+or trained, EMA or not); ``--deploy`` folds it first. The model name, class count, image size,
+mean/std and crop_pct come from its config.json unless given. Every set goes through the same
+eval transform (resize the shorter side to size/crop_pct, bicubic, centre crop). The sets and
+their metrics are described in ``lsnet_jax.inference.eval_sets``; ``--data``/``--split`` evaluate
+any other TFDS image-classification split. Prints progress lines (images/s, ETA) and writes
+``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lsnet-eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--sets", default=None,
+                    help="comma-separated: imagenet, imagenet_a, imagenet_r, imagenet_sketch, imagenet_c")
+    ap.add_argument("--corruptions", default="benchmark",
+                    help="ImageNet-C corruptions: 'benchmark' (the 15 of mCE), 'all' (+4 extra) or a list")
+    ap.add_argument("--data", default=None, help="any other TFDS dataset (instead of --sets)")
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--data_dir", default=None)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--img-size", type=int, default=None)
+    ap.add_argument("--crop-pct", type=float, default=None)
+    ap.add_argument("--deploy", action="store_true", help="fold BatchNorms first")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import jax
+    from flax import nnx
+
+    from lsnet_jax.data import pipeline, source
+    from lsnet_jax.data.transforms import EvalTransform
+    from lsnet_jax.inference import eval_sets as E
+    from lsnet_jax.inference.evaluate import data_sharding, eval_step, resolve_sets, run_eval
+    from lsnet_jax.inference.loading import inference_spec, num_classes
+
+    corr = {"benchmark": E.CORRUPTIONS, "all": E.CORRUPTIONS + E.EXTRA_CORRUPTIONS}.get(
+        args.corruptions, tuple(c for c in args.corruptions.split(",") if c))
+    try:
+        spec = inference_spec(args.weights, args.model, args.img_size, args.crop_pct)
+        if args.data is not None:
+            sets = [E.EvalSet(f"{args.data}/{args.split}", args.data, args.split)]
+        else:
+            sets = resolve_sets((args.sets or "imagenet").split(","), corr)
+        sources, missing = {}, []
+        for s in sets:  # every set is checked before the first is evaluated
+            try:
+                sources[s.key] = source.open_source(s.tfds_name, s.split, args.data_dir)
+            except source.DatasetNotFoundError as e:
+                missing.append(str(e))
+        if missing:
+            raise ValueError(f"{len(missing)} of {len(sets)} eval sets are not available:\n  " + "\n  ".join(missing))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    model = spec.create(deploy=args.deploy)
+    classes = num_classes(model)
+    for s in sets:
+        if s.tfds_name != args.data and classes != 1000:
+            print(f"error: {s.key} scores ImageNet's 1000 classes; {args.weights} has a {classes}-class "
+                  f"head", file=sys.stderr)
+            return 2
+    graph, state = nnx.split(model)
+    batch = args.batch - args.batch % jax.device_count() or jax.device_count()
+    sharding = data_sharding()
+    transform = EvalTransform(spec.img_size, spec.crop_pct)
+    steps: dict = {}
+    results = {}
+    t0 = time.time()
+    for i, s in enumerate(sets):
+        src, info = sources[s.key]
+        if s.classes not in steps:
+            steps[s.classes] = jax.jit(functools.partial(eval_step, graphdef=graph, mean=spec.mean, std=spec.std,
+                                                         classes=s.classes))
+        step = functools.partial(steps[s.classes], (state,))
+        label = f"{s.key} ({i + 1}/{len(sets)}) " if len(sets) > 1 else f"{s.key} "
+        loader = pipeline.eval_loader(src, info, transform, batch, args.workers)
+        r = run_eval(step, loader, sharding, label, info.num_examples)
+        results[s.key] = {k: r[k] for k in ("images", "skipped", "top1", "top5")}
+        print(f"{s.key}: top-1 {r['top1']:.2f} top-5 {r['top5']:.2f} on {r['images']} images "
+              f"({r['skipped']} unreadable skipped)", flush=True)
+    summary = {"model": spec.name, "weights": str(args.weights), "img_size": spec.img_size,
+               "crop_pct": spec.crop_pct, "deploy": args.deploy, "seconds": round(time.time() - t0, 1),
+               "sets": results}
+    c_top1 = {k.split("/", 1)[1]: v["top1"] for k, v in results.items() if k.startswith("imagenet_c/")}
+    if c_top1:
+        try:
+            summary["imagenet_c"] = {"corruptions": E.corruption_errors(c_top1)}
+            if all(c in summary["imagenet_c"]["corruptions"] for c in E.CORRUPTIONS):
+                summary["imagenet_c"]["mce"] = E.mce(c_top1)
+                print(f"ImageNet-C mCE {summary['imagenet_c']['mce']:.2f}")
+        except ValueError as e:
+            print(f"warning: {e}", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def run() -> None:
+    """The console script: huge pages for XLA's buffers first (``lsnet_jax.runtime``)."""
+    from lsnet_jax.runtime import restart_with_huge_pages
+
+    restart_with_huge_pages()
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

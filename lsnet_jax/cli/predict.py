@@ -1,0 +1,84 @@
+"""Classify image files from the command line.
+
+    lsnet-predict cat.jpg dog.png --checkpoint weights/lsnet_t [--topk 5] [--json out.json]
+
+``--checkpoint`` is a weights directory (``lsnet-convert``, ``lsnet-export-weights``) or a
+``.safetensors`` file (then ``--model`` names the variant). Each image goes through the eval
+transform (resize to size/crop_pct, bicubic, centre crop); the top-k classes are printed with their
+probabilities. Class names: those stored with the weights (a training run records its dataset's),
+ImageNet's for a 1000-class head, else ``class <i>``. An unreadable file is reported and skipped;
+the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lsnet-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    ap.add_argument("--checkpoint", required=True, help="weights directory or .safetensors file")
+    ap.add_argument("--model", default=None, help="variant, if the weights do not name it")
+    ap.add_argument("--topk", type=int, default=5)
+    ap.add_argument("--img-size", type=int, default=None)
+    ap.add_argument("--crop-pct", type=float, default=None)
+    ap.add_argument("--json", default=None, help="also write the predictions to this file")
+    args = ap.parse_args(argv)
+
+    from lsnet_jax.data.transforms import EvalTransform
+    from lsnet_jax.inference.loading import inference_spec, num_classes
+    from lsnet_jax.inference.predict import class_names, predict
+
+    ckpt = Path(args.checkpoint)
+    try:
+        spec = inference_spec(ckpt, args.model, args.img_size, args.crop_pct)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    transform = EvalTransform(spec.img_size, spec.crop_pct)
+    batch, ok, failed = [], [], []
+    for f in args.images:
+        try:
+            batch.append(transform(Path(f).read_bytes())["image"])
+            ok.append(f)
+        except Exception as e:  # unreadable, truncated, not an image, missing
+            failed.append(f)
+            print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)
+    if not ok:
+        print("error: none of the images could be read", file=sys.stderr)
+        return 1
+    try:
+        model = spec.create()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    names = class_names(spec.meta, num_classes(model))
+    idx, prob = predict(model, np.stack(batch), spec.mean, spec.std, args.topk)
+    results = []
+    for f, row_i, row_p in zip(ok, idx, prob):
+        print(f)
+        top = [{"class": int(i), "name": names[i], "prob": float(p)} for i, p in zip(row_i, row_p)]
+        for r, t in enumerate(top, 1):
+            print(f"  {r}. {100 * t['prob']:6.2f}%  {t['name']} ({t['class']})")
+        results.append({"file": f, "top": top})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": spec.name, "checkpoint": str(ckpt), "predictions": results,
+                                               "skipped": failed}, indent=2))
+    if failed:
+        print(f"{len(failed)} of {len(args.images)} images skipped as unreadable", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run() -> None:
+    """The console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

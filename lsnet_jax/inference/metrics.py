@@ -1,0 +1,49 @@
+"""Classification metrics, as jit-able functions of logits: the one top-k and the sums an
+evaluation adds up over batches (training's evaluation and ``lsnet-eval`` alike)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    """Per-example cross-entropy with integer labels (float32)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def restrict(logits: Array, labels: Array, classes: Sequence[int]) -> tuple[Array, Array]:
+    """Only the logits of ``classes`` (ImageNet-A/R's 200), and each label's position among them
+    (-1 for a label outside them)."""
+    idx = jnp.asarray(classes, jnp.int32)
+    position = jnp.full((logits.shape[-1],), -1, jnp.int32).at[idx].set(jnp.arange(len(classes)))
+    return logits[:, idx], position[labels]
+
+
+def hits(logits: Array, labels: Array, classes: Sequence[int] | None = None, k: int = 5) -> tuple[Array, Array]:
+    """Per-sample top-1 and top-k hits. With ``classes`` only those logits compete (ImageNet-A/R);
+    a label outside them is never hit."""
+    if classes is not None:
+        logits, labels = restrict(logits, labels, classes)
+    top = jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]
+    hit = top == labels[:, None]
+    return hit[:, 0], jnp.any(hit, axis=-1)
+
+
+def eval_sums(logits: Array, labels: Array, mask: Array, classes: Sequence[int] | None = None) -> dict[str, Array]:
+    """Sums over the real (``mask`` 1) samples of a batch: loss, top-1 and top-5 hits, count. With
+    ``classes``, over those classes' logits; a sample whose label is outside them adds no loss."""
+    logits = logits.astype(jnp.float32)
+    top1, top5 = hits(logits, labels, classes)
+    if classes is not None:
+        logits, labels = restrict(logits, labels, classes)
+        mask_loss = mask * (labels >= 0)
+    else:
+        mask_loss = mask
+    return {"loss": jnp.sum(cross_entropy(logits, jnp.maximum(labels, 0)) * mask_loss),
+            "acc1": jnp.sum(top1 * mask), "acc5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}

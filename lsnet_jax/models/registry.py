@@ -1,0 +1,122 @@
+"""``create_model`` / ``list_models``: every model family by name, as timm users expect.
+
+A family registers its names with a ``Family``: how to build a model from its name, and how to fit
+a checkpoint's arrays to a model built with other settings (another class count, another input
+size). LSNet (the classifiers) is the one family so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lsnet_jax.checkpoints.state import JaxPath, flat_state, load_flat
+from lsnet_jax.checkpoints.weights import load_weights
+from lsnet_jax.models import lsnet
+from lsnet_jax.models.fold import fold
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute dtypes by name (configs, CLIs)
+
+Flat = dict[JaxPath, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """``build(name, num_classes, img_size, dtype, rngs, **config) -> module`` and
+    ``adapt(flat, model, ckpt_classes) -> flat``, which fits a checkpoint's arrays to ``model``."""
+
+    default_cfgs: Mapping[str, dict]
+    build: Callable[..., nnx.Module]
+    adapt: Callable[[Flat, nnx.Module, int | None], Flat]
+
+
+def _build_lsnet(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs, **config) -> lsnet.LSNet:
+    return lsnet.LSNet(lsnet.model_config(name, num_classes, img_size, **config), dtype=dtype, rngs=rngs)
+
+
+def _adapt_lsnet(flat: Flat, model: lsnet.LSNet, ckpt_classes: int | None) -> Flat:
+    """New heads where the class count differs (from ``model``'s fresh initialisation); bias tables
+    resized to the model's last grid."""
+    if ckpt_classes is not None and ckpt_classes != model.cfg.num_classes:
+        log.info("new %d-class head (weights have %d classes)", model.cfg.num_classes, ckpt_classes)
+        fresh = {p: a for p, a in flat_state(model).items() if p[0] in ("head", "head_dist")}
+        flat = {p: a for p, a in flat.items() if p[0] not in ("head", "head_dist")} | fresh
+    res = model.cfg.resolutions()[3]
+    return {p: (np.asarray(lsnet.resize_attention_biases(jnp.asarray(a), res)) if p[-1] == "attention_biases" else a)
+            for p, a in flat.items()}
+
+
+FAMILIES: tuple[Family, ...] = (Family(lsnet.DEFAULT_CFGS, _build_lsnet, _adapt_lsnet),)
+
+
+def _family(name: str) -> Family:
+    for f in FAMILIES:
+        if name in f.default_cfgs:
+            return f
+    raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+
+
+def list_models() -> list[str]:
+    return sorted(n for f in FAMILIES for n in f.default_cfgs)
+
+
+def default_cfg(name: str) -> dict:
+    """Input size, mean/std, crop_pct, interpolation, classes and published accuracy of ``name``."""
+    return dict(_family(name).default_cfgs[name])
+
+
+def create_model(name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None,
+                 img_size: int | None = None, dtype: jnp.dtype = jnp.float32, deploy: bool = False,
+                 bn_group_size: int | None = None, seed: int = 0, impl: str = "auto", **config: Any) -> nnx.Module:
+    """Build ``name`` (see ``list_models()``), optionally with weights, in eval mode.
+
+    pretrained: a directory written by ``lsnet-convert`` / ``save_weights``, or a
+        ``.safetensors`` file. With another ``num_classes`` than the weights the heads are
+        re-initialised; with another ``img_size`` the attention bias tables are resized.
+    deploy: fold BatchNorms and RepVGG branches (``lsnet_jax.models.fold``) for inference.
+    dtype: compute dtype (parameters stay float32).
+    impl: the array operations (``lsnet_jax.kernels``): "auto", "reference" or "xla_cpu".
+    config: any other field of the family's config (for LSNet ``LSNetConfig``: bn_momentum, lks ...).
+    Call ``model.train()`` before training.
+    """
+    family = _family(name)
+    flat, meta = (None, {}) if pretrained is None else load_weights(pretrained)
+    if meta.get("model") and meta["model"] != name:
+        raise ValueError(f"{pretrained} holds weights of {meta['model']!r}, not {name!r}")
+    ckpt_classes = int(meta.get("num_classes", 0)) or None
+    if flat is not None and ckpt_classes is None and ("head", "l", "kernel") in flat:
+        ckpt_classes = int(flat[("head", "l", "kernel")].shape[1])
+    num_classes = num_classes if num_classes is not None else (ckpt_classes or family.default_cfgs[name]["num_classes"])
+    build = functools.partial(family.build, name, num_classes, img_size or 224, dtype, bn_group_size=bn_group_size,
+                              impl=impl, **config)
+    new_head = flat is not None and ckpt_classes is not None and ckpt_classes != num_classes
+    if flat is None or new_head:
+        model = build(rngs=nnx.Rngs(seed))
+    else:  # every array comes from the weights: skip the random initialisation
+        model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
+    if flat is not None:
+        load_flat(model, family.adapt(flat, model, ckpt_classes), what=str(pretrained))
+    if deploy:
+        model = fold(model)
+    model.eval()
+    return model
+
+
+def compiled(model: nnx.Module) -> Callable[[jax.Array], jax.Array]:
+    """``model(x)`` as one XLA computation, compiled once per input shape, with the model's weights
+    as they are now. For a model in eval mode; a handful of calls this way is much faster than
+    running the model eagerly, op by op."""
+    graph, state = nnx.split(model)
+    apply = jax.jit(lambda s, x: nnx.merge(graph, s)(x))
+    return functools.partial(apply, state)
