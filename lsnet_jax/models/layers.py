@@ -169,7 +169,7 @@ class BNLinear(nnx.Module):
 
     def __init__(self, din: int, dout: int, *, deploy: bool = False, bn_group_size: int | None = None,
                  bn_momentum: float = 0.1, impl: str = "auto", rngs: nnx.Rngs):
-        self.bn = None if deploy else BatchNorm(din, momentum=bn_momentum, group_size=bn_group_size, impl=impl)
+        self.bn = None if deploy else BatchNorm(din, 1.0, bn_momentum, bn_group_size, impl)
         self.l = Linear(din, dout, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
@@ -266,7 +266,8 @@ class LKP(nnx.Module):
         self.cv1 = ConvBN(dim, half, rngs=rngs, **kw)
         self.cv2 = ConvBN(half, half, lks, 1, (lks - 1) // 2, groups=half, rngs=rngs, **kw)
         self.cv3 = ConvBN(half, half, rngs=rngs, **kw)
-        self.cv4 = Conv(half, sks * sks * dim // groups, use_bias=True, impl=kw.get("impl", "auto"), rngs=rngs)
+        impl = kw.get("impl", "auto")
+        self.cv4 = Conv(half, sks * sks * dim // groups, use_bias=True, impl=impl, rngs=rngs)
         self.norm = GroupNorm(dim // groups, sks * sks * dim // groups)
 
     def __call__(self, x: Array) -> Array:
@@ -277,8 +278,9 @@ class LKP(nnx.Module):
 class LSConv(nnx.Module):
     """LS convolution: ``BN(SKA(x, LKP(x))) + x``."""
 
-    def __init__(self, dim: int, lks: int = 7, sks: int = 3, groups: int = 8, *, bn_group_size: int | None = None,
-                 bn_momentum: float = 0.1, impl: str = "auto", rngs: nnx.Rngs, **kw):
+    def __init__(self, dim: int, lks: int = 7, sks: int = 3, groups: int = 8, *,
+                 bn_group_size: int | None = None, bn_momentum: float = 0.1, impl: str = "auto",
+                 rngs: nnx.Rngs, **kw):
         kw = dict(kw, bn_group_size=bn_group_size, bn_momentum=bn_momentum, impl=impl, rngs=rngs)
         self.lkp = LKP(dim, lks, sks, groups, **kw)
         self.bn = BatchNorm(dim, momentum=bn_momentum, group_size=bn_group_size, impl=impl)

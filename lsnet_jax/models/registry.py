@@ -41,7 +41,8 @@ class Family:
     adapt: Callable[[Flat, nnx.Module, int | None], Flat]
 
 
-def _build_lsnet(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs, **config) -> lsnet.LSNet:
+def _build_lsnet(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs,
+                 **config) -> lsnet.LSNet:
     return lsnet.LSNet(lsnet.model_config(name, num_classes, img_size, **config), dtype=dtype, rngs=rngs)
 
 
@@ -53,7 +54,8 @@ def _adapt_lsnet(flat: Flat, model: lsnet.LSNet, ckpt_classes: int | None) -> Fl
         fresh = {p: a for p, a in flat_state(model).items() if p[0] in ("head", "head_dist")}
         flat = {p: a for p, a in flat.items() if p[0] not in ("head", "head_dist")} | fresh
     res = model.cfg.resolutions()[3]
-    return {p: (np.asarray(lsnet.resize_attention_biases(jnp.asarray(a), res)) if p[-1] == "attention_biases" else a)
+    resize = lsnet.resize_attention_biases
+    return {p: np.asarray(resize(jnp.asarray(a), res)) if p[-1] == "attention_biases" else a
             for p, a in flat.items()}
 
 
@@ -78,7 +80,8 @@ def default_cfg(name: str) -> dict:
 
 def create_model(name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None,
                  img_size: int | None = None, dtype: jnp.dtype = jnp.float32, deploy: bool = False,
-                 bn_group_size: int | None = None, seed: int = 0, impl: str = "auto", **config: Any) -> nnx.Module:
+                 bn_group_size: int | None = None, seed: int = 0, impl: str = "auto",
+                 **config: Any) -> nnx.Module:
     """Build ``name`` (see ``list_models()``), optionally with weights, in eval mode.
 
     pretrained: a directory written by ``lsnet-convert`` / ``save_weights``, or a
@@ -97,9 +100,10 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, num_cla
     ckpt_classes = int(meta.get("num_classes", 0)) or None
     if flat is not None and ckpt_classes is None and ("head", "l", "kernel") in flat:
         ckpt_classes = int(flat[("head", "l", "kernel")].shape[1])
-    num_classes = num_classes if num_classes is not None else (ckpt_classes or family.default_cfgs[name]["num_classes"])
-    build = functools.partial(family.build, name, num_classes, img_size or 224, dtype, bn_group_size=bn_group_size,
-                              impl=impl, **config)
+    if num_classes is None:
+        num_classes = ckpt_classes or family.default_cfgs[name]["num_classes"]
+    build = functools.partial(family.build, name, num_classes, img_size or 224, dtype,
+                              bn_group_size=bn_group_size, impl=impl, **config)
     new_head = flat is not None and ckpt_classes is not None and ckpt_classes != num_classes
     if flat is None or new_head:
         model = build(rngs=nnx.Rngs(seed))

@@ -111,15 +111,17 @@ def build_data(config: ml_collections.ConfigDict) -> Data:
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
     """The model of ``config`` (from ``config.init_weights`` when set), in eval mode."""
     return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
-                        img_size=config.img_size, dtype=DTYPES[config.dtype], bn_group_size=config.bn_group_size,
-                        seed=config.seed, impl=config.impl, bn_momentum=config.bn_momentum)
+                        img_size=config.img_size, dtype=DTYPES[config.dtype],
+                        bn_group_size=config.bn_group_size, seed=config.seed, impl=config.impl,
+                        bn_momentum=config.bn_momentum)
 
 
 def _pure(model: nnx.Module, kind) -> dict:
     return nnx.to_pure_dict(nnx.state(model, kind))
 
 
-def build_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[dict | None, nnx.GraphDef | None]:
+def build_teacher(config: ml_collections.ConfigDict,
+                  num_classes: int) -> tuple[dict | None, nnx.GraphDef | None]:
     """The distillation teacher's state and graph (``None, None`` without hard distillation)."""
     if config.distillation.type != "hard":
         return None, None
@@ -191,8 +193,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     teacher, teacher_graphdef = build_teacher(config, num_classes)
     teacher = None if teacher is None else jax.device_put(teacher, rep)
 
-    manager = run_checkpoints.make_manager(workdir / "checkpoints", config.keep_checkpoints, config.async_checkpoint)
-    best_manager = run_checkpoints.make_manager(workdir / "best", 1, config.async_checkpoint, best=True)
+    keep, async_save = config.keep_checkpoints, config.async_checkpoint
+    manager = run_checkpoints.make_manager(workdir / "checkpoints", keep, async_save)
+    best_manager = run_checkpoints.make_manager(workdir / "best", 1, async_save, best=True)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
     iterator = iter(data.train.dataset)
     start, restored, stats = _restore(manager, abstract, iterator)
@@ -203,8 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=step_cfg,
                                          teacher_graphdef=teacher_graphdef),
                        in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, mean=step_cfg.mean, std=step_cfg.std),
-                      in_shardings=((rep, rep), dat), out_shardings=rep)
+    eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, mean=step_cfg.mean,
+                                        std=step_cfg.std), in_shardings=((rep, rep), dat), out_shardings=rep)
 
     is_main = jax.process_index() == 0
     reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main)
@@ -230,7 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             return
         losses = jax.device_get([m for _, m in pending])
         lrs = np.asarray(schedule(np.asarray([s for s, _ in pending])))  # one call per flush, not per step
-        rows = [{"step": s + 1, "loss": float(v), "lr": float(lr)} for (s, _), v, lr in zip(pending, losses, lrs)]
+        rows = [{"step": s + 1, "loss": float(v), "lr": float(lr)}
+                for (s, _), v, lr in zip(pending, losses, lrs)]
         pending = []
         reporter.steps([r for r in rows if math.isfinite(r["loss"])])
         check_finite(rows, spe, manager.directory)

@@ -98,8 +98,8 @@ def ema_update(ema: Params, new: Params, decay: float) -> Params:
 def from_config(config, steps_per_epoch: int) -> tuple[Callable, optax.GradientTransformation]:
     """The schedule and the optimizer of a run config (``lsnet_jax.train.config``)."""
     c = config
-    schedule = lr_schedule(scaled_lr(c.lr, c.batch_size), steps_per_epoch, c.epochs, c.warmup_epochs, c.warmup_lr,
-                           c.min_lr)
-    tx = make_optimizer(schedule, c.weight_decay, c.opt_betas[0], c.opt_betas[1], c.opt_eps, c.clip_grad or None,
-                        c.clip_eps)
+    schedule = lr_schedule(scaled_lr(c.lr, c.batch_size), steps_per_epoch, c.epochs, c.warmup_epochs,
+                           c.warmup_lr, c.min_lr)
+    tx = make_optimizer(schedule, c.weight_decay, c.opt_betas[0], c.opt_betas[1], c.opt_eps,
+                        c.clip_grad or None, c.clip_eps)
     return schedule, tx
