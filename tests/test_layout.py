@@ -1,0 +1,69 @@
+"""The package's import graph: no circle between modules, and arrows between packages one way
+(cli -> train / inference -> models / data / checkpoints -> kernels), read from the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "lsnet_jax"
+# which of the package's parts each part may import (the README's layout section)
+ALLOWED = {
+    "kernels": set(),
+    "checkpoints": set(),
+    "data": set(),
+    "models": {"kernels", "checkpoints"},
+    "inference": {"models", "data", "checkpoints"},
+    "train": {"kernels", "models", "data", "checkpoints", "inference"},
+    "cli": {"kernels", "models", "data", "checkpoints", "inference", "train", "runtime", "testing",
+            "torch_reference"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in ROOT.rglob("*.py"):
+        parts = ("lsnet_jax",) + p.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def _imports(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, at module level or inside functions."""
+    edges = {}
+    for name, path in mods.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lsnet_jax"):
+                found |= {t for t in [node.module] + [f"{node.module}.{a.name}" for a in node.names] if t in mods}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name in mods}
+        # importing a package's own parent package is how Python loads it, not an arrow
+        edges[name] = {t for t in found if t != name and not name.startswith(t + ".")}
+    return edges
+
+
+def _part(module: str) -> str:
+    return module.split(".")[1] if "." in module else ""
+
+
+def test_no_import_circle_and_parts_import_downwards():
+    mods = _modules()
+    edges = _imports(mods)
+    assert len(mods) > 30 and sum(map(len, edges.values())) > 50  # the graph was read
+    wrong = sorted(f"{a} -> {b}" for a, bs in edges.items() for b in bs
+                   if _part(a) in ALLOWED and _part(b) != _part(a) and _part(b) not in ALLOWED[_part(a)])
+    assert not wrong, wrong
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(u: str, path: list[str]) -> None:
+        seen[u] = 1
+        for v in sorted(edges[u]):
+            assert seen.get(v) != 1, f"import circle: {' -> '.join(path[path.index(v):] + [v])}"
+            if v not in seen:
+                visit(v, path + [v])
+        seen[u] = 2
+
+    for m in sorted(mods):
+        if m not in seen:
+            visit(m, [m])
