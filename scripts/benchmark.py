@@ -43,7 +43,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsnet_jax import create_model, fold, list_models  # noqa: E402
+from lsnet_jax import create_model, fold, kernels, list_models  # noqa: E402
 from lsnet_jax.runtime import restart_with_huge_pages  # noqa: E402
 from lsnet_jax.data.transforms import erasing_box  # noqa: E402
 from lsnet_jax.models import DTYPES  # noqa: E402
@@ -100,14 +100,14 @@ def _flops(compiled) -> float | None:
 
 
 def jax_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_time: float,
-             warmup: int, peak_gflops: float | None = None) -> list[dict]:
+             warmup: int, peak_gflops: float | None = None, impl: str = "auto") -> list[dict]:
     rows = []
-    model = create_model(name, img_size=img, dtype=DTYPES[dtype])
+    model = create_model(name, img_size=img, dtype=DTYPES[dtype], impl=impl)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, img, img, 3)), DTYPES[dtype])
     for mode in modes:
-        base = dict(model=name, impl="jax", batch=batch, img_size=img, dtype=dtype, mode=mode,
-                    deploy=mode == "deploy", device=jax.devices()[0].device_kind)
+        base = dict(model=name, impl="jax", kernels=model.impl, batch=batch, img_size=img, dtype=dtype,
+                    mode=mode, deploy=mode == "deploy", device=jax.devices()[0].device_kind)
         if mode in ("deploy", "unfolded"):
             m = fold(model) if mode == "deploy" else model
             graph, state = nnx.split(m)
@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-repo", default=None, help="a local clone of the official LSNet code")
     ap.add_argument("--torch-compile", action="store_true",
                     help="time the PyTorch model under torch.compile (TorchInductor) as well as eagerly")
+    ap.add_argument("--impl", default="auto", choices=kernels.IMPLS,
+                    help="the JAX model's kernels (lsnet_jax.kernels; recorded per row as 'kernels')")
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds of timed calls per row")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", default=None)
@@ -372,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtype:
             for batch in args.batch:
                 rows += jax_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
-                                 peaks[dtype])
+                                 peaks[dtype], args.impl)
                 if args.torch or args.torch_repo or args.torch_compile:
                     for compile_model in (False, True) if args.torch_compile else (False,):
                         rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time,

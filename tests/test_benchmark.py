@@ -32,6 +32,7 @@ def test_benchmark_rows_files_and_ratios(tmp_path, capsys, monkeypatch):
     rows = json.loads(js.read_text())
     assert [(r["impl"], r["mode"]) for r in rows] == [("jax", "deploy"), ("jax", "unfolded"),
                                                       ("torch-ref", "deploy"), ("torch-ref", "unfolded")]
+    assert [r.get("kernels") for r in rows] == ["xla_cpu", "xla_cpu", None, None]  # what "auto" is on CPU
     for r in rows:
         assert (r["model"], r["batch"], r["dtype"], r["img_size"]) == ("lsnet_t", 2, "float32", 64)
         assert r["deploy"] == (r["mode"] == "deploy")
