@@ -38,12 +38,10 @@ def hits(logits: Array, labels: Array, classes: Sequence[int] | None = None, k: 
 def eval_sums(logits: Array, labels: Array, mask: Array, classes: Sequence[int] | None = None) -> dict[str, Array]:
     """Sums over the real (``mask`` 1) samples of a batch: loss, top-1 and top-5 hits, count. With
     ``classes``, over those classes' logits; a sample whose label is outside them adds no loss."""
-    logits = logits.astype(jnp.float32)
-    top1, top5 = hits(logits, labels, classes)
+    logits, mask_loss = logits.astype(jnp.float32), mask
     if classes is not None:
-        logits, labels = restrict(logits, labels, classes)
+        logits, labels = restrict(logits, labels, classes)  # a label outside them is -1: never hit
         mask_loss = mask * (labels >= 0)
-    else:
-        mask_loss = mask
+    top1, top5 = hits(logits, labels)
     return {"loss": jnp.sum(cross_entropy(logits, jnp.maximum(labels, 0)) * mask_loss),
             "acc1": jnp.sum(top1 * mask), "acc5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}

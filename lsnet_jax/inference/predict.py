@@ -12,7 +12,8 @@ _WNID = re.compile(r"n\d{8}")
 
 
 def class_names(meta: Mapping[str, Any], num_classes: int) -> list[str]:
-    """Readable names of a head's classes (see the module docstring)."""
+    """Readable names of a head's classes: those stored with the weights (a training run records its
+    dataset's) unless they are bare WordNet ids, ImageNet's for a 1000-class head, else ``class <i>``."""
     names = list(meta.get("class_names") or ())
     if len(names) == num_classes and not all(_WNID.fullmatch(n) for n in names):
         return names

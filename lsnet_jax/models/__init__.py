@@ -2,7 +2,7 @@
 
 from lsnet_jax.models.fold import fold, fold_state
 from lsnet_jax.models.lsnet import DEFAULT_CFGS, LSNet, LSNetConfig, model_config
-from lsnet_jax.models.registry import DTYPES, compiled, create_model, default_cfg, list_models
+from lsnet_jax.models.registry import DTYPES, compiled, create_model, list_models
 
-__all__ = ["DEFAULT_CFGS", "DTYPES", "LSNet", "LSNetConfig", "compiled", "create_model", "default_cfg",
-           "fold", "fold_state", "list_models", "model_config"]
+__all__ = ["DEFAULT_CFGS", "DTYPES", "LSNet", "LSNetConfig", "compiled", "create_model", "fold", "fold_state",
+           "list_models", "model_config"]

@@ -37,7 +37,7 @@ class LSNetConfig:
     distillation: bool = False
     lks: int = 7  # LKP's large depthwise kernel
     sks: int = 3  # SKA's small dynamic kernel
-    ska_groups: int = 8  # channels per SKA kernel (C / G kernels per pixel)
+    ska_groups: int = 8  # channels sharing one SKA kernel (C / ska_groups kernels per pixel)
     bn_momentum: float = 0.1  # PyTorch's convention: running = (1 - m) * running + m * batch
     bn_group_size: int | None = None  # None: statistics over the whole batch; 256: per-GPU as published
     impl: str = "auto"  # "auto" | "reference" | "xla_cpu" (lsnet_jax.kernels)

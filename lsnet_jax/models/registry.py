@@ -73,11 +73,6 @@ def list_models() -> list[str]:
     return sorted(n for f in FAMILIES for n in f.default_cfgs)
 
 
-def default_cfg(name: str) -> dict:
-    """Input size, mean/std, crop_pct, interpolation, classes and published accuracy of ``name``."""
-    return dict(_family(name).default_cfgs[name])
-
-
 def create_model(name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None,
                  img_size: int | None = None, dtype: jnp.dtype = jnp.float32, deploy: bool = False,
                  bn_group_size: int | None = None, seed: int = 0, impl: str = "auto",
