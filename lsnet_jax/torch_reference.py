@@ -8,6 +8,7 @@ multiply-adds, no loop over pixels). Requires the ``[torch]`` extra.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -132,9 +133,10 @@ class LSConv(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int):
+    def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int,
+                 resize_bias: bool = False):
         super().__init__()
-        self.nh, self.kd = num_heads, key_dim
+        self.nh, self.kd, self.resize_bias = num_heads, key_dim, resize_bias
         self.d = int(attn_ratio * key_dim)
         self.qkv = Conv2d_BN(dim, 2 * num_heads * key_dim + num_heads * self.d)
         self.dw = Conv2d_BN(num_heads * key_dim, num_heads * key_dim, 3, 1, 1, groups=num_heads * key_dim)
@@ -153,19 +155,23 @@ class Attention(nn.Module):
         k = k.reshape(b, self.nh, self.kd, n)
         v = v.reshape(b, self.nh, self.d, n)
         bias = self.attention_biases[:, self.attention_bias_idxs]
+        if self.resize_bias:  # the segmentation backbone: the bias resized as an image to N x N
+            bias = F.interpolate(bias[None], size=(n, n), mode="bicubic", align_corners=False)[0]
         attn = (q.transpose(-2, -1) @ k * self.kd ** -0.5 + bias).softmax(-1)
         return self.proj((v @ attn.transpose(-2, -1)).reshape(b, -1, h, w))
 
 
 class Block(nn.Module):
-    def __init__(self, ed: int, kd: int, nh: int, ar: float, resolution: int, stage: int, depth: int):
+    def __init__(self, ed: int, kd: int, nh: int, ar: float, resolution: int, stage: int, depth: int,
+                 resize_bias: bool = False):
         super().__init__()
         if depth % 2 == 0:
             self.mixer = RepVGGDW(ed)
             self.se = SqueezeExcite(ed, 0.25)
         else:
             self.se = nn.Identity()
-            self.mixer = Residual(Attention(ed, kd, nh, ar, resolution)) if stage == 3 else LSConv(ed)
+            attn = Attention(ed, kd, nh, ar, resolution, resize_bias)
+            self.mixer = Residual(attn) if stage == 3 else LSConv(ed)
         self.ffn = Residual(FFN(ed, 2 * ed))
 
     def forward(self, x):
@@ -173,9 +179,14 @@ class Block(nn.Module):
 
 
 class LSNet(nn.Module):
+    """The classifier; with ``backbone=True`` the segmentation backbone: attention built for a 14x14
+    grid with its bias resized to the real token count, no head, ``forward`` returns the four stage
+    outputs."""
+
     def __init__(self, embed_dim, depth, num_heads=(3, 3, 3, 4), key_dim=16, img_size=224, patch_size=8,
-                 in_chans=3, num_classes=1000, distillation=False):
+                 in_chans=3, num_classes=1000, distillation=False, backbone=False):
         super().__init__()
+        self.backbone = backbone
         e = embed_dim
         self.patch_embed = nn.Sequential(
             Conv2d_BN(in_chans, e[0] // 4, 3, 2, 1), nn.ReLU(),
@@ -189,15 +200,24 @@ class LSNet(nn.Module):
                 seq.append(Conv2d_BN(e[i - 1], e[i], 1))
                 res = (res - 1) // 2 + 1
             for d in range(depth[i]):
-                seq.append(Block(e[i], key_dim, num_heads[i], e[i] / (key_dim * num_heads[i]), res, i, d))
+                seq.append(Block(e[i], key_dim, num_heads[i], e[i] / (key_dim * num_heads[i]),
+                                 14 if backbone else res, i, d, resize_bias=backbone))
             setattr(self, f"blocks{i + 1}", seq)
         self.distillation = distillation
+        if backbone:
+            return
         self.head = BN_Linear(e[-1], num_classes)
         if distillation:
             self.head_dist = BN_Linear(e[-1], num_classes)
 
     def forward(self, x):
         x = self.patch_embed(x)
+        if self.backbone:
+            outs = []
+            for i in range(1, 5):
+                x = getattr(self, f"blocks{i}")(x)
+                outs.append(x)
+            return outs
         x = self.blocks4(self.blocks3(self.blocks2(self.blocks1(x))))
         x = x.mean((2, 3))
         if not self.distillation:
@@ -238,3 +258,81 @@ def create_torch_model(name: str, num_classes: int = 1000, img_size: int = 224) 
         raise ValueError(f"unknown model {name!r}")
     e, d = _VARIANTS[base]
     return LSNet(e, d, num_classes=num_classes, img_size=img_size, distillation=name.endswith("_distill")).eval()
+
+
+# ----- Semantic FPN (SEGMENTATION_SPEC.md): LSNetFPN neck, MMSegmentation's FPNHead -----
+
+class ConvModule(nn.Module):
+    """MMCV's ConvModule: ``conv`` (+ ``bn`` + ReLU when ``norm``)."""
+
+    def __init__(self, cin: int, cout: int, ks: int, norm: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, ks, padding=ks // 2, bias=not norm)
+        self.bn = nn.BatchNorm2d(cout) if norm else None
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x if self.bn is None else F.relu(self.bn(x))
+
+
+class Upsample2x(nn.Module):
+    def forward(self, x):
+        return F.interpolate(x, size=(2 * x.shape[2], 2 * x.shape[3]), mode="bilinear", align_corners=False)
+
+
+class LSNetFPN(nn.Module):
+    def __init__(self, in_channels, out_channels: int = 256):
+        super().__init__()
+        self.lateral_convs = nn.ModuleList([ConvModule(c, out_channels, 1, False) for c in in_channels])
+        self.fpn_convs = nn.ModuleList([ConvModule(out_channels, out_channels, 3, False) for _ in in_channels])
+
+    def forward(self, feats):
+        lat = [conv(x) for conv, x in zip(self.lateral_convs, feats)]
+        for i in range(len(lat) - 1, 0, -1):
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[2:], mode="nearest")
+        return [conv(x) for conv, x in zip(self.fpn_convs, lat)]
+
+
+class FPNHead(nn.Module):
+    def __init__(self, in_channels: int = 256, channels: int = 128, num_classes: int = 150,
+                 strides=(4, 8, 16, 32)):
+        super().__init__()
+        self.scale_heads = nn.ModuleList()
+        for i, s in enumerate(strides):
+            n = max(1, int(math.log2(s) - math.log2(strides[0])))
+            layers = []
+            for k in range(n):
+                layers.append(ConvModule(in_channels if k == 0 else channels, channels, 3, True))
+                if s != strides[0]:
+                    layers.append(Upsample2x())
+            self.scale_heads.append(nn.Sequential(*layers))
+        self.dropout = nn.Dropout2d(0.1)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, feats):
+        out = self.scale_heads[0](feats[0])
+        for i in range(1, len(feats)):
+            out = out + F.interpolate(self.scale_heads[i](feats[i]), size=out.shape[2:], mode="bilinear",
+                                      align_corners=False)
+        return self.conv_seg(self.dropout(out))
+
+
+class SemanticFPN(nn.Module):
+    def __init__(self, embed_dim, depth, num_classes: int = 150):
+        super().__init__()
+        self.backbone = LSNet(embed_dim, depth, backbone=True)
+        self.neck = LSNetFPN(embed_dim)
+        self.decode_head = FPNHead(num_classes=num_classes)
+
+    def forward(self, x):
+        """The decode head's logits at 1/8 of the input."""
+        return self.decode_head(self.neck(self.backbone(x)))
+
+
+def create_torch_segmenter(name: str, num_classes: int = 150) -> SemanticFPN:
+    """The reference for ``lsnet_{t,s,b}_semfpn``, in eval mode."""
+    base = name.removesuffix("_semfpn")
+    if base not in _VARIANTS or not name.endswith("_semfpn"):
+        raise ValueError(f"unknown segmenter {name!r}")
+    e, d = _VARIANTS[base]
+    return SemanticFPN(e, d, num_classes).eval()

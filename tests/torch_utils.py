@@ -73,9 +73,13 @@ def randomize_(model: nn.Module, seed: int, img_size: int = 224, logit_scale: fl
             m.running_var.mul_(rand(m.running_var.shape, 0.95, 1.05))  # not exactly the batch's
             m.running_mean.add_(rand(m.running_mean.shape, -0.02, 0.02))
     model.eval()
-    heads = [model.head] + ([model.head_dist] if getattr(model, "distillation", False) else [])
-    std = model(torch.from_numpy(diverse_images(4, img_size, seed + 2))).std()
+    if hasattr(model, "decode_head"):  # a segmenter: its classifier is conv_seg
+        heads = [model.decode_head.conv_seg]
+    else:
+        heads = [model.head.l] + ([model.head_dist.l] if getattr(model, "distillation", False) else [])
+    std = model(torch.from_numpy(diverse_images(4 if len(heads) > 1 or img_size <= 224 else 1, img_size,
+                                                seed + 2))).std()
     for h in heads:
-        h.l.weight.mul_(logit_scale / std)
-        h.l.bias.mul_(logit_scale / std)
+        h.weight.mul_(logit_scale / std)
+        h.bias.mul_(logit_scale / std)
     return model

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from lsnet_jax import kernels
+from lsnet_jax.models.resize import resize_bicubic_2d
 
 Array = jax.Array
 Tree = dict[Any, Any]
@@ -85,6 +86,8 @@ class BatchNorm(nnx.Module):
     ``momentum`` (PyTorch's 0.1) on the running statistics, unbiased running variance, eps 1e-5.
     In training mode (``use_running_average=False``) the statistics are taken over the whole
     (global) batch, or per group of ``group_size`` images as the official per-GPU BatchNorm did.
+    A ``frozen`` BatchNorm uses its running statistics in training mode too (and never updates
+    them), as a detection/segmentation backbone's ``norm_eval``; its affine parameters still train.
     """
 
     def __init__(self, num_features: int, scale_init: float = 1.0, momentum: float = 0.1,
@@ -97,9 +100,10 @@ class BatchNorm(nnx.Module):
         self.group_size = group_size
         self.impl = kernels.resolve(impl)
         self.use_running_average = False
+        self.frozen = False
 
     def __call__(self, x: Array) -> Array:
-        if self.use_running_average:
+        if self.use_running_average or self.frozen:
             return self._affine(x, self.mean[...], self.var[...])
         mean, var = kernels.get(self.impl).batch_norm_stats(x, self.group_size)
         per_group = x.size // x.shape[-1] // (1 if self.group_size is None else x.shape[0] // self.group_size)
@@ -309,13 +313,17 @@ def attention_bias_idxs(resolution: int) -> np.ndarray:
 class Attention(nnx.Module):
     """LeViT-style attention with a depthwise 3x3 on the queries and a relative-position bias table.
 
-    The bias table is built for a ``resolution x resolution`` grid; another input size needs the
-    table resized (``lsnet_jax.models.lsnet.resize_attention_biases``).
+    The bias table is built for a ``resolution x resolution`` grid. With ``resize_bias`` False (the
+    classifier) the input must be that grid; another input size needs the table resized
+    (``lsnet_jax.models.lsnet.resize_attention_biases``). With ``resize_bias`` True (the official
+    segmentation backbone) any grid is accepted: the gathered ``(heads, R*R, R*R)`` bias is resized
+    as an image to ``(heads, N, N)``, N = H*W tokens, with PyTorch's bicubic interpolation.
     """
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int,
-                 *, deploy: bool = False, rngs: nnx.Rngs, **kw):
+                 *, deploy: bool = False, resize_bias: bool = False, rngs: nnx.Rngs, **kw):
         self.num_heads, self.key_dim, self.resolution = num_heads, key_dim, resolution
+        self.resize_bias = resize_bias
         self.d = int(attn_ratio * key_dim)
         nh_kd, dh = key_dim * num_heads, self.d * num_heads
         self.qkv = ConvBN(dim, dh + 2 * nh_kd, deploy=deploy, rngs=rngs, **kw)
@@ -345,7 +353,11 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         b, h, w, _ = x.shape
-        if (h, w) != (self.resolution, self.resolution):
+        n = h * w
+        bias = self.bias()
+        if self.resize_bias:
+            bias = resize_bicubic_2d(bias, (n, n))
+        elif (h, w) != (self.resolution, self.resolution):
             raise ValueError(
                 f"Attention was built for a {self.resolution}x{self.resolution} grid but got {h}x{w}; "
                 "build the model with the matching img_size (create_model(..., img_size=...)), which "
@@ -354,9 +366,8 @@ class Attention(nnx.Module):
         qkv = self.qkv(x)
         q, k, v = jnp.split(qkv, [nh * kd, 2 * nh * kd], axis=-1)
         q = self.dw(q)
-        n = h * w
         q, k, v = q.reshape(b, n, nh, kd), k.reshape(b, n, nh, kd), v.reshape(b, n, nh, d)
-        attn = jnp.einsum("bihc,bjhc->bhij", q, k) * (kd ** -0.5) + self.bias().astype(x.dtype)
+        attn = jnp.einsum("bihc,bjhc->bhij", q, k) * (kd ** -0.5) + bias.astype(x.dtype)
         attn = jax.nn.softmax(attn, axis=-1)
         out = jnp.einsum("bhij,bjhd->bihd", attn, v).reshape(b, h, w, nh * d)
         return self.proj(jax.nn.relu(out))
@@ -367,12 +378,13 @@ class Block(nnx.Module):
     ``lkp`` holds LSConv's ``(lks, sks, groups)``."""
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, resolution: int,
-                 stage: int, depth: int, lkp: tuple[int, int, int] = (7, 3, 8), **kw):
+                 stage: int, depth: int, lkp: tuple[int, int, int] = (7, 3, 8), resize_bias: bool = False,
+                 **kw):
         if depth % 2 == 0:
             self.mixer = RepVGGDW(dim, **kw)
             self.se = SqueezeExcite(dim, 0.25, **kw)
         elif stage == 3:
-            self.mixer = Attention(dim, key_dim, num_heads, attn_ratio, resolution, **kw)
+            self.mixer = Attention(dim, key_dim, num_heads, attn_ratio, resolution, resize_bias=resize_bias, **kw)
             self.se = None
         else:
             self.mixer = LSConv(dim, *lkp, **kw)

@@ -8,15 +8,13 @@ Ordered as timm's model files: stage -> model -> variant table -> default config
 from __future__ import annotations
 
 import dataclasses
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from lsnet_jax import kernels
 from lsnet_jax.models.layers import Block, BNLinear, ConvBN
+from lsnet_jax.models.resize import resize_bicubic_2d
 
 Array = jax.Array
 
@@ -41,6 +39,10 @@ class LSNetConfig:
     bn_momentum: float = 0.1  # PyTorch's convention: running = (1 - m) * running + m * batch
     bn_group_size: int | None = None  # None: statistics over the whole batch; 256: per-GPU as published
     impl: str = "auto"  # "auto" | "reference" | "xla_cpu" (lsnet_jax.kernels)
+    # None: the attention bias tables fit the last grid of img_size (the classifier). An int r: the
+    # tables are built for an r x r grid and the gathered bias is resized to the real token count at
+    # run time, for any input size (the official segmentation backbone: r = 14)
+    attn_resolution: int | None = None
 
     def resolutions(self) -> tuple[int, ...]:
         """Feature-map side of each stage: img/8, then halved (rounding up) three times."""
@@ -68,10 +70,12 @@ class Stage(nnx.Module):
         dim = cfg.embed_dim[i]
         self.downsample = Downsample(cfg.embed_dim[i - 1], dim, **kw) if i > 0 else None
         attn_ratio = dim / (cfg.key_dim * cfg.num_heads[i])
-        res = cfg.resolutions()[i]
+        res = cfg.attn_resolution or cfg.resolutions()[i]
         lkp = (cfg.lks, cfg.sks, cfg.ska_groups)
+        resize = cfg.attn_resolution is not None
         self.blocks = nnx.List([
-            Block(dim, cfg.key_dim, cfg.num_heads[i], attn_ratio, res, stage=i, depth=d, lkp=lkp, **kw)
+            Block(dim, cfg.key_dim, cfg.num_heads[i], attn_ratio, res, stage=i, depth=d, lkp=lkp,
+                  resize_bias=resize, **kw)
             for d in range(cfg.depth[i])
         ])
 
@@ -208,28 +212,6 @@ def model_config(name: str, num_classes: int = 1000, img_size: int = 224, **over
                        num_classes=num_classes, distillation=name.endswith("_distill"), **overrides)
 
 
-def _torch_bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
-    """The (n_out, n_in) matrix of PyTorch's 1-D bicubic interpolation (``F.interpolate(...,
-    mode='bicubic', align_corners=False)``): Keys' cubic with a = -0.75, source coordinate
-    ``(i + 0.5) * n_in / n_out - 0.5``, taps clamped to the border, no antialiasing."""
-    def cubic(t: float) -> float:
-        t = abs(t)
-        if t <= 1:
-            return ((a + 2) * t - (a + 3)) * t * t + 1
-        if t < 2:
-            return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-        return 0.0
-
-    m = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        src = (i + 0.5) * n_in / n_out - 0.5
-        base = math.floor(src)
-        frac = src - base
-        for k in range(-1, 3):
-            m[i, min(max(base + k, 0), n_in - 1)] += cubic(k - frac)
-    return m
-
-
 def resize_attention_biases(table: Array, new_resolution: int) -> Array:
     """Resize a ``(heads, r*r)`` bias table to ``(heads, R*R)`` as the official fine-tuning code
     does (``F.interpolate(table.view(1, heads, r, r), size=(R, R), mode='bicubic')``): the table is
@@ -240,7 +222,5 @@ def resize_attention_biases(table: Array, new_resolution: int) -> Array:
         raise ValueError(f"attention bias table of {n} entries is not a square grid")
     if r == new_resolution:
         return table
-    m = jnp.asarray(_torch_bicubic_matrix(r, new_resolution), jnp.float32)
-    grid = jnp.einsum("yi,hij,xj->hyx", m, table.reshape(heads, r, r).astype(jnp.float32), m,
-                      precision=jax.lax.Precision.HIGHEST)
+    grid = resize_bicubic_2d(table.reshape(heads, r, r).astype(jnp.float32), (new_resolution, new_resolution))
     return grid.reshape(heads, new_resolution * new_resolution).astype(table.dtype)

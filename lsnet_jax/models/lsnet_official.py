@@ -10,7 +10,7 @@ layouts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from flax import nnx
@@ -21,7 +21,7 @@ from lsnet_jax.models.layers import attention_bias_idxs
 from lsnet_jax.models.lsnet import VARIANTS, LSNet, model_config
 
 _ATTN = ("qkv", "dw", "proj", "attention_biases")
-_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                   "var": "running_var", "attention_biases": "attention_biases"}
 
 
@@ -46,16 +46,18 @@ def torch_key(path: JaxPath) -> str:
         prefix, rest = [p[0]], p[1:]
     else:
         raise KeyError(f"no official name for {path}")
-    if rest[-1] not in _LEAF_TO_TORCH:
+    if rest[-1] not in LEAF_TO_TORCH:
         raise KeyError(f"no official name for {path} (deploy-form models have none: convert the "
                        "training form)")
-    rest[-1] = _LEAF_TO_TORCH[rest[-1]]
+    rest[-1] = LEAF_TO_TORCH[rest[-1]]
     return ".".join(str(s) for s in prefix + rest)
 
 
 def torch_to_jax(state_dict: Mapping[str, np.ndarray], jax_shapes: Mapping[JaxPath, tuple[int, ...]],
-                 what: str = "checkpoint") -> dict[JaxPath, np.ndarray]:
-    """Map an official state dict onto the JAX leaves described by ``jax_shapes``.
+                 what: str = "checkpoint", key_fn: Callable[[JaxPath], str] = torch_key
+                 ) -> dict[JaxPath, np.ndarray]:
+    """Map an official state dict onto the JAX leaves described by ``jax_shapes``; ``key_fn`` names
+    each leaf's official key (LSNet's by default; the segmenter passes its own).
 
     Every JAX leaf must be found with the right shape and every checkpoint entry used (buffers
     ``num_batches_tracked`` ignored, ``attention_bias_idxs`` checked against the grid the model was
@@ -65,7 +67,7 @@ def torch_to_jax(state_dict: Mapping[str, np.ndarray], jax_shapes: Mapping[JaxPa
     used: set[str] = set()
     missing, mismatched = [], []
     for path, shape in jax_shapes.items():
-        key = torch_key(path)
+        key = key_fn(path)
         if key not in state_dict:
             missing.append(key)
             continue
@@ -91,11 +93,12 @@ def torch_to_jax(state_dict: Mapping[str, np.ndarray], jax_shapes: Mapping[JaxPa
     return out
 
 
-def jax_to_torch(params: Mapping[JaxPath, np.ndarray]) -> dict[str, np.ndarray]:
+def jax_to_torch(params: Mapping[JaxPath, np.ndarray],
+                 key_fn: Callable[[JaxPath], str] = torch_key) -> dict[str, np.ndarray]:
     """An official-layout state dict (buffers included) from the JAX training-form leaves."""
     sd: dict[str, np.ndarray] = {}
     for path, a in params.items():
-        key = torch_key(path)
+        key = key_fn(path)
         sd[key] = to_torch_layout(path, np.asarray(a, np.float32))
         if path[-1] == "mean":
             sd[key.replace("running_mean", "num_batches_tracked")] = np.zeros((), np.int64)

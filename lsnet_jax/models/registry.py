@@ -2,12 +2,13 @@
 
 A family registers its names with a ``Family``: how to build a model from its name, and how to fit
 a checkpoint's arrays to a model built with other settings (another class count, another input
-size). LSNet (the classifiers) is the one family so far.
+size). Two families: LSNet (the classifiers) and LSNet + Semantic FPN (the ADE20K segmenters).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import logging
 import os
@@ -21,7 +22,7 @@ from flax import nnx
 
 from lsnet_jax.checkpoints.state import JaxPath, flat_state, load_flat
 from lsnet_jax.checkpoints.weights import load_weights
-from lsnet_jax.models import lsnet
+from lsnet_jax.models import lsnet, semfpn, semfpn_official
 from lsnet_jax.models.fold import fold
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,13 @@ Flat = dict[JaxPath, np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Family:
     """``build(name, num_classes, img_size, dtype, rngs, **config) -> module`` and
-    ``adapt(flat, model, ckpt_classes) -> flat``, which fits a checkpoint's arrays to ``model``."""
+    ``adapt(flat, model, ckpt_classes) -> flat``, which fits a checkpoint's arrays to ``model``;
+    ``class_leaf`` is the path of the classifier kernel whose last axis counts the classes."""
 
     default_cfgs: Mapping[str, dict]
     build: Callable[..., nnx.Module]
     adapt: Callable[[Flat, nnx.Module, int | None], Flat]
+    class_leaf: JaxPath = ("head", "l", "kernel")
 
 
 def _build_lsnet(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs,
@@ -59,7 +62,35 @@ def _adapt_lsnet(flat: Flat, model: lsnet.LSNet, ckpt_classes: int | None) -> Fl
             for p, a in flat.items()}
 
 
-FAMILIES: tuple[Family, ...] = (Family(lsnet.DEFAULT_CFGS, _build_lsnet, _adapt_lsnet),)
+def _build_semfpn(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs,
+                  backbone_pretrained: str | os.PathLike | None = None, **config) -> semfpn.SemanticFPN:
+    """The segmenter (``img_size`` plays no part: any multiple of 32 runs); ``backbone_pretrained``
+    initialises the backbone from ImageNet classifier weights as the official ``init_weights``."""
+    del img_size
+    model = semfpn.SemanticFPN(semfpn.semfpn_config(name, num_classes, **config), dtype=dtype, rngs=rngs)
+    if backbone_pretrained is not None:
+        flat, meta = load_weights(backbone_pretrained)
+        want = semfpn.VARIANTS[name]
+        if meta.get("model") and meta["model"].removesuffix("_distill") != want:
+            raise ValueError(f"{backbone_pretrained} holds {meta['model']!r} weights; the backbone of {name!r} "
+                             f"is {want!r}")
+        load_flat(model.backbone, semfpn_official.backbone_from_classifier(flat), what=str(backbone_pretrained))
+    return model
+
+
+def _adapt_semfpn(flat: Flat, model: semfpn.SemanticFPN, ckpt_classes: int | None) -> Flat:
+    """A new ``conv_seg`` where the class count differs (from ``model``'s fresh initialisation)."""
+    if ckpt_classes is not None and ckpt_classes != model.cfg.num_classes:
+        log.info("new %d-class conv_seg (weights have %d classes)", model.cfg.num_classes, ckpt_classes)
+        fresh = {p: a for p, a in flat_state(model).items() if p[:2] == ("decode_head", "conv_seg")}
+        flat = {p: a for p, a in flat.items() if p[:2] != ("decode_head", "conv_seg")} | fresh
+    return flat
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(lsnet.DEFAULT_CFGS, _build_lsnet, _adapt_lsnet),
+    Family(semfpn.DEFAULT_CFGS, _build_semfpn, _adapt_semfpn, ("decode_head", "conv_seg", "kernel")),
+)
 
 
 def _family(name: str) -> Family:
@@ -69,8 +100,9 @@ def _family(name: str) -> Family:
     raise ValueError(f"unknown model {name!r}; available: {list_models()}")
 
 
-def list_models() -> list[str]:
-    return sorted(n for f in FAMILIES for n in f.default_cfgs)
+def list_models(pattern: str = "*") -> list[str]:
+    """Every model name, or those matching the shell-style ``pattern`` (``"*_semfpn"``)."""
+    return sorted(n for f in FAMILIES for n in f.default_cfgs if fnmatch.fnmatchcase(n, pattern))
 
 
 def create_model(name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None,
@@ -91,10 +123,12 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, num_cla
     family = _family(name)
     flat, meta = (None, {}) if pretrained is None else load_weights(pretrained)
     if meta.get("model") and meta["model"] != name:
-        raise ValueError(f"{pretrained} holds weights of {meta['model']!r}, not {name!r}")
+        hint = (f"; to start {name}'s backbone from a classifier, pass backbone_pretrained={str(pretrained)!r}"
+                if family.class_leaf[0] == "decode_head" else "")
+        raise ValueError(f"{pretrained} holds weights of {meta['model']!r}, not {name!r}{hint}")
     ckpt_classes = int(meta.get("num_classes", 0)) or None
-    if flat is not None and ckpt_classes is None and ("head", "l", "kernel") in flat:
-        ckpt_classes = int(flat[("head", "l", "kernel")].shape[1])
+    if flat is not None and ckpt_classes is None and family.class_leaf in flat:
+        ckpt_classes = int(flat[family.class_leaf].shape[-1])
     if num_classes is None:
         num_classes = ckpt_classes or family.default_cfgs[name]["num_classes"]
     build = functools.partial(family.build, name, num_classes, img_size or 224, dtype,

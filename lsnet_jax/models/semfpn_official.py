@@ -1,0 +1,112 @@
+"""The official LSNet Semantic FPN checkpoint names (MMSegmentation's ``backbone.*``, ``neck.*``,
+``decode_head.*``), both ways; variant detection; the backbone's initialisation from an ImageNet
+classifier as the official ``init_weights``. Pure numpy, no torch.
+
+The backbone's keys are the classifier's (``lsnet_jax.models.lsnet_official``) under ``backbone.``,
+without the head; its attention tables are 14x14 (``(heads, 196)``, ``attention_bias_idxs``
+``(196, 196)``). MMSegmentation's ``ConvModule`` names its convolution ``conv`` and its norm ``bn``;
+each scale head is a ``Sequential`` with the upsample layers between the ConvModules, so the k-th
+block is entry ``2k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flax import nnx
+
+from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
+from lsnet_jax.models import lsnet_official
+from lsnet_jax.models.lsnet_official import LEAF_TO_TORCH
+from lsnet_jax.models.resize import bicubic_matrix
+from lsnet_jax.models.semfpn import BIAS_RESOLUTION, VARIANTS, SemanticFPN, semfpn_config
+
+Flat = dict[JaxPath, np.ndarray]
+
+
+def torch_key(path: JaxPath) -> str:
+    """The official key of the segmenter's JAX leaf at ``path``."""
+    p = [str(s) for s in path]
+    if p[0] == "backbone":
+        return "backbone." + lsnet_official.torch_key(tuple(path[1:]))
+    if p[-1] not in LEAF_TO_TORCH:
+        raise KeyError(f"no official name for {path} (deploy-form models have none: convert the training form)")
+    leaf = LEAF_TO_TORCH[p[-1]]
+    if p[0] == "neck":  # neck.{lateral,fpn}_convs.i.conv.{weight,bias}
+        return ".".join(p[:-1] + [leaf])
+    if p[0] == "decode_head" and p[1] == "scale_heads":  # .i.k.{c,bn}.x -> .i.{2k}.{conv,bn}.x
+        part = {"c": "conv", "bn": "bn"}[p[4]]
+        return f"decode_head.scale_heads.{p[2]}.{2 * int(p[3])}.{part}.{leaf}"
+    if p[0] == "decode_head" and p[1] == "conv_seg":
+        return f"decode_head.conv_seg.{leaf}"
+    raise KeyError(f"no official name for {path}")
+
+
+def torch_to_jax(state_dict: Mapping[str, np.ndarray], jax_shapes: Mapping[JaxPath, tuple[int, ...]],
+                 what: str = "checkpoint") -> Flat:
+    """An official segmentation state dict onto the JAX leaves, every key and shape checked."""
+    return lsnet_official.torch_to_jax(state_dict, jax_shapes, what, key_fn=torch_key)
+
+
+def jax_to_torch(params: Mapping[JaxPath, np.ndarray]) -> dict[str, np.ndarray]:
+    """The official state dict (buffers included) of the JAX training-form leaves."""
+    return lsnet_official.jax_to_torch(params, key_fn=torch_key)
+
+
+def is_segmentation(state_dict: Mapping[str, np.ndarray]) -> bool:
+    """Whether a state dict is an MMSegmentation segmenter's (``decode_head.*`` keys)."""
+    return any(k.startswith("decode_head.") for k in state_dict)
+
+
+def expected_jax_shapes(name: str, num_classes: int = 150) -> dict[JaxPath, tuple]:
+    """Leaf shapes of the training-form segmenter, without initialising it."""
+    cfg = semfpn_config(name, num_classes)
+    return state_shapes(nnx.eval_shape(lambda: SemanticFPN(cfg, rngs=nnx.Rngs(0))))
+
+
+def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int]:
+    """(model name, num_classes) of an official segmentation state dict, from its keys and shapes."""
+    if "decode_head.conv_seg.weight" not in state_dict:
+        raise CheckpointMismatchError("checkpoint", ["decode_head.conv_seg.weight"], [], [],
+                                      hint="A segmentation checkpoint has a decode_head.conv_seg classifier.")
+    num_classes = int(np.shape(state_dict["decode_head.conv_seg.weight"])[0])
+    best = None
+    for name in VARIANTS:
+        try:
+            torch_to_jax(state_dict, expected_jax_shapes(name, num_classes), what=name)
+            return name, num_classes
+        except CheckpointMismatchError as e:
+            score = len(e.missing) + len(e.unexpected) + len(e.mismatched)
+            if best is None or score < best[0]:
+                best = (score, name, e)
+    _, name, e = best
+    raise CheckpointMismatchError(
+        "checkpoint", e.missing, e.unexpected, e.mismatched,
+        hint=f"No LSNet Semantic FPN fits these keys; the closest is {name!r} (differences above). "
+             "Pass --model to compare against a specific variant.")
+
+
+def resize_classifier_biases(table: np.ndarray, resolution: int = BIAS_RESOLUTION) -> np.ndarray:
+    """The official ``init_weights`` on one classifier bias table ``(heads, 16)``:
+    ``F.interpolate(t.view(1, heads, 4, 4), size=(14, 14), mode='bicubic')`` -> ``(heads, 196)``.
+    Tables of any other size are returned unchanged (the official code resizes only 4x4 ones)."""
+    heads, n = table.shape
+    if n != 16:
+        return table
+    m = bicubic_matrix(4, resolution)
+    grid = np.einsum("yi,hij,xj->hyx", m, table.reshape(heads, 4, 4).astype(np.float64), m)
+    return grid.reshape(heads, resolution * resolution).astype(np.float32)
+
+
+def backbone_from_classifier(flat: Mapping[JaxPath, np.ndarray]) -> Flat:
+    """A classifier's JAX leaves as the segmenter's backbone leaves (non-strict as the official load:
+    the heads are dropped) with the 4x4 bias tables resized to 14x14."""
+    out = {}
+    for path, a in flat.items():
+        if path[0] in ("head", "head_dist"):
+            continue
+        if path[0] == "backbone":
+            raise ValueError("these weights are a segmenter's, not a classifier's: load them with pretrained=")
+        out[path] = resize_classifier_biases(np.asarray(a)) if path[-1] == "attention_biases" else np.asarray(a)
+    return out
