@@ -91,8 +91,10 @@ def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool 
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in sd.items()}
 
 
-def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
-    """An official-layout state dict as ``{'model': sd}`` in a ``.pth`` (torch), or a ``.safetensors`` file."""
+def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, wrap: str = "model",
+                     meta: Mapping | None = None) -> Path:
+    """An official-layout state dict as ``{wrap: sd}`` (``'model'`` for the classifiers,
+    ``'state_dict'`` with ``meta`` for MMSegmentation) in a ``.pth`` (torch), or a ``.safetensors`` file."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
@@ -101,5 +103,8 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path) -> 
     else:
         import torch
 
-        torch.save({"model": {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}}, path)
+        obj = {wrap: {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}}
+        if meta is not None:
+            obj["meta"] = dict(meta)
+        torch.save(obj, path)
     return path

@@ -7,7 +7,9 @@
 (``python convert_torch.py ...`` at the repository's root is the same command.)
 
 The variant, its distillation head, the number of classes and the input size are read from the
-keys and shapes (or given with --model). Writes OUT/orbax, OUT/model.safetensors and
+keys and shapes (or given with --model). MMSegmentation checkpoints of the LSNet Semantic FPN
+segmenters (``{'meta', 'state_dict': {backbone.*, neck.*, decode_head.*}}``, e.g.
+``lsnet_t_semfpn.pth``) are recognised by their keys and converted to ``lsnet_{t,s,b}_semfpn``. Writes OUT/orbax, OUT/model.safetensors and
 OUT/config.json; ``lsnet_jax.create_model(name, pretrained=OUT)`` loads them. ``--check`` rebuilds
 the model in PyTorch (lsnet_jax.torch_reference) from the same checkpoint and prints the largest
 logit difference on random inputs. Needs the ``[torch]`` extra for .pth files and --check.
@@ -25,9 +27,12 @@ import numpy as np
 def to_jax(args: argparse.Namespace) -> None:
     from lsnet_jax.checkpoints.torch_io import read_checkpoint
     from lsnet_jax.checkpoints.weights import save_weights
+    from lsnet_jax.models import semfpn_official
     from lsnet_jax.models.lsnet_official import detect_variant, expected_jax_shapes, torch_to_jax
 
     sd = read_checkpoint(Path(args.ckpt), args.ema, args.trust_pickle)
+    if semfpn_official.is_segmentation(sd) or (args.model or "").endswith("_semfpn"):
+        return segmenter_to_jax(sd, args)
     if args.model:
         num_classes = int(sd["head.l.weight"].shape[0]) if "head.l.weight" in sd else 1000
         img_size = args.img_size
@@ -41,6 +46,53 @@ def to_jax(args: argparse.Namespace) -> None:
     print(f"{args.ckpt}: {name}, {num_classes} classes, {img_size}px -> {out}")
     if args.check:
         check(sd, name, num_classes, img_size, out)
+
+
+def segmenter_to_jax(sd: dict[str, np.ndarray], args: argparse.Namespace) -> None:
+    from lsnet_jax.checkpoints.weights import save_weights
+    from lsnet_jax.data.segmentation import ADE20K_CLASSES
+    from lsnet_jax.models import semfpn_official
+
+    if args.model:
+        name, num_classes = args.model, int(np.shape(sd.get("decode_head.conv_seg.weight", np.empty(150)))[0])
+    else:
+        name, num_classes = semfpn_official.detect_variant(sd)
+    flat = semfpn_official.torch_to_jax(sd, semfpn_official.expected_jax_shapes(name, num_classes), what=args.ckpt)
+    meta = dict(model=name, num_classes=num_classes, task="segmentation", source=str(Path(args.ckpt).name))
+    if num_classes == len(ADE20K_CLASSES):
+        meta["class_names"] = list(ADE20K_CLASSES)
+    out = save_weights(args.out, flat, meta)
+    print(f"{args.ckpt}: {name} (Semantic FPN), {num_classes} classes -> {out}")
+    if args.check:
+        check_segmenter(sd, name, num_classes, out)
+
+
+def check_segmenter(sd: dict[str, np.ndarray], name: str, num_classes: int, out: Path,
+                    size: tuple[int, int] = (512, 640), seed: int = 0) -> dict[str, float]:
+    """Largest |logit difference| between the PyTorch reference segmenter and the converted one,
+    on one random ``size`` image (the 1/8 logits, before any resize)."""
+    import jax.numpy as jnp
+    import torch
+
+    from lsnet_jax.models.registry import compiled, create_model
+    from lsnet_jax.testing import diverse_images
+    from lsnet_jax.torch_reference import create_torch_segmenter
+
+    tm = create_torch_segmenter(name, num_classes)
+    tm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
+    x = diverse_images(1, size[0], seed, width=size[1])
+    with torch.inference_mode():
+        ref = tm(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    res = {}
+    for deploy in (False, True):
+        jm = create_model(name, pretrained=out, deploy=deploy)
+        res["folded" if deploy else "unfolded"] = float(np.abs(np.asarray(compiled(jm)(xj)) - ref).max())
+    scale = float(ref.std())
+    print(f"check on a {size[0]}x{size[1]} random image (seed {seed}): logit std {scale:.4g}; largest "
+          f"|JAX - PyTorch| {res['unfolded']:.3g} ({res['unfolded'] / scale:.2g} std), folded "
+          f"{res['folded']:.3g} ({res['folded'] / scale:.2g} std)")
+    return res
 
 
 def check(sd: dict[str, np.ndarray], name: str, num_classes: int, img_size: int, out: Path,
@@ -74,9 +126,18 @@ def check(sd: dict[str, np.ndarray], name: str, num_classes: int, img_size: int,
 def to_torch(args: argparse.Namespace) -> None:
     from lsnet_jax.checkpoints.torch_io import write_state_dict
     from lsnet_jax.checkpoints.weights import load_weights
+    from lsnet_jax.models import semfpn_official
     from lsnet_jax.models.lsnet_official import jax_to_torch
 
     flat, meta = load_weights(args.ckpt)
+    if meta.get("task") == "segmentation" or any(p[0] == "decode_head" for p in flat):
+        from lsnet_jax.data.segmentation import ADE20K_CLASSES
+
+        classes = meta.get("class_names") or (list(ADE20K_CLASSES) if meta.get("num_classes") == 150 else None)
+        out = write_state_dict(semfpn_official.jax_to_torch(flat), args.out, wrap="state_dict",
+                               meta={"CLASSES": tuple(classes)} if classes else {})
+        print(f"{args.ckpt} ({meta.get('model', 'LSNet Semantic FPN')}) -> {out} (MMSegmentation layout)")
+        return
     out = write_state_dict(jax_to_torch(flat), args.out)
     print(f"{args.ckpt} ({meta.get('model', 'LSNet')}) -> {out} (official state-dict layout)")
 
@@ -86,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("ckpt", help="official checkpoint (.pth/.safetensors); with --to-torch, JAX weights")
     p.add_argument("out", help="output weights directory; with --to-torch, a .pth or .safetensors file")
     p.add_argument("--model", help="variant name (default: detected from the keys)")
-    p.add_argument("--img-size", type=int, default=224, help="input size, with --model")
+    p.add_argument("--img-size", type=int, default=224, help="input size, with --model (classifiers)")
     p.add_argument("--ema", action="store_true", help="convert the 'model_ema' weights of a training checkpoint")
     p.add_argument("--check", action="store_true", help="compare logits with the PyTorch reference")
     p.add_argument("--to-torch", action="store_true", help="JAX weights -> official PyTorch state dict")

@@ -11,6 +11,15 @@ eval transform (resize the shorter side to size/crop_pct, bicubic, centre crop).
 their metrics are described in ``lsnet_jax.inference.eval_sets``; ``--data``/``--split`` evaluate
 any other TFDS image-classification split. Prints progress lines (images/s, ETA) and writes
 ``--json``.
+
+Segmentation (``--task segmentation``, or any ``*_semfpn`` weights):
+
+    lsnet-eval --weights weights/lsnet_t_semfpn --data ade20k --split validation
+    lsnet-eval --weights W --data lsnet_seg_digits --split test --data_dir data/tfds --json m.json
+
+mIoU, mAcc, aAcc and the per-class IoU/Acc (with class names) over the whole split, as mmseg:
+each image at the official test size (keep-ratio resize to fit ``--test-scale``, then to multiples
+of 32), its logits resized back to the original size.
 """
 
 from __future__ import annotations
@@ -41,7 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deploy", action="store_true", help="fold BatchNorms first")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--task", choices=("classification", "segmentation"), default=None,
+                    help="default: segmentation for *_semfpn weights, else classification")
+    ap.add_argument("--test-scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
+                    help="segmentation: the keep-ratio test resize (default: ADE20K's 2048 512)")
     args = ap.parse_args(argv)
+    try:
+        from lsnet_jax.checkpoints.weights import read_meta
+
+        name = args.model or read_meta(args.weights).get("model", "")
+    except (OSError, ValueError):
+        name = args.model or ""
+    if args.task == "segmentation" or (args.task is None and name.endswith("_semfpn")):
+        return evaluate_segmentation(args)
 
     import jax
     from flax import nnx
@@ -111,6 +132,45 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"warning: {e}", file=sys.stderr)
     print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def evaluate_segmentation(args: argparse.Namespace) -> int:
+    from lsnet_jax.data import pipeline, source
+    from lsnet_jax.data.segmentation import SegTestTransform
+    from lsnet_jax.inference.loading import inference_spec
+    from lsnet_jax.inference.segmentation import evaluate_segmenter, logits_fn
+
+    data = args.data or "ade20k"
+    try:
+        spec = inference_spec(args.weights, args.model)
+        if not spec.name.endswith("_semfpn"):
+            raise ValueError(f"{spec.name} is not a segmenter; segmentation needs *_semfpn weights")
+        src, info = source.open_seg_source(data, args.split, args.data_dir)
+        model = spec.create(deploy=args.deploy)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    classes = model.cfg.num_classes
+    if classes != info.num_classes:
+        print(f"error: {args.weights} segments {classes} classes but {data} has {info.num_classes}",
+              file=sys.stderr)
+        return 2
+    transform = SegTestTransform(tuple(args.test_scale), 32, source.REDUCE_ZERO_LABEL[data])
+    t0 = time.time()
+    r = evaluate_segmenter(logits_fn(model, spec.mean, spec.std), pipeline.seg_eval_samples(src, transform),
+                           classes, info.class_names, progress_every=100)
+    print(f"{data}/{args.split}: mIoU {r['mIoU']:.2f} aAcc {r['aAcc']:.2f} mAcc {r['mAcc']:.2f} on "
+          f"{info.num_examples - r['skipped']} images ({r['skipped']} unreadable skipped)")
+    for n, v in r["per_class"].items():
+        iou = "  n/a" if v["IoU"] is None else f"{v['IoU']:6.2f}"
+        acc = "  n/a" if v["Acc"] is None else f"{v['Acc']:6.2f}"
+        print(f"  {n:24s} IoU {iou}  Acc {acc}")
+    summary = {"model": spec.name, "weights": str(args.weights), "task": "segmentation", "data": data,
+               "split": args.split, "deploy": args.deploy, "seconds": round(time.time() - t0, 1),
+               "images": info.num_examples - r["skipped"]} | r
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0

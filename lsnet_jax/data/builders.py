@@ -123,3 +123,144 @@ class ImagenetFolder(tfds.core.GeneratorBasedBuilder):
         for path, label in items:
             key = str(path.relative_to(root))
             yield key, {"image": path.read_bytes(), "label": label, "file_name": key}
+
+
+# ----- semantic segmentation: an image and a label PNG per record -----
+
+def _seg_features() -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(),
+        "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        "file_name": tfds.features.Text(),
+    })
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+SEG_DIGITS_SIZE = 128
+SEG_DIGITS_CLASSES = ("background",) + tuple(str(i) for i in range(10))
+
+
+def seg_digits_scene(glyphs: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                     size: int = SEG_DIGITS_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """One ``size`` x ``size`` scene: a textured background (a smooth colour field and noise) with
+    1-4 scikit-learn digits of random size, colour and place pasted on it; each pixel's label is
+    its digit + 1 where the digit's ink covers it more than half, else 0 (background)."""
+    coarse = rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8)
+    bg = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float32)
+    img = np.clip(bg + rng.normal(0, 8, bg.shape), 0, 255)
+    label = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(1, 5))):
+        k = int(rng.integers(len(glyphs)))
+        s = int(rng.integers(size // 5, size // 2))
+        ink = Image.fromarray((glyphs[k] * (255 / 16)).astype(np.uint8)).resize((s, s), Image.Resampling.BICUBIC)
+        alpha = np.clip(np.asarray(ink, np.float32)[..., None] / 128.0, 0.0, 1.0)  # solid strokes
+        y, x = (int(v) for v in rng.integers(0, size - s + 1, 2))
+        colour = rng.uniform(0, 255, 3)
+        if np.abs(colour - bg[y:y + s, x:x + s].mean((0, 1))).max() < 80:  # keep the digit visible
+            colour = 255.0 - colour
+        img[y:y + s, x:x + s] = img[y:y + s, x:x + s] * (1 - alpha) + colour * alpha
+        label[y:y + s, x:x + s][alpha[..., 0] > 0.5] = labels[k] + 1
+    return np.round(img).astype(np.uint8), label
+
+
+class LsnetSegDigits(tfds.core.GeneratorBasedBuilder):
+    """Semantic segmentation without a download: 128x128 scenes of scikit-learn digits pasted on
+    textured backgrounds, 11 classes (background, 0-9). 1,200 train scenes from 80% of the digit
+    glyphs, 200 test scenes from the other 20% (glyphs a model has never seen). PNG images."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=_seg_features())
+
+    def _split_generators(self, dl_manager):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        order = np.random.default_rng(0).permutation(len(digits.target))
+        n_test = len(order) // 5
+        return {"train": self._generate_examples(digits, order[n_test:], 1200, 1),
+                "test": self._generate_examples(digits, order[:n_test], 200, 2)}
+
+    def _generate_examples(self, digits, glyph_idx, n, seed):
+        rng = np.random.default_rng(seed)
+        glyphs, labels = digits.images[glyph_idx], digits.target[glyph_idx]
+        for i in range(n):
+            img, label = seg_digits_scene(glyphs, labels, rng)
+            yield i, {"image": _png(img), "label": _png(label),
+                      "file_name": f"scene_{i:05d}.png"}
+
+
+def list_ade20k(root: str | os.PathLike, split: str) -> list[tuple[Path, Path]]:
+    """``(image, annotation)`` pairs of an ADEChallengeData2016 split (``training``/``validation``):
+    ``images/{split}/X.jpg`` with ``annotations/{split}/X.png``. An image without its annotation
+    is an error naming it."""
+    root = Path(root)
+    img_dir, ann_dir = root / "images" / split, root / "annotations" / split
+    for d in (img_dir, ann_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d} is not a directory; expected the ADEChallengeData2016 layout "
+                                    f"(images/{{training,validation}}/*.jpg, annotations/{{...}}/*.png)")
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    missing = [p.name for p in images if not (ann_dir / (p.stem + ".png")).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images in {img_dir} have no annotation in {ann_dir} "
+                                f"(e.g. {missing[:3]})")
+    return [(p, ann_dir / (p.stem + ".png")) for p in images]
+
+
+def unreadable_pair(image: Path, label: Path) -> str | None:
+    """Why an (image, label map) pair cannot be used, or None: each must decode, the label map be
+    single-channel, and both have one size."""
+    try:
+        with Image.open(image) as im:
+            im.load()
+            size = im.size
+    except Exception as e:  # PIL raises many kinds for corrupt data
+        return f"image does not decode ({type(e).__name__}: {e})"
+    try:
+        with Image.open(label) as lb:
+            lb.load()
+            if lb.mode not in ("L", "P"):
+                return f"label map is {lb.mode}, not a single-channel PNG"
+            if lb.size != size:
+                return f"label map is {lb.size[0]}x{lb.size[1]}, the image {size[0]}x{size[1]}"
+    except Exception as e:
+        return f"label map does not decode ({type(e).__name__}: {e})"
+    return None
+
+
+class Ade20k(tfds.core.GeneratorBasedBuilder):
+    """ADE20K as the official segmentation code reads it (ADEChallengeData2016, 150 classes: labels
+    1..150, 0 = other, reduced at load time); ``train`` / ``validation``. The files' bytes are
+    stored as they are. Each pair is decoded once while it is stored: one that does not decode
+    (or whose label map is not single-channel or not the image's size) is reported with its path,
+    left out and counted in ``self.left_out``."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, root: str | None = None, **kwargs):
+        self._root = root
+        self.left_out: list[tuple[str, str]] = []  # (path, reason)
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=_seg_features())
+
+    def _split_generators(self, dl_manager):
+        return {name: self._generate_examples(list_ade20k(self._root, split))
+                for name, split in (("train", "training"), ("validation", "validation"))}
+
+    def _generate_examples(self, pairs):
+        for img, ann in pairs:
+            why = unreadable_pair(img, ann)
+            if why is not None:
+                self.left_out.append((str(img), why))
+                print(f"left out {img}: {why}", flush=True)
+                continue
+            yield img.stem, {"image": img.read_bytes(), "label": ann.read_bytes(), "file_name": img.name}

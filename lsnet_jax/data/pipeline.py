@@ -146,3 +146,78 @@ def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding
             continue
         out[k] = jax.make_array_from_process_local_data(sharding, v)
     return out
+
+
+# ----- semantic segmentation: samples are dicts of arrays from a record-level transform -----
+
+@dataclasses.dataclass
+class _LoadSeg:
+    """(position, record index) -> the transform of the whole record, or None if unreadable."""
+
+    source: Sequence[dict]
+    transform: Callable[[dict, np.random.Generator], dict]
+    seed: int
+
+    def __call__(self, pos_idx: tuple[int, int]) -> dict | None:
+        q, idx = pos_idx
+        record = self.source[idx]
+        try:
+            return self.transform(record, np.random.default_rng([self.seed, q]))
+        except T.UnreadableImage as e:
+            name = record.get("file_name", b"")
+            name = name.decode() if isinstance(name, bytes) else name
+            log.warning("skipped unreadable record %d (%s): %s", idx, name, e)
+            return None
+
+
+def collate_seg(items: Sequence[dict | None]) -> dict[str, np.ndarray]:
+    """Stack the samples; an unreadable one's slot gets a copy of a readable one (counted)."""
+    good = [x for x in items if x is not None]
+    if not good:
+        raise RuntimeError(f"all {len(items)} records of a batch are unreadable; check the dataset")
+    filled = [x if x is not None else good[i % len(good)] for i, x in enumerate(items)]
+    return {k: np.stack([x[k] for x in filled]) for k in good[0]} | {
+        "skipped": np.asarray(len(items) - len(good), np.int32)}
+
+
+def seg_train_loader(source: Sequence[dict], info: SourceInfo, transform: Callable, global_batch: int,
+                     seed: int, num_steps: int, workers: int = 0, threads: int = 2, prefetch: int = 2) -> Loader:
+    """Batches of ``{'image' (B_local, crop, crop, 3) uint8, 'label' (B_local, crop, crop) uint8,
+    'valid' (B_local, 2), 'skipped'}`` for at least ``num_steps`` steps, in reshuffled epochs."""
+    local = _local_batch(global_batch)
+    if info.num_examples < global_batch:
+        raise ValueError(f"the dataset has {info.num_examples} examples, fewer than one batch "
+                         f"({global_batch}); lower batch_size")
+    pos = Positions(info.num_examples, global_batch, local, jax.process_index(), seed, 1, True)
+    steps = pos.steps_per_epoch()
+    epochs = -(-num_steps // steps) + 1  # one more, as slack
+    ds = grain.MapDataset.range(epochs * steps * local).map(pos)
+    ds = ds.map(_LoadSeg(source, transform, seed))
+    ds = ds.batch(local, drop_remainder=True, batch_fn=collate_seg)
+    return Loader(_finish(ds, workers, threads, prefetch), steps)
+
+
+@dataclasses.dataclass
+class _LoadSegEval:
+    source: Sequence[dict]
+    transform: Callable[[dict], dict]
+
+    def __call__(self, idx: int) -> dict:
+        record = self.source[idx]
+        name = record.get("file_name", b"")
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        try:
+            return self.transform(record) | {"index": idx, "file_name": name}
+        except T.UnreadableImage as e:
+            log.warning("skipped unreadable record %d (%s): %s", idx, name, e)
+            return {"index": idx, "file_name": name, "error": str(e)}
+
+
+def seg_eval_samples(source: Sequence[dict], transform: Callable[[dict], dict], threads: int = 2,
+                     prefetch: int = 4) -> grain.IterDataset:
+    """This process's share of a split (records ``process_index::process_count``), one sample at
+    a time (images keep their own sizes), decoded ahead by ``threads`` threads; an unreadable
+    record comes as ``{'index', 'file_name', 'error'}``."""
+    ds = grain.MapDataset.range(jax.process_index(), len(source), jax.process_count())
+    ds = ds.map(_LoadSegEval(source, transform))
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))

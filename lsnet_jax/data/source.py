@@ -17,7 +17,7 @@ from lsnet_jax.data import builders  # noqa: F401  (registers lsnet_digits and i
 log = logging.getLogger(__name__)
 
 # datasets this project can build on the spot, with no download
-_BUILT_HERE = {"lsnet_digits"}
+_BUILT_HERE = {"lsnet_digits", "lsnet_seg_digits"}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -29,6 +29,9 @@ def _how_to_prepare(name: str, data_dir: str | None) -> str:
     if name == "imagenet_folder":
         return (f"build it from an ImageNet folder tree with `python scripts/prepare_imagenet.py "
                 f"--train_dir D/train --val_dir D/val --data_dir {where}`")
+    if name == "ade20k":
+        return (f"build it from the ADEChallengeData2016 tree with `python scripts/prepare_ade20k.py "
+                f"--root ADEChallengeData2016 --data_dir {where}`")
     if name.startswith("imagenet2012"):
         return (f"download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into "
                 f"{where}/downloads/manual and run `tfds build {name} --data_dir {where}`, or build "
@@ -77,3 +80,28 @@ def open_source(name: str, split: str, data_dir: str | None) -> tuple[Sequence[d
     source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     label = builder.info.features["label"]
     return source, SourceInfo(len(source), label.num_classes, tuple(label.names))
+
+
+# whether a segmentation dataset's label 0 means "unlabelled" (mmseg's reduce_zero_label)
+REDUCE_ZERO_LABEL = {"ade20k": True, "lsnet_seg_digits": False}
+
+
+def segmentation_classes(name: str) -> tuple[str, ...]:
+    """The class names of a segmentation dataset this project prepares (``ade20k``, ``lsnet_seg_digits``)."""
+    from lsnet_jax.data.segmentation import ADE20K_CLASSES
+
+    table = {"ade20k": ADE20K_CLASSES, "lsnet_seg_digits": builders.SEG_DIGITS_CLASSES}
+    if name not in table:
+        raise ValueError(f"unknown segmentation dataset {name!r}; known: {sorted(table)}")
+    return table[name]
+
+
+def open_seg_source(name: str, split: str, data_dir: str | None) -> tuple[Sequence[dict], SourceInfo]:
+    """A random-access source of ``{'image': bytes, 'label': PNG bytes, 'file_name'}`` records."""
+    classes = segmentation_classes(name)
+    builder = get_builder(name, data_dir)
+    if split not in builder.info.splits:
+        raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    skip = tfds.decode.SkipDecoding()
+    source = builder.as_data_source(split=split, decoders={"image": skip, "label": skip})
+    return source, SourceInfo(len(source), len(classes), classes)

@@ -1,5 +1,6 @@
 """Classification metrics, as jit-able functions of logits: the one top-k and the sums an
-evaluation adds up over batches (training's evaluation and ``lsnet-eval`` alike)."""
+evaluation adds up over batches (training's evaluation and ``lsnet-eval`` alike); segmentation's
+per-class areas and mIoU / mAcc / aAcc, on the host in numpy as MMSegmentation computes them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Array = jax.Array
@@ -45,3 +47,32 @@ def eval_sums(logits: Array, labels: Array, mask: Array, classes: Sequence[int] 
     top1, top5 = hits(logits, labels)
     return {"loss": jnp.sum(cross_entropy(logits, jnp.maximum(labels, 0)) * mask_loss),
             "acc1": jnp.sum(top1 * mask), "acc5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}
+
+
+# ----- semantic segmentation (MMSegmentation 0.30's mean_iou / total_area_to_metrics) -----
+
+def intersect_and_union(pred: np.ndarray, label: np.ndarray, num_classes: int,
+                        ignore_index: int = 255) -> np.ndarray:
+    """Per-class pixel areas of one image, ``(4, num_classes)`` int64: intersection, union,
+    prediction, label; pixels labelled ``ignore_index`` are left out."""
+    mask = label != ignore_index
+    p, t = pred[mask].astype(np.int64), label[mask].astype(np.int64)
+    inter = np.bincount(p[p == t], minlength=num_classes)[:num_classes]
+    area_p = np.bincount(p, minlength=num_classes)[:num_classes]
+    area_t = np.bincount(t, minlength=num_classes)[:num_classes]
+    return np.stack([inter, area_p + area_t - inter, area_p, area_t])
+
+
+def segmentation_metrics(areas: np.ndarray, class_names: tuple[str, ...] = ()) -> dict:
+    """mIoU, mAcc and aAcc (percent) from areas summed over a whole split (``intersect_and_union``):
+    per class IoU = intersection / union and Acc = intersection / label area; a class with no union
+    (Acc: no label pixel) is NaN and left out of the mean, as mmseg's ``nanmean``."""
+    inter, union, _, area_t = (a.astype(np.float64) for a in areas)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou, acc = inter / union, inter / area_t
+    names = class_names or tuple(str(i) for i in range(len(iou)))
+    return {"mIoU": float(np.nanmean(iou) * 100), "mAcc": float(np.nanmean(acc) * 100),
+            "aAcc": float(inter.sum() / area_t.sum() * 100),
+            "per_class": {n: {"IoU": None if np.isnan(i) else float(i * 100),
+                              "Acc": None if np.isnan(a) else float(a * 100)}
+                          for n, i, a in zip(names, iou, acc)}}

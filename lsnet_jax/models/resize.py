@@ -2,7 +2,11 @@
 index tables, so that a resize is one einsum or one gather on the device.
 
 Every resize here is separable, as PyTorch computes it: a 2-D bicubic or bilinear resize is the
-1-D matrix along H, then along W. The matrices depend only on the sizes, which are static under
+1-D matrix along H, then along W. Source coordinates and tap weights are computed in float32 as
+PyTorch's CPU kernels do for float32 tensors: ``scale = float(n_in) / n_out`` in float32, the source
+coordinate ``scale * (i + 0.5) - 0.5`` rounded once (the compiler fuses it into one multiply-add),
+so that non-integer scales round the way PyTorch's do (measured: up to 6e-5 of the values'
+spread apart otherwise, 5e-7 so). The matrices depend only on the sizes, which are static under
 ``jit``, so they are built once per shape on the host (cached) and enter the graph as constants.
 """
 
@@ -23,21 +27,24 @@ def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
     """The (n_out, n_in) matrix of ``F.interpolate(..., mode='bicubic', align_corners=False)``
     along one axis: Keys' cubic with a = -0.75, source coordinate ``(i + 0.5) * n_in / n_out - 0.5``
     (not clamped), taps clamped to the border."""
-    def cubic(t: float) -> float:
-        t = abs(t)
-        if t <= 1:
-            return ((a + 2) * t - (a + 3)) * t * t + 1
-        if t < 2:
-            return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-        return 0.0
+    f32 = np.float32
+    a = f32(a)
 
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    scale = f32(n_in) / f32(n_out)
     m = np.zeros((n_out, n_in))
     for i in range(n_out):
-        src = (i + 0.5) * n_in / n_out - 0.5
+        src = f32(float(scale) * (i + 0.5) - 0.5)  # one rounding: a fused multiply-add
         base = math.floor(src)
-        frac = src - base
-        for k in range(-1, 3):
-            m[i, min(max(base + k, 0), n_in - 1)] += cubic(k - frac)
+        t = min(max(src - f32(base), f32(0)), f32(1))
+        weights = (far(t + 1), near(t), near(1 - t), far(2 - t))  # PyTorch's four coefficients
+        for k, wk in zip(range(-1, 3), weights):
+            m[i, min(max(base + k, 0), n_in - 1)] += float(wk)
     m.setflags(write=False)
     return m
 
@@ -47,14 +54,16 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     """The (n_out, n_in) matrix of ``F.interpolate(..., mode='bilinear', align_corners=False)``
     along one axis: source ``(i + 0.5) * n_in / n_out - 0.5`` clamped at 0, two taps, the upper
     one clamped to the border. The same size gives the identity."""
+    f32 = np.float32
+    scale = f32(n_in) / f32(n_out)
     m = np.zeros((n_out, n_in))
     for i in range(n_out):
-        src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        src = max(f32(float(scale) * (i + 0.5) - 0.5), f32(0))  # one rounding, as bicubic_matrix
         lo = min(int(math.floor(src)), n_in - 1)
         hi = min(lo + 1, n_in - 1)
-        frac = src - lo
-        m[i, lo] += 1.0 - frac
-        m[i, hi] += frac
+        frac = src - f32(lo)
+        m[i, lo] += float(f32(1) - frac)
+        m[i, hi] += float(frac)
     m.setflags(write=False)
     return m
 

@@ -145,7 +145,7 @@ class SemanticFPN(nnx.Module):
         self.cfg, self.deploy, self.dtype = cfg, deploy, dtype
         self.backbone = LSNet(cfg.backbone, deploy=deploy, dtype=dtype, rngs=rngs)
         self.impl = self.backbone.impl
-        for _, m in self.backbone.iter_modules():
+        for _, m in nnx.iter_modules(self.backbone):
             if isinstance(m, BatchNorm):
                 m.frozen = True
         self.neck = LSNetFPN(cfg.backbone.embed_dim, cfg.neck_channels, impl=self.impl, rngs=rngs)
@@ -160,7 +160,7 @@ class SemanticFPN(nnx.Module):
         h, w = x.shape[1:3]
         if h % 32 or w % 32:
             raise ValueError(f"the segmenter takes images whose sides are multiples of 32, got {h}x{w}; "
-                             "resize them (lsnet_jax.data.seg_transforms.test_size gives the official size)")
+                             "resize them (lsnet_jax.data.segmentation.official_test_size gives the official size)")
         feats = self.backbone.forward_intermediates(x)
         logits = self.decode_head(self.neck(feats), dropout_key)
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))

@@ -99,3 +99,60 @@ def variant_config(model: str, weight_decay: float, arg: str = "") -> ml_collect
     if arg:
         c.distillation.type = "hard"
     return c
+
+
+def segmentation_config(model: str = "lsnet_t_semfpn") -> ml_collections.ConfigDict:
+    """LSNet + Semantic FPN on ADE20K as published (SEGMENTATION_SPEC.md, the official
+    configs/sem_fpn/fpn_lsnet_*_ade20k_40k.py): AdamW 2e-4, weight decay 1e-4 on every parameter,
+    poly 0.9 to 1e-6 per iteration, 40k iterations at a global batch of 32, 512x512 crops."""
+    c = ml_collections.ConfigDict()
+    c.task = "segmentation"
+    c.model = model
+    c.num_classes = 0  # 0: the dataset's class count
+    c.dtype = "float32"
+    c.impl = "auto"
+    c.seed = 0
+    c.backbone_weights = ""  # ImageNet classifier weights (official: lsnet_t.pth through lsnet-convert)
+    c.init_weights = ""  # a whole segmenter's weights (fine-tuning); takes precedence over backbone_weights
+    c.freeze_backbone_bn = True  # the official backbone keeps every BatchNorm in eval mode
+    c.bn_momentum = 0.1  # the head's SyncBN
+
+    c.batch_size = 32  # global (8 GPUs x 4)
+    c.iterations = 40_000
+    c.lr = 2e-4
+    c.min_lr = 1e-6
+    c.power = 0.9
+    c.weight_decay = 1e-4
+    c.opt_betas = (0.9, 0.999)
+    c.opt_eps = 1e-8
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "ade20k"  # scripts/prepare_ade20k.py builds it
+    c.data.data_dir = ml_collections.config_dict.placeholder(str)
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.workers = 8
+    c.data.threads = 4
+    c.data.prefetch = 2
+
+    c.aug = ml_collections.ConfigDict()
+    c.aug.scale = (2048, 512)  # Resize's img_scale: long side <= 2048 r, short side <= 512 r
+    c.aug.ratio_range = (0.5, 2.0)
+    c.aug.crop = (512, 512)
+    c.aug.cat_max_ratio = 0.75
+    c.aug.flip = 0.5
+    c.aug.photometric = True
+    c.aug.reduce_zero_label = True  # ADE20K: 0 ("other") is ignored, k -> k - 1
+    c.aug.test_scale = (2048, 512)
+    c.aug.size_divisor = 32  # AlignResize
+    c.aug.mean = IMAGENET_DEFAULT_MEAN  # mmseg's (123.675, 116.28, 103.53) / 255
+    c.aug.std = IMAGENET_DEFAULT_STD
+
+    c.log_every_steps = 50
+    c.eval_every_steps = 4000
+    c.checkpoint_every_steps = 4000
+    c.keep_checkpoints = 3
+    c.async_checkpoint = True
+    c.max_steps = ml_collections.config_dict.placeholder(int)
+    c.tensorboard = True
+    return c

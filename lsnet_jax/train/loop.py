@@ -173,7 +173,12 @@ def _restore(manager, abstract, iterator) -> tuple[int, Any, LoopStats]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        devices: list[jax.Device] | None = None) -> dict[str, Any]:
-    """Train (or resume) in ``workdir`` on ``devices`` (default: all); returns the last epoch's log entry."""
+    """Train (or resume) in ``workdir`` on ``devices`` (default: all); returns the last epoch's log entry.
+    A segmentation config (``task == "segmentation"``) runs ``lsnet_jax.train.segmentation``."""
+    if config.get("task") == "segmentation":
+        from lsnet_jax.train import segmentation
+
+        return segmentation.train_and_evaluate(config, workdir, devices)
     workdir = Path(workdir)
     devices = jax.devices() if devices is None else list(devices)
     validate_config(config, len(devices))

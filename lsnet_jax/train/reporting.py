@@ -93,25 +93,32 @@ class Reporter:
         self.plot()
 
     def plot(self) -> None:
-        """``curves.png``: training loss per step, test top-1 (model and EMA) and lr per epoch."""
+        """``curves.png``: training loss per step; classification: test top-1 (model and EMA) and
+        lr per epoch; segmentation: mIoU per evaluation and lr per iteration."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        epochs, steps = read_jsonl(self.log_path), read_jsonl(self.steps_path)
+        evals, steps = read_jsonl(self.log_path), read_jsonl(self.steps_path)
         fig, ax = plt.subplots(1, 3, figsize=(15, 4))
         if steps:
             ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.7)
         ax[0].set(title="train loss", xlabel="step")
-        e = [r["epoch"] for r in epochs]
-        ax[1].plot(e, [r.get("test_acc1") for r in epochs], "o-", label="model")
-        if epochs and "test_ema_acc1" in epochs[0]:
-            ax[1].plot(e, [r.get("test_ema_acc1") for r in epochs], "s--", label="EMA")
-        ax[1].set(title="test top-1 (%)", xlabel="epoch")
-        ax[1].legend()
-        ax[2].plot(e, [r.get("train_lr") for r in epochs], "o-")
-        ax[2].set(title="lr (epoch mean)", xlabel="epoch")
+        if evals and "mIoU" in evals[0]:
+            ax[1].plot([r["iter"] for r in evals], [r["mIoU"] for r in evals], "o-")
+            ax[1].set(title="mIoU (%)", xlabel="iteration")
+            ax[2].plot([r["step"] for r in steps], [r["lr"] for r in steps])
+            ax[2].set(title="lr", xlabel="iteration")
+        else:
+            e = [r["epoch"] for r in evals]
+            ax[1].plot(e, [r.get("test_acc1") for r in evals], "o-", label="model")
+            if evals and "test_ema_acc1" in evals[0]:
+                ax[1].plot(e, [r.get("test_ema_acc1") for r in evals], "s--", label="EMA")
+            ax[1].set(title="test top-1 (%)", xlabel="epoch")
+            ax[1].legend()
+            ax[2].plot(e, [r.get("train_lr") for r in evals], "o-")
+            ax[2].set(title="lr (epoch mean)", xlabel="epoch")
         for a in ax:
             a.grid(alpha=0.3)
         fig.tight_layout()

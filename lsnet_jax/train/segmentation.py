@@ -1,0 +1,262 @@
+"""Semantic segmentation training (``config.task == "segmentation"``): the official Semantic FPN
+recipe (SEGMENTATION_SPEC.md) on the same mesh, checkpoints, resume and reports as classification.
+
+AdamW (weight decay on every parameter), poly decay per iteration to ``min_lr``, pixel-wise
+cross-entropy with ignore index 255 averaged over all pixels (mmseg 0.30's ``avg_non_ignore=False``),
+the head's BatchNorm over the global batch (SyncBN), the backbone's frozen. Evaluation every
+``eval_every_steps`` and at the end: whole images at the official test size, logits resized back
+to the original size, mIoU / mAcc / aAcc over the split as mmseg; ``log.txt`` gets one JSON line per
+evaluation (``iter``, ``mIoU``, ``aAcc``, ``mAcc`` in percent, the mean training loss since the last).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lsnet_jax.checkpoints import run as run_checkpoints
+from lsnet_jax.data import pipeline, source
+from lsnet_jax.data.normalize import normalize
+from lsnet_jax.data.segmentation import IGNORE_INDEX, SegTestTransform, SegTrainTransform
+from lsnet_jax.inference.segmentation import evaluate_segmenter, seg_logits
+from lsnet_jax.models.registry import DTYPES, create_model
+from lsnet_jax.models.resize import resize_bilinear
+from lsnet_jax.train import reporting
+
+log = logging.getLogger("lsnet_jax.train")
+Array = jax.Array
+
+
+@struct.dataclass
+class SegTrainState:
+    step: Array
+    params: dict
+    batch_stats: dict
+    opt_state: Any
+    rng: Array  # the run's base key; each step folds in its number (Dropout2d)
+
+
+def poly_schedule(lr: float, min_lr: float, power: float, total: int) -> optax.Schedule:
+    """mmcv's PolyLrUpdaterHook per iteration: ``(lr - min_lr) * (1 - it / total) ** power + min_lr``."""
+    def schedule(it):
+        frac = jnp.clip(jnp.asarray(it, jnp.float32) / total, 0.0, 1.0)
+        return (lr - min_lr) * (1.0 - frac) ** power + min_lr
+    return schedule
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.Schedule, optax.GradientTransformation]:
+    """AdamW with the poly schedule; weight decay on every parameter, as the official config."""
+    schedule = poly_schedule(config.lr, config.min_lr, config.power, config.iterations)
+    b1, b2 = config.opt_betas
+    return schedule, optax.adamw(schedule, b1, b2, config.opt_eps, weight_decay=config.weight_decay)
+
+
+def seg_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """(loss, pixel accuracy in percent): softmax cross-entropy at the labels' resolution, pixels
+    labelled 255 contributing 0 but counted in the mean (mmseg 0.30); accuracy over the others."""
+    logits = logits.astype(jnp.float32)
+    valid = labels != IGNORE_INDEX
+    safe = jnp.where(valid, labels, 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    loss = jnp.sum(jnp.where(valid, ce, 0.0)) / labels.size
+    hits = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
+    return loss, 100.0 * hits / jnp.maximum(jnp.sum(valid), 1)
+
+
+def pad_mask(valid: Array, shape: tuple[int, int]) -> Array:
+    """``(N, H, W, 1)`` True inside each image's un-padded ``valid`` (h, w) corner."""
+    ys = jnp.arange(shape[0])[None, :, None]
+    xs = jnp.arange(shape[1])[None, None, :]
+    return ((ys < valid[:, 0, None, None]) & (xs < valid[:, 1, None, None]))[..., None]
+
+
+def seg_train_step(state: SegTrainState, batch: dict[str, Array], *, graphdef: nnx.GraphDef,
+                   tx: optax.GradientTransformation, mean: tuple[float, ...], std: tuple[float, ...]
+                   ) -> tuple[SegTrainState, dict[str, Array]]:
+    """One step: normalise (padding set to 0 after, as mmseg pads the normalised image), forward in
+    training mode, logits resized bilinearly to the labels, loss, AdamW."""
+    key = jax.random.fold_in(state.rng, state.step)
+    images = normalize(batch["image"], mean, std)
+    images = jnp.where(pad_mask(batch["valid"], images.shape[1:3]), images, 0.0)
+    labels = batch["label"].astype(jnp.int32)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.batch_stats)
+        logits = resize_bilinear(model(images, dropout_key=key), labels.shape[1:3])
+        loss, acc = seg_cross_entropy(logits, labels)
+        return loss, (nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), acc)
+
+    (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
+    return new, {"loss": loss, "acc_seg": acc}
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    from lsnet_jax.train.loop import ConfigError
+
+    if not config.model.endswith("_semfpn"):
+        raise ConfigError(f"config.model={config.model!r}: segmentation needs a segmenter, e.g. lsnet_t_semfpn")
+    if config.batch_size % num_devices:
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
+                          f"devices; set --config.batch_size to a multiple of {num_devices}")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
+    if any(c % 32 for c in config.aug.crop):
+        raise ConfigError(f"config.aug.crop={tuple(config.aug.crop)}: each side must be a multiple of 32")
+    for key in ("backbone_weights", "init_weights"):
+        if config[key] and not os.path.exists(config[key]):
+            raise ConfigError(f"config.{key}={config[key]!r} does not exist; give a weights directory "
+                              "(lsnet-convert or lsnet-export-weights)")
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
+    """The segmenter (from ``init_weights``, or its backbone from ``backbone_weights``), eval mode."""
+    kw = {}
+    if config.backbone_weights and not config.init_weights:
+        kw["backbone_pretrained"] = config.backbone_weights
+    model = create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
+                         dtype=DTYPES[config.dtype], seed=config.seed, impl=config.impl,
+                         bn_momentum=config.bn_momentum, **kw)
+    if not config.freeze_backbone_bn:
+        from lsnet_jax.models.layers import BatchNorm
+
+        for _, m in nnx.iter_modules(model.backbone):
+            if isinstance(m, BatchNorm):
+                m.frozen = False
+    return model
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       devices: list[jax.Device] | None = None) -> dict[str, Any]:
+    """Train (or resume) a segmenter in ``workdir``; returns the last evaluation's log entry."""
+    workdir = Path(workdir)
+    devices = jax.devices() if devices is None else list(devices)
+    validate_config(config, len(devices))
+    mesh = Mesh(np.asarray(devices), ("data",))
+    rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    d, a = config.data, config.aug
+    src, info = source.open_seg_source(d.name, d.train_split, d.data_dir)
+    esrc, einfo = source.open_seg_source(d.name, d.eval_split, d.data_dir)
+    num_classes = config.num_classes or info.num_classes
+    total = config.iterations
+    end = total if config.max_steps is None else min(total, config.max_steps)
+    loader = pipeline.seg_train_loader(src, info, SegTrainTransform.from_config(a), config.batch_size,
+                                       config.seed, total, workers=d.workers, threads=d.threads,
+                                       prefetch=d.prefetch)
+    test_tf = SegTestTransform.from_config(a)
+
+    model = build_model(config, num_classes)
+    n_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    schedule, tx = make_optimizer(config)
+    model.train()
+    graphdef = nnx.graphdef(model)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    model.eval()
+    eval_graphdef = nnx.graphdef(model)
+    del model
+    state = SegTrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                          opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(config.seed)))
+    state = jax.device_put(state, rep)
+
+    manager = run_checkpoints.make_manager(workdir / "checkpoints", config.keep_checkpoints,
+                                           config.async_checkpoint)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
+    iterator = iter(loader.dataset)
+    start, loop = 0, {"loss_sum": 0.0, "steps": 0, "skipped": 0}
+    restored = run_checkpoints.restore_latest(manager, abstract)
+    if restored is not None:
+        start, state, data = restored
+        iterator.set_state(data["iterator"])
+        loop = data["loop"]
+        log.info("resumed from iteration %d in %s", start, manager.directory)
+
+    mean, std = tuple(a.mean), tuple(a.std)
+    train_fn = jax.jit(functools.partial(seg_train_step, graphdef=graphdef, tx=tx, mean=mean, std=std),
+                       in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(seg_logits, graphdef=eval_graphdef, mean=mean, std=std))
+
+    is_main = jax.process_index() == 0
+    reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main)
+    if is_main:
+        (workdir / "run.json").write_text(json.dumps(
+            {"model": config.model, "task": "segmentation", "num_classes": num_classes,
+             "img_size": int(a.crop[0]), "n_parameters": n_parameters,
+             "class_names": list(info.class_names)[:num_classes], "config": config.to_dict()},
+            indent=2, default=str) + "\n")
+    log.info("%s: %d parameters, %d classes, %d train / %d eval images, %d iterations, global batch %d "
+             "on %d devices, lr %.3g", config.model, n_parameters, num_classes, info.num_examples,
+             einfo.num_examples, total, config.batch_size, len(devices), config.lr)
+    progress = reporting.Progress(total, loader.steps_per_epoch, config.batch_size, start)
+    pending: list[tuple[int, Array]] = []
+    last: dict[str, Any] = {}
+
+    def flush(line: bool) -> None:
+        nonlocal pending
+        if not pending:
+            return
+        losses = jax.device_get([m for _, m in pending])
+        lrs = np.asarray(schedule(np.asarray([s for s, _ in pending])))
+        rows = [{"step": s + 1, "loss": float(v), "lr": float(lr)} for (s, _), v, lr in zip(pending, losses, lrs)]
+        pending = []
+        reporter.steps([r for r in rows if math.isfinite(r["loss"])])
+        from lsnet_jax.train.loop import check_finite
+
+        check_finite(rows, loader.steps_per_epoch, manager.directory)
+        loop["loss_sum"] += sum(r["loss"] for r in rows)
+        loop["steps"] += len(rows)
+        if is_main and line:
+            log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], loop["skipped"]))
+
+    def evaluate(params, batch_stats) -> dict:
+        local = jax.local_devices()[0]
+        p, s = jax.device_put((params, batch_stats), local)
+        samples = pipeline.seg_eval_samples(esrc, test_tf, threads=d.threads)
+        return evaluate_segmenter(lambda img: eval_fn(p, s, jax.device_put(img, local)), samples, num_classes,
+                                  tuple(info.class_names)[:num_classes], progress_every=500)
+
+    try:
+        for step in range(start, end):
+            batch = next(iterator)
+            loop["skipped"] += int(batch["skipped"])
+            state, metrics = train_fn(state, pipeline.to_global(batch, dat))
+            pending.append((step, metrics["loss"]))
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == end:
+                flush(line=True)
+            if done % config.eval_every_steps == 0 or done == total:
+                flush(line=False)
+                ev = evaluate(state.params, state.batch_stats)
+                last = {"iter": done, "step": done, "mIoU": ev["mIoU"], "aAcc": ev["aAcc"], "mAcc": ev["mAcc"],
+                        "loss": loop["loss_sum"] / max(loop["steps"], 1), "lr": float(schedule(done - 1)),
+                        "n_parameters": n_parameters, "train_skipped": loop["skipped"],
+                        "eval_skipped": ev["skipped"],
+                        "IoU": {k: v["IoU"] for k, v in ev["per_class"].items()}}
+                reporter.epoch(last, done)
+                if is_main:
+                    log.info("iteration %d: mIoU %.2f aAcc %.2f mAcc %.2f", done, ev["mIoU"], ev["aAcc"], ev["mAcc"])
+                loop["loss_sum"], loop["steps"] = 0.0, 0
+            if done % config.checkpoint_every_steps == 0 or done == end:
+                flush(line=False)
+                run_checkpoints.save(manager, done, state, {"iterator": iterator.get_state(), "loop": dict(loop)})
+    finally:
+        manager.wait_until_finished()
+        reporter.close()
+    return last

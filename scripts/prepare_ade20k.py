@@ -1,0 +1,52 @@
+"""Turn the ADEChallengeData2016 tree into the TFDS dataset the segmentation pipeline reads (``ade20k``).
+
+    python scripts/prepare_ade20k.py --root ADEChallengeData2016 --data_dir OUT
+
+The tree is the one the official code reads (MMSegmentation's ADE20KDataset):
+``images/{training,validation}/*.jpg`` and ``annotations/{training,validation}/*.png`` (uint8,
+0 = other, 1..150 = classes; reduce_zero_label is applied when the pipeline loads them). 20,210
+training and 2,000 validation pairs. The files are stored as they are, in array_record shards,
+with a progress bar; each pair is decoded once on the way, and a pair that does not decode is
+reported with its path, left out and counted (the summary and ``OUT/ade20k/1.0.0/left_out.json``).
+TFDS's ``scene_parse150`` is another task (the 2017 challenge's instance masks), not this data.
+Train with ``--config.data.data_dir=OUT`` (``configs/fpn_lsnet_*_ade20k.py`` name ``ade20k``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", required=True, help="the ADEChallengeData2016 directory")
+    ap.add_argument("--data_dir", required=True, help="TFDS data directory to write into")
+    args = ap.parse_args(argv)
+
+    from lsnet_jax.data.builders import Ade20k, list_ade20k
+
+    try:
+        counts = {split: len(list_ade20k(args.root, split)) for split in ("training", "validation")}
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{counts['training']} training and {counts['validation']} validation pairs -> {args.data_dir}")
+    builder = Ade20k(root=args.root, data_dir=args.data_dir, file_format="array_record")
+    if builder.is_prepared():
+        print(f"already prepared: {builder.data_dir} (delete it to rebuild)")
+        return 0
+    builder.download_and_prepare()
+    (Path(builder.data_dir) / "left_out.json").write_text(json.dumps(
+        [{"path": p, "reason": r} for p, r in builder.left_out], indent=2))
+    print(f"done: {builder.data_dir}; {len(builder.left_out)} unreadable pairs left out")
+    print(f"train with: --config.data.data_dir={args.data_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
