@@ -39,6 +39,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -121,7 +122,8 @@ def jax_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_
             compile_s = time.perf_counter() - t0
             per_batch = _timeit(lambda: compiled(state, x).block_until_ready(), min_time, warmup)
         else:
-            compiled, state, batch_in, compile_s, params = _train_setup(model, name, batch, img, dtype)
+            setup = _seg_train_setup if name.endswith("_semfpn") else _train_setup
+            compiled, state, batch_in, compile_s, params = setup(model, name, batch, img, dtype)
             holder = [state]
 
             def run():
@@ -159,6 +161,31 @@ def _train_setup(model, name: str, batch: int, img: int, dtype: str):
     return compiled, state, batch_in, time.perf_counter() - t0, _count(params)
 
 
+def _seg_train_setup(model, name: str, batch: int, img: int, dtype: str):
+    """The segmenter's training step (``lsnet_jax.train.segmentation``: Dropout2d, frozen backbone
+    BatchNorms, logits resized to the labels, mmseg's loss, AdamW with the poly schedule)."""
+    from lsnet_jax.train import seg_steps as seg
+
+    tx = optax.adamw(seg.poly_schedule(2e-4, 1e-6, 0.9, 40_000), weight_decay=1e-4)
+    model.train()
+    graphdef = nnx.graphdef(model)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    model.eval()
+    state = seg.SegTrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                              opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    classes = model.cfg.num_classes
+    batch_in = {"image": jnp.asarray(rng.integers(0, 256, (batch, img, img, 3)), jnp.uint8),
+                "label": jnp.asarray(rng.integers(0, classes, (batch, img, img)), jnp.uint8),
+                "valid": jnp.full((batch, 2), img, jnp.int32)}
+    step = functools.partial(seg.seg_train_step, graphdef=graphdef, tx=tx, mean=(0.485, 0.456, 0.406),
+                             std=(0.229, 0.224, 0.225))
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch_in).compile()
+    return compiled, state, batch_in, time.perf_counter() - t0, _count(params)
+
+
 # ----------------------------------------------------------------------------- PyTorch
 
 
@@ -166,9 +193,13 @@ def _torch_model(name: str, img: int, repo: str | None):
     import torch
 
     if repo is None:
-        from lsnet_jax.torch_reference import create_torch_model, fuse_
+        from lsnet_jax.torch_reference import create_torch_model, create_torch_segmenter, fuse_
 
+        if name.endswith("_semfpn"):
+            return create_torch_segmenter(name), fuse_, "torch-ref"
         return create_torch_model(name, img_size=img), fuse_, "torch-ref"
+    if name.endswith("_semfpn"):
+        raise SystemExit("--torch-repo times the official classifiers; the segmenters run the reference")
     sys.path.insert(0, os.path.abspath(repo))
     impl = "torch-official"
     try:
@@ -245,6 +276,24 @@ def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], mi
             def run():
                 with torch.inference_mode():
                     model(x)
+                sync()
+        elif name.endswith("_semfpn"):  # mmseg's step: frozen backbone BN, CE at the labels' size, AdamW
+            model = model.train()
+            for m in model.backbone.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+            params = sum(p.numel() for p in model.parameters())
+            opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=1e-4)
+            y = torch.randint(0, 150, (batch, img, img), device=dev)
+
+            def run():
+                with torch.autocast(dev.type, dtype=tdtype, enabled=tdtype != torch.float32):
+                    out = torch.nn.functional.interpolate(model(x.float()), size=(img, img), mode="bilinear",
+                                                          align_corners=False)
+                    loss = torch.nn.functional.cross_entropy(out.float(), y, ignore_index=255)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
                 sync()
         else:
             model = model.train()

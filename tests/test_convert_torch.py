@@ -14,7 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import convert_torch  # noqa: E402
-from lsnet_jax import compiled, create_model, fold, list_models  # noqa: E402
+from lsnet_jax import DEFAULT_CFGS, compiled, create_model, fold  # noqa: E402
 from lsnet_jax.testing import diverse_images  # noqa: E402
 from lsnet_jax.torch_reference import create_torch_model  # noqa: E402
 from lsnet_jax.checkpoints.state import flat_state  # noqa: E402
@@ -22,10 +22,13 @@ from lsnet_jax.models.lsnet_official import jax_to_torch  # noqa: E402
 from torch_utils import randomize_  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=list_models())
+CLASSIFIERS = sorted(DEFAULT_CFGS)  # the LSNet classifiers (list_models() also has the segmenters)
+
+
+@pytest.fixture(scope="module", params=CLASSIFIERS)
 def converted(request, tmp_path_factory):
     name = request.param
-    tm = randomize_(create_torch_model(name), seed=list_models().index(name))
+    tm = randomize_(create_torch_model(name), seed=CLASSIFIERS.index(name))
     d = tmp_path_factory.mktemp(name)
     torch.save({"model": tm.state_dict(), "epoch": 299}, d / f"{name}.pth")
     assert convert_torch.main([str(d / f"{name}.pth"), str(d / "jax")]) == 0

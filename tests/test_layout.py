@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1] / "lsnet_jax"
 ALLOWED = {
     "kernels": set(),
     "checkpoints": set(),
-    "data": set(),
+    "data": {"kernels"},  # the PyTorch/OpenCV-exact resizes of kernels/resize.py
     "models": {"kernels", "checkpoints"},
-    "inference": {"models", "data", "checkpoints"},
+    "inference": {"models", "data", "checkpoints", "kernels"},
     "train": {"kernels", "models", "data", "checkpoints", "inference"},
     "cli": {"kernels", "models", "data", "checkpoints", "inference", "train", "runtime", "testing",
             "torch_reference"},

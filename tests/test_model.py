@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lsnet_jax import LSNet, create_model, fold, list_models, model_config
+from lsnet_jax import DEFAULT_CFGS, LSNet, create_model, fold, model_config
 from lsnet_jax.models.layers import BatchNorm, attention_bias_idxs
 from lsnet_jax.models.lsnet_official import expected_jax_shapes, jax_to_torch
 
+CLASSIFIERS = sorted(DEFAULT_CFGS)  # the LSNet classifiers (list_models() also has the segmenters)
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "official_state_dict_keys.json").read_text())
 
 
@@ -25,14 +26,14 @@ def n_trainable(shapes: dict) -> int:
 
 
 def test_parameter_counts_equal_official():
-    counts = {name: n_trainable(expected_jax_shapes(name)) for name in list_models()}
+    counts = {name: n_trainable(expected_jax_shapes(name)) for name in CLASSIFIERS}
     assert counts["lsnet_t"] == 11_409_832  # the official training log
     assert counts["lsnet_t_distill"] == 11_795_600
     for name, c in counts.items():
         assert c == OFFICIAL[name]["params"], name
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_layout_equals_official_state_dict(name):
     """Every official key, with its shape and dtype, is produced by the JAX model, and no other."""
     shapes = expected_jax_shapes(name)

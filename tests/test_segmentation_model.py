@@ -20,7 +20,7 @@ from lsnet_jax.checkpoints.torch_io import read_checkpoint  # noqa: E402
 from lsnet_jax.checkpoints.weights import save_weights  # noqa: E402
 from lsnet_jax.models import lsnet_official, semfpn_official  # noqa: E402
 from lsnet_jax.models.layers import BatchNorm  # noqa: E402
-from lsnet_jax.models.resize import resize_bicubic_2d, resize_bilinear, resize_nearest  # noqa: E402
+from lsnet_jax.kernels.resize import resize_bicubic_2d, resize_bilinear, resize_nearest  # noqa: E402
 from lsnet_jax.testing import diverse_images  # noqa: E402
 from lsnet_jax.torch_reference import create_torch_model, create_torch_segmenter  # noqa: E402
 from torch_utils import randomize_  # noqa: E402

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from lsnet_jax.data.transforms import UnreadableImage
-from lsnet_jax.models.resize import bilinear_matrix
+from lsnet_jax.kernels.resize import bilinear_matrix
 
 IGNORE_INDEX = 255
 

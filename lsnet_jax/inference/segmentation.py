@@ -13,7 +13,7 @@ from flax import nnx
 
 from lsnet_jax.data.normalize import normalize
 from lsnet_jax.inference.metrics import intersect_and_union, segmentation_metrics
-from lsnet_jax.models.resize import bilinear_matrix
+from lsnet_jax.kernels.resize import bilinear_matrix
 from lsnet_jax.models.semfpn import segment
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from lsnet_jax import kernels
-from lsnet_jax.models.resize import resize_bicubic_2d
+from lsnet_jax.kernels.resize import resize_bicubic_2d
 
 Array = jax.Array
 Tree = dict[Any, Any]

@@ -14,7 +14,7 @@ from flax import nnx
 
 from lsnet_jax import kernels
 from lsnet_jax.models.layers import Block, BNLinear, ConvBN
-from lsnet_jax.models.resize import resize_bicubic_2d
+from lsnet_jax.kernels.resize import resize_bicubic_2d
 
 Array = jax.Array
 

@@ -5,7 +5,7 @@ segmentation differences (four stage outputs, 14x14 attention bias tables resize
 count at run time, every BatchNorm frozen) -> ``LSNetFPN`` (lateral 1x1, nearest top-down, 3x3
 per level) -> MMSegmentation's ``FPNHead`` (per level 3x3 ConvBN-ReLU blocks with 2x bilinear
 upsampling, summed at 1/8 of the input, Dropout2d, ``conv_seg``) -> ``segment``, the official
-whole-image inference. NHWC; every resize equals PyTorch's (``lsnet_jax.models.resize``). The
+whole-image inference. NHWC; every resize equals PyTorch's (``lsnet_jax.kernels.resize``). The
 official state-dict names are in ``lsnet_jax.models.semfpn_official``.
 """
 
@@ -21,7 +21,7 @@ from flax import nnx
 
 from lsnet_jax.models.layers import BatchNorm, Conv, ConvBN
 from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, LSNet, LSNetConfig, model_config
-from lsnet_jax.models.resize import resize_bilinear, resize_nearest
+from lsnet_jax.kernels.resize import resize_bilinear, resize_nearest
 
 Array = jax.Array
 

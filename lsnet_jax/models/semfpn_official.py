@@ -19,7 +19,7 @@ from flax import nnx
 from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
 from lsnet_jax.models import lsnet_official
 from lsnet_jax.models.lsnet_official import LEAF_TO_TORCH
-from lsnet_jax.models.resize import bicubic_matrix
+from lsnet_jax.kernels.resize import bicubic_matrix
 from lsnet_jax.models.semfpn import BIAS_RESOLUTION, VARIANTS, SemanticFPN, semfpn_config
 
 Flat = dict[JaxPath, np.ndarray]
@@ -90,12 +90,16 @@ def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int]:
 def resize_classifier_biases(table: np.ndarray, resolution: int = BIAS_RESOLUTION) -> np.ndarray:
     """The official ``init_weights`` on one classifier bias table ``(heads, 16)``:
     ``F.interpolate(t.view(1, heads, 4, 4), size=(14, 14), mode='bicubic')`` -> ``(heads, 196)``.
-    Tables of any other size are returned unchanged (the official code resizes only 4x4 ones)."""
+    A classifier trained at another size has an r x r table (r = ceil(img / 64)); it is resized
+    from its own grid the same way (the official code knows only 224-pixel classifiers)."""
     heads, n = table.shape
-    if n != 16:
+    r = int(round(n ** 0.5))
+    if r * r != n:
+        raise ValueError(f"attention bias table of {n} entries is not a square grid")
+    if r == resolution:
         return table
-    m = bicubic_matrix(4, resolution)
-    grid = np.einsum("yi,hij,xj->hyx", m, table.reshape(heads, 4, 4).astype(np.float64), m)
+    m = bicubic_matrix(r, resolution)
+    grid = np.einsum("yi,hij,xj->hyx", m, table.reshape(heads, r, r).astype(np.float64), m)
     return grid.reshape(heads, resolution * resolution).astype(np.float32)
 
 

@@ -35,13 +35,10 @@ from lsnet_jax.data.transforms import EvalTransform, TrainTransform
 from lsnet_jax.inference.evaluate import eval_step, run_eval
 from lsnet_jax.models.registry import DTYPES, create_model, list_models
 from lsnet_jax.train import optim, reporting
+from lsnet_jax.train.checks import ConfigError, check_finite
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step
 
 log = logging.getLogger("lsnet_jax.train")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -74,15 +71,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if config.bn_group_size is not None and (config.batch_size // num_devices) % config.bn_group_size:
         raise ConfigError(f"config.bn_group_size={config.bn_group_size} must divide the per-device batch "
                           f"({config.batch_size // num_devices})")
-
-
-def check_finite(rows: list[dict], steps_per_epoch: int, checkpoint_dir: Any) -> None:
-    """Stop on the first non-finite loss, naming its step."""
-    bad = next((r for r in rows if not math.isfinite(r["loss"])), None)
-    if bad is not None:
-        raise FloatingPointError(
-            f"non-finite loss {bad['loss']} at step {bad['step']} (epoch {(bad['step'] - 1) // steps_per_epoch}); "
-            f"lower config.lr or check the data. Checkpoints up to the last good step are in {checkpoint_dir}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,38 +24,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx, struct
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lsnet_jax.checkpoints import run as run_checkpoints
 from lsnet_jax.data import pipeline, source
-from lsnet_jax.data.normalize import normalize
-from lsnet_jax.data.segmentation import IGNORE_INDEX, SegTestTransform, SegTrainTransform
+from lsnet_jax.data.segmentation import SegTestTransform, SegTrainTransform
 from lsnet_jax.inference.segmentation import evaluate_segmenter, seg_logits
 from lsnet_jax.models.registry import DTYPES, create_model
-from lsnet_jax.models.resize import resize_bilinear
 from lsnet_jax.train import reporting
+from lsnet_jax.train.checks import ConfigError, check_finite
+from lsnet_jax.train.seg_steps import SegTrainState, poly_schedule, seg_train_step
 
 log = logging.getLogger("lsnet_jax.train")
 Array = jax.Array
-
-
-@struct.dataclass
-class SegTrainState:
-    step: Array
-    params: dict
-    batch_stats: dict
-    opt_state: Any
-    rng: Array  # the run's base key; each step folds in its number (Dropout2d)
-
-
-def poly_schedule(lr: float, min_lr: float, power: float, total: int) -> optax.Schedule:
-    """mmcv's PolyLrUpdaterHook per iteration: ``(lr - min_lr) * (1 - it / total) ** power + min_lr``."""
-    def schedule(it):
-        frac = jnp.clip(jnp.asarray(it, jnp.float32) / total, 0.0, 1.0)
-        return (lr - min_lr) * (1.0 - frac) ** power + min_lr
-    return schedule
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.Schedule, optax.GradientTransformation]:
@@ -65,51 +48,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.Schedule, o
     return schedule, optax.adamw(schedule, b1, b2, config.opt_eps, weight_decay=config.weight_decay)
 
 
-def seg_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
-    """(loss, pixel accuracy in percent): softmax cross-entropy at the labels' resolution, pixels
-    labelled 255 contributing 0 but counted in the mean (mmseg 0.30); accuracy over the others."""
-    logits = logits.astype(jnp.float32)
-    valid = labels != IGNORE_INDEX
-    safe = jnp.where(valid, labels, 0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
-    loss = jnp.sum(jnp.where(valid, ce, 0.0)) / labels.size
-    hits = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
-    return loss, 100.0 * hits / jnp.maximum(jnp.sum(valid), 1)
-
-
-def pad_mask(valid: Array, shape: tuple[int, int]) -> Array:
-    """``(N, H, W, 1)`` True inside each image's un-padded ``valid`` (h, w) corner."""
-    ys = jnp.arange(shape[0])[None, :, None]
-    xs = jnp.arange(shape[1])[None, None, :]
-    return ((ys < valid[:, 0, None, None]) & (xs < valid[:, 1, None, None]))[..., None]
-
-
-def seg_train_step(state: SegTrainState, batch: dict[str, Array], *, graphdef: nnx.GraphDef,
-                   tx: optax.GradientTransformation, mean: tuple[float, ...], std: tuple[float, ...]
-                   ) -> tuple[SegTrainState, dict[str, Array]]:
-    """One step: normalise (padding set to 0 after, as mmseg pads the normalised image), forward in
-    training mode, logits resized bilinearly to the labels, loss, AdamW."""
-    key = jax.random.fold_in(state.rng, state.step)
-    images = normalize(batch["image"], mean, std)
-    images = jnp.where(pad_mask(batch["valid"], images.shape[1:3]), images, 0.0)
-    labels = batch["label"].astype(jnp.int32)
-
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params, state.batch_stats)
-        logits = resize_bilinear(model(images, dropout_key=key), labels.shape[1:3])
-        loss, acc = seg_cross_entropy(logits, labels)
-        return loss, (nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), acc)
-
-    (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
-    return new, {"loss": loss, "acc_seg": acc}
-
-
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    from lsnet_jax.train.loop import ConfigError
-
     if not config.model.endswith("_semfpn"):
         raise ConfigError(f"config.model={config.model!r}: segmentation needs a segmenter, e.g. lsnet_t_semfpn")
     if config.batch_size % num_devices:
@@ -217,8 +156,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         rows = [{"step": s + 1, "loss": float(v), "lr": float(lr)} for (s, _), v, lr in zip(pending, losses, lrs)]
         pending = []
         reporter.steps([r for r in rows if math.isfinite(r["loss"])])
-        from lsnet_jax.train.loop import check_finite
-
         check_finite(rows, loader.steps_per_epoch, manager.directory)
         loop["loss_sum"] += sum(r["loss"] for r in rows)
         loop["steps"] += len(rows)
