@@ -107,10 +107,19 @@ def test_loss_counts_ignored_pixels_in_the_mean():
 
 @pytest.fixture(scope="module")
 def weights(runs):
+    """Random weights (predictions spread over all 11 classes, unlike a 6-iteration run's) saved
+    with the digits' test resize, and the exported run's weights."""
+    from lsnet_jax.checkpoints.state import flat_state
+    from lsnet_jax.checkpoints.weights import save_weights
     from lsnet_jax.cli import export_weights
 
     tmp = runs[0]
-    assert export_weights.main(["--workdir", str(tmp / "full"), "--out", str(tmp / "w")]) == 0
+    assert export_weights.main(["--workdir", str(tmp / "full"), "--out", str(tmp / "w_run")]) == 0
+    meta = json.loads((tmp / "w_run" / "config.json").read_text())
+    assert meta["test_scale"] == [512, 128] and meta["task"] == "segmentation" and meta["num_classes"] == 11
+    model = create_model("lsnet_t_semfpn", num_classes=11, seed=4)
+    save_weights(tmp / "w", flat_state(model), {"model": "lsnet_t_semfpn", "num_classes": 11,
+                                                "test_scale": [512, 128], "task": "segmentation"})
     return tmp / "w", tmp / "tfds"
 
 
@@ -136,6 +145,7 @@ def test_eval_cli_equals_a_naive_computation(weights, tmp_path):
             inter[c] += (p & t).sum()
             union[c] += (p | t).sum()
             lab_area[c] += t.sum()
+    assert (inter > 0).sum() >= 5, "the random model should predict many classes"
     iou = [inter[c] / union[c] for c in range(11) if union[c] > 0]
     acc = [inter[c] / lab_area[c] for c in range(11) if lab_area[c] > 0]
     assert got["images"] == 200 and got["task"] == "segmentation"

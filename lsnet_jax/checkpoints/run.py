@@ -90,7 +90,10 @@ def export_weights(workdir: str | os.PathLike, out: str | os.PathLike, ema: bool
     aug = run.get("config", {}).get("aug", {})
     meta = dict(model=run["model"], num_classes=run["num_classes"], img_size=run["img_size"],
                 source=f"{workdir} step {step}{' (best)' if best else ''}", ema=ema)
-    meta |= {k: aug[k] for k in ("mean", "std", "crop_pct") if k in aug}  # the eval transform it was trained for
+    # the eval transform it was trained for (segmentation: the test resize)
+    meta |= {k: aug[k] for k in ("mean", "std", "crop_pct", "test_scale", "size_divisor") if k in aug}
+    if run.get("task"):
+        meta["task"] = run["task"]
     if len(run.get("class_names") or ()) == run["num_classes"]:
         meta["class_names"] = run["class_names"]
     return save_weights(out, flat, meta)

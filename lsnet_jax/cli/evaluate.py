@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--task", choices=("classification", "segmentation"), default=None,
                     help="default: segmentation for *_semfpn weights, else classification")
-    ap.add_argument("--test-scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                    help="segmentation: the keep-ratio test resize (default: ADE20K's 2048 512)")
+    ap.add_argument("--test-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+                    help="segmentation: the keep-ratio test resize (default: the weights' own, else "
+                         "ADE20K's 2048 512)")
     args = ap.parse_args(argv)
     try:
         from lsnet_jax.checkpoints.weights import read_meta
@@ -158,7 +159,8 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
         print(f"error: {args.weights} segments {classes} classes but {data} has {info.num_classes}",
               file=sys.stderr)
         return 2
-    transform = SegTestTransform(tuple(args.test_scale), 32, source.REDUCE_ZERO_LABEL[data])
+    scale = tuple(args.test_scale or spec.meta.get("test_scale") or (2048, 512))
+    transform = SegTestTransform(scale, int(spec.meta.get("size_divisor", 32)), source.REDUCE_ZERO_LABEL[data])
     t0 = time.time()
     r = evaluate_segmenter(logits_fn(model, spec.mean, spec.std), pipeline.seg_eval_samples(src, transform),
                            classes, info.class_names, progress_every=100)
@@ -169,7 +171,7 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
         acc = "  n/a" if v["Acc"] is None else f"{v['Acc']:6.2f}"
         print(f"  {n:24s} IoU {iou}  Acc {acc}")
     summary = {"model": spec.name, "weights": str(args.weights), "task": "segmentation", "data": data,
-               "split": args.split, "deploy": args.deploy, "seconds": round(time.time() - t0, 1),
+               "split": args.split, "test_scale": scale, "deploy": args.deploy, "seconds": round(time.time() - t0, 1),
                "images": info.num_examples - r["skipped"]} | r
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default="predictions", help="segmentation: where the label PNGs go")
     ap.add_argument("--overlay", type=float, default=0.0,
                     help="segmentation: also write the labels over the image with this opacity (0-1)")
-    ap.add_argument("--test-scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                    help="segmentation: the keep-ratio test resize (default: ADE20K's 2048 512)")
+    ap.add_argument("--test-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+                    help="segmentation: the keep-ratio test resize (default: the weights' own, else "
+                         "ADE20K's 2048 512)")
     args = ap.parse_args(argv)
 
     from lsnet_jax.data.transforms import EvalTransform
@@ -106,7 +107,9 @@ def segment_files(args: argparse.Namespace, spec) -> int:
         return 2
     classes = model.cfg.num_classes
     names = spec.meta.get("class_names") or (ADE20K_CLASSES if classes == 150 else [f"class {i}" for i in range(classes)])
-    fn, transform = logits_fn(model, spec.mean, spec.std), SegTestTransform(tuple(args.test_scale))
+    scale = tuple(args.test_scale or spec.meta.get("test_scale") or (2048, 512))
+    fn = logits_fn(model, spec.mean, spec.std)
+    transform = SegTestTransform(scale, int(spec.meta.get("size_divisor", 32)))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, failed = [], []

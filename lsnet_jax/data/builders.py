@@ -147,14 +147,14 @@ SEG_DIGITS_CLASSES = ("background",) + tuple(str(i) for i in range(10))
 
 def seg_digits_scene(glyphs: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
                      size: int = SEG_DIGITS_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """One ``size`` x ``size`` scene: a textured background (a smooth colour field and noise) with
-    1-3 scikit-learn digits pasted at random sizes (a third to three quarters of the scene), places
-    and colours, their strokes thickened (a max filter of 1/8 of the digit's size) so that a stroke
+    """One ``size`` x ``size`` scene: a dark textured background (a smooth colour field and noise)
+    with 1-3 scikit-learn digits pasted in bright random colours at random sizes (a third to three
+    quarters of the scene) and places, their strokes thickened (a max filter of 1/8 of the digit's size) so that a stroke
     spans a cell or more of the segmenter's 1/8 output; each pixel's label is its digit + 1 where
     the digit's ink covers it more than half, else 0 (background). A later digit covers earlier ones."""
     from PIL import ImageFilter
 
-    coarse = rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8)
+    coarse = rng.uniform(0, 110, (4, 4, 3)).astype(np.uint8)
     bg = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float32)
     img = np.clip(bg + rng.normal(0, 8, bg.shape), 0, 255)
     label = np.zeros((size, size), np.uint8)
@@ -165,9 +165,7 @@ def seg_digits_scene(glyphs: np.ndarray, labels: np.ndarray, rng: np.random.Gene
         ink = ink.filter(ImageFilter.MaxFilter(2 * (s // 16) + 1))
         alpha = np.clip(np.asarray(ink, np.float32)[..., None] / 128.0, 0.0, 1.0)  # solid strokes
         y, x = (int(v) for v in rng.integers(0, size - s + 1, 2))
-        colour = rng.uniform(0, 255, 3)
-        if np.abs(colour - bg[y:y + s, x:x + s].mean((0, 1))).max() < 80:  # keep the digit visible
-            colour = 255.0 - colour
+        colour = rng.uniform(170, 255, 3)
         img[y:y + s, x:x + s] = img[y:y + s, x:x + s] * (1 - alpha) + colour * alpha
         label[y:y + s, x:x + s][alpha[..., 0] > 0.5] = labels[k] + 1
     return np.round(img).astype(np.uint8), label

@@ -8,13 +8,14 @@ Ordered as timm's model files: stage -> model -> variant table -> default config
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from lsnet_jax import kernels
-from lsnet_jax.models.layers import Block, BNLinear, ConvBN
 from lsnet_jax.kernels.resize import resize_bicubic_2d
+from lsnet_jax.models.layers import Block, BNLinear, ConvBN
 
 Array = jax.Array
 

@@ -121,6 +121,9 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, num_cla
     Call ``model.train()`` before training.
     """
     family = _family(name)
+    if pretrained is not None and config.get("backbone_pretrained") is not None:
+        raise ValueError("pretrained= loads a whole segmenter, backbone_pretrained= only its backbone from a "
+                         "classifier: give one of them")
     flat, meta = (None, {}) if pretrained is None else load_weights(pretrained)
     if meta.get("model") and meta["model"] != name:
         hint = (f"; to start {name}'s backbone from a classifier, pass backbone_pretrained={str(pretrained)!r}"
