@@ -39,31 +39,35 @@ def converted(tmp_path_factory):
     return tm, d
 
 
-@pytest.mark.parametrize("size", [(512, 512), (512, 640)])
-def test_logits_match_pytorch(converted, size):
-    """Random weights and BatchNorm statistics, logits of order 10; the 512x640 input has a 10x8
-    last grid, the 512x512 one 8x8: both resize the 196x196 bias tables."""
+def test_logits_match_pytorch_at_512(converted):
+    """Random weights and BatchNorm statistics, logits of order 10: the 8x8 last grid resizes the
+    196x196 bias tables down."""
     tm, d = converted
-    x = diverse_images(1, size[0], seed=9, width=size[1])
+    x = diverse_images(1, 512, seed=9)
     with torch.inference_mode():
         ref = tm(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
-    assert ref.shape == (1, size[0] // 8, size[1] // 8, 150)
+    assert ref.shape == (1, 64, 64, 150)
     assert 3 < ref.std() < 30, "logits should be of order 10"
-    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
-    got = np.asarray(compiled(create_model(NAME, pretrained=d / "jax"))(xj))
-    folded = np.asarray(compiled(create_model(NAME, pretrained=d / "jax", deploy=True))(xj))
-    err, ferr = np.abs(got - ref).max() / ref.std(), np.abs(folded - ref).max() / ref.std()
-    print(f"{size}: |JAX - PyTorch| = {err:.2e} std, folded {ferr:.2e} std")
-    assert got.dtype == np.float32
-    assert err < 1e-4 and ferr < 1e-4
+    got = np.asarray(compiled(create_model(NAME, pretrained=d / "jax"))(jnp.asarray(x.transpose(0, 2, 3, 1))))
+    err = np.abs(got - ref).max() / ref.std()
+    print(f"512x512: |JAX - PyTorch| = {err:.2e} std")
+    assert got.dtype == np.float32 and err < 1e-4
 
 
-def test_convert_check_and_round_trip(converted, tmp_path, capsys):
-    """--check runs the comparison; JAX -> official (MMSegmentation's wrapping) -> JAX is exact and
-    gives the reference's own keys."""
+def test_convert_check_at_512x640_and_round_trip(converted, tmp_path, capsys):
+    """``--check`` (a non-square 512x640 input: a 10x8 last grid) compares the converted model,
+    folded and not, with the reference; JAX -> official (MMSegmentation's wrapping) -> JAX is
+    exact and gives the reference's own keys."""
+    import re
+
     tm, d = converted
     assert convert_torch.main([str(d / f"{NAME}.pth"), str(tmp_path / "c"), "--check"]) == 0
-    assert "largest |JAX - PyTorch|" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    print(out)
+    std = float(re.search(r"logit std ([0-9.e+-]+)", out).group(1))
+    errs = [float(v) for v in re.findall(r"\(([0-9.e+-]+) std\)", out)]
+    assert 3 < std < 30 and len(errs) == 2  # unfolded, folded: in units of the logits' std
+    assert max(errs) < 1e-4
     assert convert_torch.main(["--to-torch", str(d / "jax"), str(tmp_path / "back.pth")]) == 0
     obj = torch.load(tmp_path / "back.pth", weights_only=True)
     assert set(obj) == {"state_dict", "meta"} and len(obj["meta"]["CLASSES"]) == 150
@@ -140,7 +144,8 @@ def test_backbone_from_classifier_equals_official_init_weights(tmp_path):
     for k, v in seg.backbone.state_dict().items():
         if k.endswith(("num_batches_tracked", "attention_bias_idxs")):
             continue
-        assert np.abs(ours["backbone." + k] - v.numpy()).max() < 1e-6, k
+        # float32 rounding apart: torch sums the 16 bicubic taps in float32, we in float64
+        assert np.abs(ours["backbone." + k] - v.numpy()).max() < 1e-5, k
     with pytest.raises(ValueError, match="backbone_pretrained"):
         create_model(NAME, pretrained=tmp_path / "cls")
 

@@ -11,6 +11,7 @@ block is entry ``2k``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -59,8 +60,10 @@ def is_segmentation(state_dict: Mapping[str, np.ndarray]) -> bool:
     return any(k.startswith("decode_head.") for k in state_dict)
 
 
+@functools.lru_cache(maxsize=16)
 def expected_jax_shapes(name: str, num_classes: int = 150) -> dict[JaxPath, tuple]:
-    """Leaf shapes of the training-form segmenter, without initialising it."""
+    """Leaf shapes of the training-form segmenter, without initialising it (cached: detection
+    tries every variant). Do not modify the returned dict."""
     cfg = semfpn_config(name, num_classes)
     return state_shapes(nnx.eval_shape(lambda: SemanticFPN(cfg, rngs=nnx.Rngs(0))))
 
