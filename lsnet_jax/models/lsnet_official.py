@@ -127,12 +127,21 @@ def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int, int]
     # the most common table size (one damaged table must not decide the input size)
     res = int(round(max(set(sizes), key=sizes.count) ** 0.5)) if sizes else 4
     img_size = 224 if res == 4 else res * 64  # the last grid is ceil(img / 64)
+    names = [base + ("_distill" if distill else "") for base in VARIANTS]
+    name = first_fit(state_dict, names, lambda n: expected_jax_shapes(n, num_classes, img_size), torch_key,
+                     "No LSNet variant fits these keys", "Is this an LSNet checkpoint? ")
+    return name, num_classes, img_size
+
+
+def first_fit(state_dict: Mapping[str, np.ndarray], names: list[str], shapes: Callable[[str], dict],
+              key_fn: Callable[[JaxPath], str], nothing: str, ask: str = "") -> str:
+    """The first of ``names`` whose leaves (``shapes(name)``) the state dict fits exactly; else a
+    ``CheckpointMismatchError`` listing the differences to the closest one."""
     best = None
-    for base in VARIANTS:
-        name = base + ("_distill" if distill else "")
+    for name in names:
         try:
-            torch_to_jax(state_dict, expected_jax_shapes(name, num_classes, img_size), what=name)
-            return name, num_classes, img_size
+            torch_to_jax(state_dict, shapes(name), what=name, key_fn=key_fn)
+            return name
         except CheckpointMismatchError as e:
             score = len(e.missing) + len(e.unexpected) + len(e.mismatched)
             if best is None or score < best[0]:
@@ -140,5 +149,5 @@ def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int, int]
     _, name, e = best
     raise CheckpointMismatchError(
         "checkpoint", e.missing, e.unexpected, e.mismatched,
-        hint=f"No LSNet variant fits these keys; the closest is {name!r} (differences above). "
-             "Is this an LSNet checkpoint? Pass --model to compare against a specific variant.")
+        hint=f"{nothing}; the closest is {name!r} (differences above). {ask}Pass --model to compare "
+             "against a specific variant.")

@@ -14,13 +14,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
 from lsnet_jax.models import lsnet_official
 from lsnet_jax.models.lsnet_official import LEAF_TO_TORCH
-from lsnet_jax.kernels.resize import bicubic_matrix
+from lsnet_jax.models.lsnet import resize_attention_biases
 from lsnet_jax.models.semfpn import BIAS_RESOLUTION, VARIANTS, SemanticFPN, semfpn_config
 
 Flat = dict[JaxPath, np.ndarray]
@@ -74,20 +75,9 @@ def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int]:
         raise CheckpointMismatchError("checkpoint", ["decode_head.conv_seg.weight"], [], [],
                                       hint="A segmentation checkpoint has a decode_head.conv_seg classifier.")
     num_classes = int(np.shape(state_dict["decode_head.conv_seg.weight"])[0])
-    best = None
-    for name in VARIANTS:
-        try:
-            torch_to_jax(state_dict, expected_jax_shapes(name, num_classes), what=name)
-            return name, num_classes
-        except CheckpointMismatchError as e:
-            score = len(e.missing) + len(e.unexpected) + len(e.mismatched)
-            if best is None or score < best[0]:
-                best = (score, name, e)
-    _, name, e = best
-    raise CheckpointMismatchError(
-        "checkpoint", e.missing, e.unexpected, e.mismatched,
-        hint=f"No LSNet Semantic FPN fits these keys; the closest is {name!r} (differences above). "
-             "Pass --model to compare against a specific variant.")
+    name = lsnet_official.first_fit(state_dict, list(VARIANTS), lambda n: expected_jax_shapes(n, num_classes),
+                                    torch_key, "No LSNet Semantic FPN fits these keys")
+    return name, num_classes
 
 
 def resize_classifier_biases(table: np.ndarray, resolution: int = BIAS_RESOLUTION) -> np.ndarray:
@@ -95,15 +85,7 @@ def resize_classifier_biases(table: np.ndarray, resolution: int = BIAS_RESOLUTIO
     ``F.interpolate(t.view(1, heads, 4, 4), size=(14, 14), mode='bicubic')`` -> ``(heads, 196)``.
     A classifier trained at another size has an r x r table (r = ceil(img / 64)); it is resized
     from its own grid the same way (the official code knows only 224-pixel classifiers)."""
-    heads, n = table.shape
-    r = int(round(n ** 0.5))
-    if r * r != n:
-        raise ValueError(f"attention bias table of {n} entries is not a square grid")
-    if r == resolution:
-        return table
-    m = bicubic_matrix(r, resolution)
-    grid = np.einsum("yi,hij,xj->hyx", m, table.reshape(heads, r, r).astype(np.float64), m)
-    return grid.reshape(heads, resolution * resolution).astype(np.float32)
+    return np.asarray(resize_attention_biases(jnp.asarray(table, jnp.float32), resolution))
 
 
 def backbone_from_classifier(flat: Mapping[JaxPath, np.ndarray]) -> Flat:
