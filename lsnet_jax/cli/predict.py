@@ -120,7 +120,7 @@ def segment_files(args: argparse.Namespace, spec) -> int:
             failed.append(f)
             print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)
             continue
-        labels, _ = predict_labels(fn, image, transform)
+        labels = predict_labels(fn, image, transform)
         colours = colorize(labels, classes)
         stem = Path(f).stem
         Image.fromarray(colours).save(out / f"{stem}.png")

@@ -69,11 +69,8 @@ def logits_fn(model: nnx.Module, mean: tuple[float, ...], std: tuple[float, ...]
     return lambda image: fn(params, rest, image)
 
 
-def predict_labels(fn, image: np.ndarray, test_transform) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (H, W) int32 at ``image``'s own size, the probabilities' max (H, W)) of one RGB
-    uint8 image, through the official test resize (``test_transform.image``)."""
+def predict_labels(fn, image: np.ndarray, test_transform) -> np.ndarray:
+    """Labels ``(H, W)`` int32 at ``image``'s own size of one RGB uint8 image, through the official
+    test resize (``test_transform.image``)."""
     logits = np.asarray(fn(test_transform.image(image)[None]))[0]
-    logits = resize_logits_np(logits, image.shape[:2])
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    prob = e / e.sum(-1, keepdims=True)
-    return np.argmax(logits, -1).astype(np.int32), prob.max(-1)
+    return np.argmax(resize_logits_np(logits, image.shape[:2]), -1).astype(np.int32)

@@ -39,6 +39,7 @@ class SemFPNConfig:
     dropout: float = 0.1  # Dropout2d before conv_seg
     feature_strides: tuple[int, int, int, int] = (4, 8, 16, 32)  # FPNHead's; only the ratios matter
     bn_momentum: float = 0.1  # the head's (Sync)BatchNorms
+    freeze_backbone_bn: bool = True  # the official backbone keeps every BatchNorm in eval mode
 
 
 def _host_rng(key: Array) -> np.random.Generator:
@@ -147,7 +148,7 @@ class SemanticFPN(nnx.Module):
         self.impl = self.backbone.impl
         for _, m in nnx.iter_modules(self.backbone):
             if isinstance(m, BatchNorm):
-                m.frozen = True
+                m.frozen = cfg.freeze_backbone_bn
         self.neck = LSNetFPN(cfg.backbone.embed_dim, cfg.neck_channels, impl=self.impl, rngs=rngs)
         self.decode_head = FPNHead(cfg, deploy=deploy, impl=self.impl, rngs=rngs)
 
@@ -195,9 +196,7 @@ def semfpn_config(name: str, num_classes: int = 150, **overrides) -> SemFPNConfi
     if name not in VARIANTS:
         raise ValueError(f"unknown segmenter {name!r}; available: {sorted(VARIANTS)}")
     own = {f.name for f in dataclasses.fields(SemFPNConfig)} - {"backbone", "num_classes"}
-    head = {k: v for k, v in overrides.items() if k in own}
-    if "bn_momentum" in overrides:
-        head["bn_momentum"] = overrides["bn_momentum"]
+    head = {k: v for k, v in overrides.items() if k in own}  # bn_momentum: the head's and the backbone's
     backbone_kw = {k: v for k, v in overrides.items() if k not in own or k == "bn_momentum"}
     backbone_kw.pop("bn_group_size", None)  # frozen backbone BatchNorms have no batch statistics
     backbone = model_config(VARIANTS[name], num_classes=0, attn_resolution=BIAS_RESOLUTION, **backbone_kw)

@@ -71,13 +71,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Modu
         kw["backbone_pretrained"] = config.backbone_weights
     model = create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
                          dtype=DTYPES[config.dtype], seed=config.seed, impl=config.impl,
-                         bn_momentum=config.bn_momentum, **kw)
-    if not config.freeze_backbone_bn:
-        from lsnet_jax.models.layers import BatchNorm
-
-        for _, m in nnx.iter_modules(model.backbone):
-            if isinstance(m, BatchNorm):
-                m.frozen = False
+                         bn_momentum=config.bn_momentum, freeze_backbone_bn=config.freeze_backbone_bn, **kw)
     return model
 
 
