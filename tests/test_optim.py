@@ -49,6 +49,26 @@ def test_lr_schedule_at_known_steps():
         assert float(sched(t)) == pytest.approx(ref, rel=2e-5), t
 
 
+def test_official_schedule_equals_the_official_log():
+    """The 300 train_lr values the official LSNet-T run logged (copied from the official
+    repository's logs/lsnet_t.log into tests/data): per epoch, the scheduler stepped after each epoch."""
+    logged = np.asarray(json.loads((DATA / "lsnet_t_train_lr.json").read_text())["train_lr"])
+    ours = optim.official_epoch_lrs(optim.scaled_lr(1e-3, 2048), 300, 5, 1e-6, 1e-5)
+    assert ours.shape == logged.shape == (300,)
+    np.testing.assert_allclose(ours, logged, rtol=1e-9, atol=0)
+    assert logged[0] == logged[1] == pytest.approx(1e-6) and logged[2] == pytest.approx(8.008e-4)
+    # the per-step function trains every step of epoch e at that epoch's value (float32)
+    spe = 7
+    sched = optim.epoch_lr_schedule(4e-3, spe, 300, 5, 1e-6, 1e-5)
+    steps = np.arange(0, 300 * spe + 3 * spe)
+    got = np.asarray(jax.jit(sched)(steps))
+    want = np.append(logged, [1e-5] * 3)[steps // spe]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # the per-step cosine without the lag is the option that differs: epoch 0 averages ~4e-4
+    per_step = optim.lr_schedule(4e-3, spe, 300)
+    assert float(np.mean(np.asarray(per_step(np.arange(spe))))) > 300 * logged[0]
+
+
 @pytest.fixture(scope="module")
 def lsnet_t_params():
     model = nnx.eval_shape(lambda: LSNet(model_config("lsnet_t"), rngs=nnx.Rngs(0)))

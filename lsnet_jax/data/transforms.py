@@ -333,7 +333,7 @@ class TrainTransform:
     hflip: float = 0.5
     randaugment: str | None = "rand-m9-mstd0.5-inc1"
     reprob: float = 0.25
-    fast_decode: bool = True
+    fast_decode: bool = False
     translate_pct: float = 0.45
     erase_area: Sequence[float] = (0.02, 1 / 3)
     erase_min_aspect: float = 0.3

@@ -55,6 +55,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ConfigError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
     if config.impl not in kernels.IMPLS:
         raise ConfigError(f"config.impl={config.impl!r}; use one of {kernels.IMPLS}")
+    if config.get("lr_schedule", "official") not in optim.SCHEDULES:
+        raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}; use one of {optim.SCHEDULES}")
     if config.img_size % 8:
         raise ConfigError(f"config.img_size={config.img_size} must be a multiple of 8")
     kind = config.distillation.type

@@ -1,7 +1,13 @@
 """The published optimisation, as pure functions over pure-dict parameter trees.
 
-- ``lr_schedule``: timm's ``CosineLRScheduler`` (warm-up from ``warmup_lr``, no warm-up prefix,
-  cosine to ``min_lr`` over ``epochs``, then ``min_lr``), evaluated per step.
+- ``timm_cosine``: timm's ``CosineLRScheduler`` (warm-up from ``warmup_lr``, no warm-up prefix,
+  cosine to ``min_lr`` over ``epochs``, then ``min_lr``) at a (possibly fractional) epoch, in float64.
+- ``epoch_lr_schedule`` ("official"): what the official loop trains with. It steps timm's
+  scheduler once per epoch, after the epoch (``lr_scheduler.step(epoch)``), so epoch 0 trains at
+  ``warmup_lr`` and epoch e >= 1 at ``timm_cosine(e - 1)``: 1e-6 for epochs 0 and 1, 8.008e-4 for
+  epoch 2 ... (the ``train_lr`` column of the official logs).
+- ``lr_schedule`` ("per_step"): the same cosine evaluated per step, without the lag: smoother, and
+  the warm-up starts at once (epoch 0 averages ~4e-4 instead of 1e-6); not what the official ran.
 - ``decay_mask``: no weight decay on 1-D tensors (biases, norm weights) nor on attention biases.
 - ``adaptive_grad_clip``: timm's AGC. Per output unit (dim 0 of the PyTorch tensor: the last axis of
   our HWIO / (in, out) kernels, the head axis of a bias table) the gradient's norm is capped at
@@ -13,10 +19,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Params = Any
@@ -25,6 +33,43 @@ Params = Any
 def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 512) -> float:
     """Linear scaling rule of the recipe: lr = base_lr * batch / 512."""
     return base_lr * global_batch / reference_batch
+
+
+def timm_cosine(t: float, peak_lr: float, epochs: int, warmup_epochs: float = 5, warmup_lr: float = 1e-6,
+                min_lr: float = 1e-5) -> float:
+    """timm 0.5.4's ``CosineLRScheduler(t_initial=epochs, lr_min=min_lr, warmup_t=warmup_epochs,
+    warmup_lr_init=warmup_lr, cycle_limit=1)`` at epoch ``t``, in float64."""
+    if t < warmup_epochs:
+        return warmup_lr + t * (peak_lr - warmup_lr) / warmup_epochs
+    if t >= epochs:
+        return min_lr
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * t / epochs))
+
+
+def official_epoch_lrs(peak_lr: float, epochs: int, warmup_epochs: float = 5, warmup_lr: float = 1e-6,
+                       min_lr: float = 1e-5) -> np.ndarray:
+    """The lr of each epoch of the official run (float64): the scheduler starts at ``warmup_lr``
+    and is stepped after each epoch, so epoch e trains at ``timm_cosine(e - 1)``."""
+    lrs = [warmup_lr if warmup_epochs else timm_cosine(0, peak_lr, epochs, warmup_epochs, warmup_lr, min_lr)]
+    lrs += [timm_cosine(e - 1, peak_lr, epochs, warmup_epochs, warmup_lr, min_lr) for e in range(1, epochs)]
+    return np.asarray(lrs, np.float64)
+
+
+def epoch_lr_schedule(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float = 5,
+                      warmup_lr: float = 1e-6, min_lr: float = 1e-5) -> Callable[[jax.Array], jax.Array]:
+    """lr at a (0-based) step under the official per-epoch schedule (``official_epoch_lrs``): one
+    value per epoch, looked up by ``step // steps_per_epoch``; ``min_lr`` after the last epoch."""
+    table = np.append(official_epoch_lrs(peak_lr, epochs, warmup_epochs, warmup_lr, min_lr), min_lr)
+    table = jnp.asarray(table, jnp.float32)
+
+    def schedule(step):
+        epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
+        return table[jnp.clip(epoch, 0, epochs)]
+
+    return schedule
+
+
+SCHEDULES = ("official", "per_step")
 
 
 def lr_schedule(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float = 5,
@@ -98,8 +143,10 @@ def ema_update(ema: Params, new: Params, decay: float) -> Params:
 def from_config(config, steps_per_epoch: int) -> tuple[Callable, optax.GradientTransformation]:
     """The schedule and the optimizer of a run config (``lsnet_jax.train.config``)."""
     c = config
-    schedule = lr_schedule(scaled_lr(c.lr, c.batch_size), steps_per_epoch, c.epochs, c.warmup_epochs,
-                           c.warmup_lr, c.min_lr)
+    if c.lr_schedule not in SCHEDULES:
+        raise ValueError(f"config.lr_schedule must be one of {SCHEDULES}, got {c.lr_schedule!r}")
+    make = epoch_lr_schedule if c.lr_schedule == "official" else lr_schedule
+    schedule = make(scaled_lr(c.lr, c.batch_size), steps_per_epoch, c.epochs, c.warmup_epochs, c.warmup_lr, c.min_lr)
     tx = make_optimizer(schedule, c.weight_decay, c.opt_betas[0], c.opt_betas[1], c.opt_eps,
                         c.clip_grad or None, c.clip_eps)
     return schedule, tx
