@@ -2,7 +2,11 @@
 
     python train.py --config configs/lsnet_b.py --workdir runs/lsnet_b
     python train.py --config configs/lsnet_b.py:distill --workdir runs/lsnet_b_distill \\
-        --config.distillation.teacher_model=NAME --config.distillation.teacher_checkpoint=WEIGHTS
+        --config.distillation.teacher_checkpoint=weights/regnety_160
+    # (weights/regnety_160: lsnet-convert regnety_160-a5fe301d.pth weights/regnety_160, DeiT's teacher)
+
+The lr schedule is the official per-epoch one (config.lr_schedule="official": stepped after each
+epoch, so epochs 0 and 1 train at 1e-6, as the official logs); "per_step" is the smoother option.
 """
 
 from lsnet_jax.train.config import variant_config

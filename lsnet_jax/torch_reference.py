@@ -336,3 +336,38 @@ def create_torch_segmenter(name: str, num_classes: int = 150) -> SemanticFPN:
         raise ValueError(f"unknown segmenter {name!r}")
     e, d = _VARIANTS[base]
     return SemanticFPN(e, d, num_classes).eval()
+
+
+def import_timm():
+    """``import timm`` (the test extra pins 0.5.4, the recipe's version), beside the CPU build of
+    torch. timm imports torchvision, whose PyPI wheel is built for CUDA: beside a CPU torch its
+    compiled operators (``torchvision::nms`` ...) do not load and its import fails while
+    registering their meta kernels. Only torchvision's Python transforms are used (timm's
+    transforms, RandomResizedCrop), so those registrations are skipped during the import; any
+    use of torchvision's compiled operators would still fail loudly."""
+    import sys
+
+    if "timm" in sys.modules:
+        return sys.modules["timm"]
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        register_fake = torch.library.register_fake
+
+        def skip_torchvision_ops(op, func=None, *args, **kwargs):
+            if isinstance(op, str) and op.startswith("torchvision::"):
+                return (lambda f: f) if func is None else func
+            return register_fake(op, func, *args, **kwargs)
+
+        torch.library.register_fake = skip_torchvision_ops
+        try:
+            import torchvision  # noqa: F401, F811
+        finally:
+            torch.library.register_fake = register_fake
+    import timm
+
+    return timm

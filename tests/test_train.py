@@ -133,6 +133,27 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, tmp_path)
     assert ev["images"] == 359 and ev["top1"] == pytest.approx(log[0]["test_acc1"], abs=1e-6)
 
 
+def test_distillation_from_a_regnet_teacher(data_dir, tmp_path):
+    """Hard distillation on the digits with a small RegNetY (regnety_002, the published teacher's
+    design space) as the teacher, through the real loop; a teacher of other classes is refused."""
+    from lsnet_jax.checkpoints.state import flat_state
+    from lsnet_jax.checkpoints.weights import save_weights
+    from lsnet_jax.models.registry import create_model
+    from lsnet_jax.train.loop import build_teacher
+
+    for classes in (10, 1000):
+        teacher = create_model("regnety_002", num_classes=classes, seed=3)
+        save_weights(tmp_path / f"teacher{classes}", flat_state(teacher), dict(model="regnety_002", num_classes=classes))
+    hard = {"distillation.type": "hard", "distillation.teacher_model": "regnety_002"}
+    with pytest.raises(ConfigError, match="predicts 1000 classes, the dataset has 10"):
+        build_teacher(digits_config(data_dir, **hard, **{"distillation.teacher_checkpoint": str(tmp_path / "teacher1000")}), 10)
+    cfg = digits_config(data_dir, model="lsnet_t_distill", **SMALL, **hard,
+                        **{"distillation.teacher_checkpoint": str(tmp_path / "teacher10")})
+    train_and_evaluate(cfg, tmp_path / "w", devices=jax.devices()[:1])
+    losses = _losses(tmp_path / "w")
+    assert sorted(losses) == [1, 2, 3] and all(np.isfinite(v) and v > 0 for v in losses.values())
+
+
 def test_bad_configs_stop_at_start(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
         validate_config(digits_config(data_dir, batch_size=12), 8)

@@ -9,7 +9,10 @@
 The variant, its distillation head, the number of classes and the input size are read from the
 keys and shapes (or given with --model). MMSegmentation checkpoints of the LSNet Semantic FPN
 segmenters (``{'meta', 'state_dict': {backbone.*, neck.*, decode_head.*}}``, e.g.
-``lsnet_t_semfpn.pth``) are recognised by their keys and converted to ``lsnet_{t,s,b}_semfpn``. Writes OUT/orbax, OUT/model.safetensors and
+``lsnet_t_semfpn.pth``) are recognised by their keys and converted to ``lsnet_{t,s,b}_semfpn``;
+timm / DeiT RegNet checkpoints (DeiT's distillation teacher ``regnety_160-a5fe301d.pth``, timm's
+``regnety_160.deit_in1k``) to ``regnet{x,y}_*`` (``--check`` compares with timm's own model: the
+test extra). Writes OUT/orbax, OUT/model.safetensors and
 OUT/config.json; ``lsnet_jax.create_model(name, pretrained=OUT)`` loads them. ``--check`` rebuilds
 the model in PyTorch (lsnet_jax.torch_reference) from the same checkpoint and prints the largest
 logit difference on random inputs. Needs the ``[torch]`` extra for .pth files and --check.
@@ -27,12 +30,14 @@ import numpy as np
 def to_jax(args: argparse.Namespace) -> None:
     from lsnet_jax.checkpoints.torch_io import read_checkpoint
     from lsnet_jax.checkpoints.weights import save_weights
-    from lsnet_jax.models import semfpn_official
+    from lsnet_jax.models import regnet_official, semfpn_official
     from lsnet_jax.models.lsnet_official import detect_variant, expected_jax_shapes, torch_to_jax
 
     sd = read_checkpoint(Path(args.ckpt), args.ema, args.trust_pickle)
     if semfpn_official.is_segmentation(sd) or (args.model or "").endswith("_semfpn"):
         return segmenter_to_jax(sd, args)
+    if regnet_official.is_regnet(sd) or (args.model or "").startswith("regnet"):
+        return regnet_to_jax(sd, args)
     if args.model:
         num_classes = int(sd["head.l.weight"].shape[0]) if "head.l.weight" in sd else 1000
         img_size = args.img_size
@@ -65,6 +70,53 @@ def segmenter_to_jax(sd: dict[str, np.ndarray], args: argparse.Namespace) -> Non
     print(f"{args.ckpt}: {name} (Semantic FPN), {num_classes} classes -> {out}")
     if args.check:
         check_segmenter(sd, name, num_classes, out)
+
+
+def regnet_to_jax(sd: dict[str, np.ndarray], args: argparse.Namespace) -> None:
+    from lsnet_jax.checkpoints.weights import save_weights
+    from lsnet_jax.models import regnet_official
+
+    if args.model:
+        name = args.model
+        num_classes = int(np.shape(sd["head.fc.weight"])[0]) if "head.fc.weight" in sd else 1000
+    else:
+        name, num_classes = regnet_official.detect_variant(sd)
+    flat = regnet_official.torch_to_jax(sd, name, num_classes, what=args.ckpt)
+    out = save_weights(args.out, flat, dict(model=name, num_classes=num_classes, img_size=224,
+                                             source=str(Path(args.ckpt).name), ema=bool(args.ema)))
+    print(f"{args.ckpt}: {name} (RegNet), {num_classes} classes -> {out}")
+    if args.check:
+        check_regnet(sd, name, num_classes, out)
+
+
+def check_regnet(sd: dict[str, np.ndarray], name: str, num_classes: int, out: Path, batch: int = 2,
+                 size: int = 224, seed: int = 0) -> dict[str, float]:
+    """Largest |logit difference| between timm's own RegNet and the converted one."""
+    import jax.numpy as jnp
+    import torch
+
+    from lsnet_jax.models.registry import compiled, create_model
+    from lsnet_jax.testing import diverse_images
+    from lsnet_jax.torch_reference import import_timm
+
+    try:
+        timm = import_timm()
+    except ImportError as e:
+        raise ValueError(f"--check of a RegNet compares with timm's model: pip install -e '.[torch,test]' ({e})")
+    tm = timm.create_model(name, num_classes=num_classes).eval()
+    tm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
+    x = diverse_images(batch, size, seed)
+    with torch.inference_mode():
+        ref = tm(torch.from_numpy(x)).numpy()
+    res = {}
+    for deploy in (False, True):
+        jm = create_model(name, pretrained=out, deploy=deploy)
+        res["folded" if deploy else "unfolded"] = float(np.abs(np.asarray(compiled(jm)(jnp.asarray(x.transpose(0, 2, 3, 1)))) - ref).max())
+    scale = float(ref.std())
+    print(f"check against timm {timm.__version__} on {batch} random images (seed {seed}): logit std {scale:.4g}; "
+          f"largest |JAX - timm| {res['unfolded']:.3g} ({res['unfolded'] / scale:.2g} std), folded "
+          f"{res['folded']:.3g} ({res['folded'] / scale:.2g} std)")
+    return res
 
 
 def check_segmenter(sd: dict[str, np.ndarray], name: str, num_classes: int, out: Path,
@@ -130,6 +182,12 @@ def to_torch(args: argparse.Namespace) -> None:
     from lsnet_jax.models.lsnet_official import jax_to_torch
 
     flat, meta = load_weights(args.ckpt)
+    if str(meta.get("model", "")).startswith("regnet") or any(p[:2] == ("stem", "c") for p in flat):
+        from lsnet_jax.models import regnet_official
+
+        out = write_state_dict(regnet_official.jax_to_torch(flat), args.out, wrap="model")
+        print(f"{args.ckpt} ({meta.get('model', 'RegNet')}) -> {out} (timm / DeiT layout)")
+        return
     if meta.get("task") == "segmentation" or any(p[0] == "decode_head" for p in flat):
         from lsnet_jax.data.segmentation import ADE20K_CLASSES
 

@@ -38,10 +38,11 @@ def depthwise_conv(x: Array, kernel: Array, stride: int = 1, bias: Array | None 
     return y if bias is None else y + bias
 
 
-def conv2d(x: Array, kernel: Array, stride: int, pad: int, bias: Array | None = None) -> Array:
-    """Dense convolution (the stem), HWIO kernel, symmetric zero padding ``pad``."""
+def conv2d(x: Array, kernel: Array, stride: int, pad: int, bias: Array | None = None, groups: int = 1) -> Array:
+    """Dense (or ``groups``-grouped) convolution, HWIO kernel ``(k, k, Cin / groups, Cout)``,
+    symmetric zero padding ``pad``."""
     y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), [(pad, pad), (pad, pad)],
-                                 dimension_numbers=_NHWC)
+                                 dimension_numbers=_NHWC, feature_group_count=groups)
     return y if bias is None else y + bias
 
 

@@ -52,14 +52,16 @@ class Conv(nnx.Module):
     """2-D convolution, HWIO kernel, PyTorch padding semantics, initialised as PyTorch does.
 
     The kernel is picked from the shape: depthwise (``groups == cin == cout``), 1x1 (a matrix
-    product) or dense, each from the implementation ``impl`` (``lsnet_jax.kernels``).
+    product), dense or grouped (``cin`` and ``cout`` multiples of ``groups``: RegNet), each from
+    the implementation ``impl`` (``lsnet_jax.kernels``).
     """
 
     def __init__(self, cin: int, cout: int, kernel_size: int = 1, stride: int = 1, pad: int = 0,
                  groups: int = 1, use_bias: bool = False, *, impl: str = "auto", rngs: nnx.Rngs):
-        if groups != 1 and not groups == cin == cout:
-            raise ValueError(f"Conv supports dense or depthwise convolutions, got groups={groups} for {cin}->{cout}")
-        self.depthwise = groups == cin and groups > 1
+        if groups < 1 or cin % groups or cout % groups:
+            raise ValueError(f"groups={groups} must divide both channel counts ({cin}->{cout})")
+        self.depthwise = groups == cin == cout and groups > 1
+        self.groups = groups
         if self.depthwise and pad != kernel_size // 2:
             raise ValueError("depthwise convolutions use padding kernel_size // 2")
         self.stride, self.pad = stride, pad
@@ -75,6 +77,8 @@ class Conv(nnx.Module):
         ops = kernels.get(self.impl)
         if self.depthwise:
             return ops.depthwise_conv(x, k, self.stride, b)
+        if self.groups > 1:
+            return ops.conv2d(x, k, self.stride, self.pad, b, self.groups)
         if k.shape[0] == 1 and self.stride == 1 and self.pad == 0:
             return ops.conv1x1(x, k, b)
         return ops.conv2d(x, k, self.stride, self.pad, b)

@@ -2,7 +2,8 @@
 
 A family registers its names with a ``Family``: how to build a model from its name, and how to fit
 a checkpoint's arrays to a model built with other settings (another class count, another input
-size). Two families: LSNet (the classifiers) and LSNet + Semantic FPN (the ADE20K segmenters).
+size). Three families: LSNet (the classifiers), LSNet + Semantic FPN (the ADE20K segmenters) and
+RegNet (DeiT's RegNetY-160 distillation teacher and its design space, as timm 0.5.4).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flax import nnx
 
 from lsnet_jax.checkpoints.state import JaxPath, flat_state, load_flat
 from lsnet_jax.checkpoints.weights import load_weights
-from lsnet_jax.models import lsnet, semfpn, semfpn_official
+from lsnet_jax.models import lsnet, regnet, semfpn, semfpn_official
 from lsnet_jax.models.fold import fold
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,24 @@ def _adapt_semfpn(flat: Flat, model: semfpn.SemanticFPN, ckpt_classes: int | Non
     return flat
 
 
+def _build_regnet(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs, **config) -> regnet.RegNet:
+    del img_size  # any size runs
+    return regnet.RegNet(regnet.model_config(name, num_classes, **config), dtype=dtype, rngs=rngs)
+
+
+def _adapt_regnet(flat: Flat, model: regnet.RegNet, ckpt_classes: int | None) -> Flat:
+    """A new head where the class count differs (from ``model``'s fresh initialisation)."""
+    if ckpt_classes is not None and ckpt_classes != model.cfg.num_classes:
+        log.info("new %d-class head (weights have %d classes)", model.cfg.num_classes, ckpt_classes)
+        fresh = {p: a for p, a in flat_state(model).items() if p[0] == "head"}
+        flat = {p: a for p, a in flat.items() if p[0] != "head"} | fresh
+    return flat
+
+
 FAMILIES: tuple[Family, ...] = (
     Family(lsnet.DEFAULT_CFGS, _build_lsnet, _adapt_lsnet),
     Family(semfpn.DEFAULT_CFGS, _build_semfpn, _adapt_semfpn, ("decode_head", "conv_seg", "kernel")),
+    Family(regnet.DEFAULT_CFGS, _build_regnet, _adapt_regnet, ("head", "kernel")),
 )
 
 

@@ -81,8 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.distillation = ml_collections.ConfigDict()
     c.distillation.type = "none"  # 'hard' for the *_distill models
     c.distillation.alpha = 0.5
-    c.distillation.teacher_model = ""
-    c.distillation.teacher_checkpoint = ""
+    c.distillation.teacher_model = "regnety_160"  # DeiT's teacher, as published (any create_model name)
+    c.distillation.teacher_checkpoint = ""  # its weights: lsnet-convert regnety_160-a5fe301d.pth DIR
+    c.distillation.teacher_dtype = ""  # "": the run's dtype; "bfloat16" halves the teacher's cost on GPU/TPU
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
@@ -99,7 +100,9 @@ def variant_config(model: str, weight_decay: float, arg: str = "") -> ml_collect
     distillation-head model with hard distillation (teacher given on the command line).
     300 epochs at a global batch of 2048 (lr 4e-3); ``--config.bn_group_size=256`` reproduces the
     official per-GPU BatchNorm. The published distilled models used a RegNetY-160 teacher; any
-    model ``create_model`` knows, with its weights, can teach here."""
+    model ``create_model`` knows, with its weights, can teach here; the default is the published
+    teacher, ``regnety_160`` (DeiT's ``regnety_160-a5fe301d.pth`` = timm's ``regnety_160.deit_in1k``,
+    converted by ``lsnet-convert``)."""
     if arg not in ("", "distill"):
         raise ValueError(f"config argument must be empty or 'distill', got {arg!r}")
     c = base_config()

@@ -106,7 +106,7 @@ def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None,
                                    cfg.cutmix_alpha, cfg.mix_prob, cfg.switch_prob, cfg.smoothing)
     teacher_logits = None
     if cfg.distillation == "hard":
-        t_model = nnx.merge(teacher_graphdef, teacher["params"], teacher["batch_stats"])
+        t_model = nnx.merge(teacher_graphdef, teacher["state"])
         teacher_logits = jax.lax.stop_gradient(t_model(images))
 
     def loss_fn(params):
