@@ -82,12 +82,11 @@ def test_train_batches_shapes_ranges_and_determinism(folder):
 def test_epoch_order_is_a_permutation_per_epoch():
     for repeats in (1, 3):
         e0, e1 = (sampler.epoch_order(7, e, 50, repeats) for e in (0, 1))
-        assert len(e0) == 50 and not np.array_equal(e0, e1)
+        assert len(e0) == 50 * repeats and not np.array_equal(e0, e1)
         counts = np.bincount(e0, minlength=50)
-        if repeats == 1:
-            assert (counts == 1).all()
-        else:
-            assert counts.max() == 3 and np.all(e0[:48].reshape(16, 3) == e0[:48].reshape(16, 3)[:, :1])
+        assert (counts == repeats).all()
+        if repeats == 3:  # copies in a row, as the RASampler's list before dealing
+            assert np.all(e0.reshape(50, 3) == e0.reshape(50, 3)[:, :1])
     np.testing.assert_array_equal(sampler.epoch_order(7, 0, 50, 1), sampler.epoch_order(7, 0, 50, 1))
 
 
@@ -106,12 +105,66 @@ def test_process_slices_do_not_overlap_and_rebuild_the_global_batch():
     assert sorted(seen) == list(range(n))
 
 
-def test_repeated_augmentation_spreads_copies_across_the_batch():
-    gb = 12
-    pos = sampler.Positions(36, gb, gb, 0, seed=0, repeats=3, shuffle=True)
-    idx = [pos(k)[1] for k in range(gb)]
-    thirds = [idx[i * 4:(i + 1) * 4] for i in range(3)]
-    assert thirds[0] == thirds[1] == thirds[2] and len(set(thirds[0])) == 4
+def official_rasampler(perm: np.ndarray, num_replicas: int, rank: int, repeats: int = 3) -> np.ndarray:
+    """DeiT's RASampler (the official samplers.py), re-stated from LSNET_SPEC.md on a given
+    permutation: indices repeated ``repeats`` times in a row, padded by their own head to a
+    multiple of the replicas, dealt by stride, each replica keeping floor(n // 256 * 256 / R)."""
+    n = len(perm)
+    indices = [int(i) for i in perm for _ in range(repeats)]
+    num_samples = int(math.ceil(n * repeats / num_replicas))
+    total = num_samples * num_replicas
+    indices += indices[:total - len(indices)]
+    mine = indices[rank:total:num_replicas]
+    return np.asarray(mine[:int(math.floor(n // 256 * 256 / num_replicas))])
+
+
+def test_repeated_augmentation_is_the_official_rasampler_at_imagenet_scale():
+    """8 replicas x 256 (the official 8 GPUs), ImageNet's 1,281,167 images: every GPU's batches
+    equal the official sampler's on the same permutation; no GPU (BatchNorm group) sees an image
+    twice in an epoch, so no image is mixed with its own copy."""
+    n, gb, replicas, seed, epoch = 1_281_167, 2048, 8, 5, 3
+    records = sampler.epoch_records(seed, epoch, n, gb, 3, replicas)
+    steps = n // gb
+    assert records.shape == (steps, gb) == (625, 2048)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    for rank in (0, 3, 7):
+        official = official_rasampler(perm, replicas, rank)
+        ours = records[:, rank * 256:(rank + 1) * 256].reshape(-1)
+        np.testing.assert_array_equal(ours, official[:steps * 256])  # the DataLoader drops the partial batch
+    groups = records.reshape(steps, replicas, 256)
+    for r in range(replicas):
+        assert len(np.unique(groups[:, r])) == steps * 256  # no image twice on one GPU in the epoch
+    assert not np.any(groups == groups[:, :, ::-1])  # Mixup's partner (the group reversed) is never a copy
+    # every image of the epoch has its 3 copies on 3 different GPUs
+    gpu_of = np.repeat(np.arange(replicas)[None, :], steps, 0).repeat(256, 1).reshape(-1)
+    rec = records.reshape(-1)
+    order = np.argsort(rec, kind="stable")
+    rec, gpu_of = rec[order], gpu_of[order]
+    same = (rec[1:] == rec[:-1])
+    assert same.sum() > n // 2 and not np.any(gpu_of[1:][same] == gpu_of[:-1][same])
+    # the Positions a process reads are these records
+    pos = sampler.Positions(n, gb, gb // 2, 1, seed, 3, True, replicas)
+    b = epoch * steps + 17
+    assert [pos(b * 1024 + j)[1] for j in (0, 5, 1023)] == [records[17, 1024 + j] for j in (0, 5, 1023)]
+
+
+def test_mixup_is_drawn_per_bn_group():
+    """With bn_group_size each group mixes within itself, with its own lambda and mode."""
+    from lsnet_jax.train.augment import mixup_cutmix
+
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(32, 8, 8, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 32))
+    key = jax.random.key(4)
+    out, targets = mixup_cutmix(key, images, labels, 10, group_size=4)
+    keys = jax.random.split(key, 8)
+    lams = set()
+    for g in range(8):
+        o, t = mixup_cutmix(keys[g], images[4 * g:4 * g + 4], labels[4 * g:4 * g + 4], 10)
+        np.testing.assert_array_equal(np.asarray(out[4 * g:4 * g + 4]), np.asarray(o))
+        np.testing.assert_array_equal(np.asarray(targets[4 * g:4 * g + 4]), np.asarray(t))
+        lams.add(round(float(t[0].max()), 4))
+    assert len(lams) > 4  # independent draws
 
 
 def test_resume_from_iterator_state_mid_epoch(folder):

@@ -110,15 +110,16 @@ def _local_batch(global_batch: int) -> int:
 
 def train_loader(source: Sequence[dict], info: SourceInfo, transform: Callable, global_batch: int,
                  seed: int, num_epochs: int, repeats: int = 1, workers: int = 0, threads: int = 2,
-                 prefetch: int = 2) -> Loader:
+                 prefetch: int = 2, replicas: int = 1) -> Loader:
     """Batches of ``{'image' (B_local, H, W, 3) uint8, 'erase' (B_local, 4), 'label' (B_local,) int32,
     'skipped'}``
-    for ``num_epochs`` epochs (plus one, as slack for skipped records)."""
+    for ``num_epochs`` epochs (plus one, as slack for skipped records). With ``repeats`` > 1 the
+    copies of an image are dealt to different ``replicas`` (``lsnet_jax.data.sampler``)."""
     local = _local_batch(global_batch)
     if info.num_examples < global_batch:
         raise ValueError(f"the dataset has {info.num_examples} examples, fewer than one batch "
                          f"({global_batch}); lower batch_size")
-    pos = Positions(info.num_examples, global_batch, local, jax.process_index(), seed, repeats, True)
+    pos = Positions(info.num_examples, global_batch, local, jax.process_index(), seed, repeats, True, replicas)
     steps = pos.steps_per_epoch()
     ds = grain.MapDataset.range((num_epochs + 1) * steps * local).map(pos)
     ds = ds.map(_Load(source, transform, seed, info.num_examples))

@@ -1,12 +1,16 @@
 """The order of records: which record each slot of each global batch reads, on each process.
 
-Epoch ``e`` is a permutation of the dataset drawn from ``(seed, e)``; with repeated augmentation
-(``repeats`` r > 1, timm's RASampler) each index appears r times in a row and the epoch is cut back
-to the dataset's length, so an epoch still has ``len(dataset)`` samples. Within each global batch
-of B samples the r copies of an image are spread B/r slots apart, so they fall on different
-devices and BatchNorm groups, as timm spreads them over GPUs. The global batch is split into one
-contiguous slice per process, and each process reads only its slice: no overlap, and the global
-batch does not depend on the process count.
+Epoch ``e`` is a permutation of the dataset drawn from ``(seed, e)``. With repeated augmentation
+(``repeats`` r > 1) the order is DeiT's RASampler (the official ``samplers.py``): each index of
+the permutation repeated r times in a row, padded by its own head, then dealt to the ``replicas``
+by stride (replica k takes positions k, k + R, k + 2R, ...), so the r copies of an image go to r
+different replicas. A replica is one device's share of the global batch, or one BatchNorm group
+(``bn_group_size``): the official run had 8 GPUs x 256 images, each GPU its own BatchNorm and its
+own Mixup/CutMix draw, so no group holds two copies of an image and no image is mixed with its
+own copy. Replica k's slice of global batch b is its positions b * B/R ... (b + 1) * B/R - 1. An
+epoch has ``n // B`` steps (about n samples, n/r distinct images), as the official
+``num_selected_samples``. The global batch is split into one contiguous slice per process, and
+each process reads only its slice: the global batch does not depend on the process count.
 """
 
 from __future__ import annotations
@@ -17,9 +21,24 @@ import numpy as np
 
 
 def epoch_order(seed: int, epoch: int, n: int, repeats: int) -> np.ndarray:
-    """The record indices of one epoch (length n): a permutation, each index ``repeats`` times."""
+    """The record indices of one epoch before dealing: a permutation, each index ``repeats`` times
+    in a row (length ``repeats * n``)."""
     perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return np.repeat(perm, repeats)[:n] if repeats > 1 else perm
+    return np.repeat(perm, repeats) if repeats > 1 else perm
+
+
+def epoch_records(seed: int, epoch: int, n: int, global_batch: int, repeats: int = 1,
+                  replicas: int = 1) -> np.ndarray:
+    """``(n // B, B)``: the record of every slot of every global batch of the epoch. Slot ``s``
+    belongs to replica ``s // (B / R)``; replica k reads the order's positions k, k + R, ..."""
+    if global_batch % replicas:
+        raise ValueError(f"the global batch {global_batch} is not a whole number of {replicas} replicas")
+    steps, per = n // global_batch, global_batch // replicas
+    order = epoch_order(seed, epoch, n, repeats)
+    i = np.arange(steps * per).reshape(steps, 1, per)  # a replica's own position
+    k = np.arange(replicas).reshape(1, replicas, 1)
+    p = i * replicas + k  # dealt by stride; beyond the order: padded by its own head
+    return order[p % len(order)].reshape(steps, global_batch)
 
 
 @dataclasses.dataclass
@@ -33,6 +52,7 @@ class Positions:
     seed: int
     repeats: int
     shuffle: bool
+    replicas: int = 1
     _cache: tuple = (None, None)
 
     def steps_per_epoch(self) -> int:
@@ -41,14 +61,11 @@ class Positions:
     def __call__(self, k: int) -> tuple[int, int]:
         b, j = divmod(k, self.local_batch)
         slot = self.process_index * self.local_batch + j
-        r = self.repeats
-        if r > 1 and self.global_batch % r == 0:  # copy c of image i at slot c * (B/r) + i
-            c, i = divmod(slot, self.global_batch // r)
-            slot = i * r + c
         q = b * self.global_batch + slot  # global position
         if not self.shuffle:
             return q, q
-        epoch, pos = divmod(q, self.steps_per_epoch() * self.global_batch)
+        epoch, step = divmod(b, self.steps_per_epoch())
         if self._cache[0] != epoch:
-            self._cache = (epoch, epoch_order(self.seed, epoch, self.n, r))
-        return q, int(self._cache[1][pos])
+            self._cache = (epoch, epoch_records(self.seed, epoch, self.n, self.global_batch, self.repeats,
+                                                self.replicas))
+        return q, int(self._cache[1][step, slot])

@@ -4,7 +4,8 @@ The host ships uint8 images (4x fewer bytes than float32, and no host time spent
 ``lsnet_jax.data.normalize`` and ``erase`` finish timm's per-image transform inside the
 jit-compiled step, where XLA fuses them into the first convolution's input.
 
-Mixup / CutMix with label smoothing follow timm's per-batch semantics.
+Mixup / CutMix with label smoothing follow timm's per-batch semantics, drawn per BatchNorm group
+when the run sets ``bn_group_size`` (the official per-GPU draw).
 
 timm's ``Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch',
 label_smoothing=0.1)``: per batch, with probability ``prob`` mix; CutMix with probability
@@ -94,12 +95,18 @@ def smooth_one_hot(labels: Array, num_classes: int, smoothing: float) -> Array:
 
 def cutmix_box(key: Array, height: int, width: int, lam: Array) -> tuple[Array, Array]:
     """timm's ``rand_bbox`` + lambda correction: a boolean (H, W) mask of the pasted box and the
-    corrected lambda (1 - box area / image area)."""
-    ratio = jnp.sqrt(1.0 - lam)
-    cut_h, cut_w = (height * ratio).astype(jnp.int32), (width * ratio).astype(jnp.int32)
+    corrected lambda (1 - box area / image area); the box centre is uniform over the pixels."""
     ky, kx = jax.random.split(key)
     cy = jax.random.randint(ky, (), 0, height)
     cx = jax.random.randint(kx, (), 0, width)
+    return cutmix_box_at(cy, cx, height, width, lam)
+
+
+def cutmix_box_at(cy: Array, cx: Array, height: int, width: int, lam: Array) -> tuple[Array, Array]:
+    """The box of ``cutmix_box`` centred at pixel ``(cy, cx)``: sides ``int(side * sqrt(1 - lam))``,
+    half of each on either side of the centre, clipped at the borders."""
+    ratio = jnp.sqrt(1.0 - lam)
+    cut_h, cut_w = (height * ratio).astype(jnp.int32), (width * ratio).astype(jnp.int32)
     y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
     x0, x1 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
     ys, xs = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
@@ -108,14 +115,37 @@ def cutmix_box(key: Array, height: int, width: int, lam: Array) -> tuple[Array, 
     return mask, lam
 
 
+def mix_with(images: Array, targets: Array, use_cutmix: Array, lam: Array, mask: Array) -> tuple[Array, Array]:
+    """Mix a batch with its reverse at a given draw: CutMix pastes the partner's ``mask`` region
+    (``lam`` already corrected to the box), Mixup blends ``lam * x + (1 - lam) * partner``; the
+    targets are mixed with the same ``lam``."""
+    partner = images[::-1]
+    mixed = jnp.where(use_cutmix, jnp.where(mask[None, :, :, None], partner, images),
+                      lam.astype(images.dtype) * images + (1 - lam).astype(images.dtype) * partner)
+    return mixed, lam * targets + (1.0 - lam) * targets[::-1]
+
+
 def mixup_cutmix(key: Array, images: Array, labels: Array, num_classes: int, mixup_alpha: float = 0.8,
                  cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
-                 label_smoothing: float = 0.1) -> tuple[Array, Array]:
+                 label_smoothing: float = 0.1, group_size: int | None = None) -> tuple[Array, Array]:
     """Mix an NHWC batch and its integer labels; returns (images, soft targets (N, classes)).
 
-    With both alphas 0 (or ``prob`` 0) this is label smoothing only. The batch partner is the
-    reversed batch, over the whole (global) batch.
+    With both alphas 0 (or ``prob`` 0) this is label smoothing only. Without ``group_size`` one
+    draw mixes the whole (global) batch with its reverse. With ``group_size`` each consecutive
+    group of that many images (a BatchNorm group: the official per-GPU batch) draws its own
+    lambda, mode and box and is mixed with its own reverse, as the official code's per-GPU Mixup.
     """
+    if group_size is not None and group_size != images.shape[0]:
+        n = images.shape[0]
+        if n % group_size:
+            raise ValueError(f"the batch of {n} is not a whole number of {group_size}-image groups")
+        g = n // group_size
+        keys = jax.random.split(key, g)
+        mix = jax.vmap(lambda k, x, y: mixup_cutmix(k, x, y, num_classes, mixup_alpha, cutmix_alpha, prob,
+                                                    switch_prob, label_smoothing))
+        out, targets = mix(keys, images.reshape((g, group_size) + images.shape[1:]),
+                           labels.reshape(g, group_size))
+        return out.reshape(images.shape), targets.reshape(n, num_classes)
     k_apply, k_switch, k_mix, k_cut, k_box = jax.random.split(key, 5)
     targets = smooth_one_hot(labels, num_classes, label_smoothing)
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
@@ -129,10 +159,5 @@ def mixup_cutmix(key: Array, images: Array, labels: Array, num_classes: int, mix
     lam_cut = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else jnp.float32(1)
     height, width = images.shape[1:3]
     mask, lam_box = cutmix_box(k_box, height, width, lam_cut)
-    partner = images[::-1]
-    mixed = jnp.where(use_cutmix, jnp.where(mask[None, :, :, None], partner, images),
-                      lam_mix.astype(images.dtype) * images + (1 - lam_mix).astype(images.dtype) * partner)
-    lam = jnp.where(use_cutmix, lam_box, lam_mix)
-    lam = jnp.where(apply, lam, 1.0)
-    images = jnp.where(apply, mixed, images)
-    return images, lam * targets + (1.0 - lam) * targets[::-1]
+    lam = jnp.where(apply, jnp.where(use_cutmix, lam_box, lam_mix), 1.0)
+    return mix_with(images, targets, use_cutmix & apply, lam, mask)

@@ -89,15 +89,22 @@ class Data:
     num_classes: int
 
 
-def build_data(config: ml_collections.ConfigDict) -> Data:
-    """The training and evaluation loaders of ``config.data`` with the transforms of ``config.aug``."""
+def sampler_replicas(config: ml_collections.ConfigDict, num_devices: int) -> int:
+    """The replicas repeated augmentation deals copies to: the BatchNorm groups when
+    ``bn_group_size`` is set (the official per-GPU batch), else the devices."""
+    return config.batch_size // config.bn_group_size if config.bn_group_size else num_devices
+
+
+def build_data(config: ml_collections.ConfigDict, replicas: int = 1) -> Data:
+    """The training and evaluation loaders of ``config.data`` with the transforms of ``config.aug``;
+    ``replicas`` (``sampler_replicas``) for repeated augmentation."""
     d = config.data
     src, info = source.open_source(d.name, d.train_split, d.data_dir)
     esrc, einfo = source.open_source(d.name, d.eval_split, d.data_dir)
     io = dict(workers=d.workers, threads=d.threads, prefetch=d.prefetch)
     train = pipeline.train_loader(src, info, TrainTransform.from_config(config.aug, config.img_size),
                                   global_batch=config.batch_size, seed=config.seed, num_epochs=config.epochs,
-                                  repeats=d.repeats, **io)
+                                  repeats=d.repeats, replicas=replicas, **io)
     evaluation = pipeline.eval_loader(esrc, einfo, EvalTransform.from_config(config.aug, config.img_size),
                                       global_batch=config.eval_batch_size or config.batch_size, **io)
     return Data(train, evaluation, info, einfo, config.num_classes or info.num_classes)
@@ -186,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     mesh = Mesh(np.asarray(devices), ("data",))
     rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-    data = build_data(config)
+    data = build_data(config, sampler_replicas(config, len(devices)))
     num_classes, spe = data.num_classes, data.train.steps_per_epoch
     total_steps = config.epochs * spe
     model = build_model(config, num_classes)

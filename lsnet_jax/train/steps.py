@@ -68,6 +68,7 @@ class StepConfig:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     compact_erase: bool = False  # draw only the erased pixels' noise (faster on XLA:CPU)
+    mix_group_size: int | None = None  # Mixup/CutMix drawn per group (the run's bn_group_size)
 
     @classmethod
     def from_config(cls, config, num_classes: int, impl: str) -> StepConfig:
@@ -76,7 +77,7 @@ class StepConfig:
         return cls(num_classes=num_classes, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, mix_prob=a.mix_prob,
                    switch_prob=a.switch_prob, smoothing=a.smoothing, distillation=d.type, distill_alpha=d.alpha,
                    ema_decay=config.ema_decay, mean=tuple(a.mean), std=tuple(a.std),
-                   compact_erase=impl == "xla_cpu")
+                   compact_erase=impl == "xla_cpu", mix_group_size=config.get("bn_group_size"))
 
 
 def soft_target_cross_entropy(logits: Array, targets: Array) -> Array:
@@ -103,7 +104,8 @@ def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None,
     if "erase" in batch:
         images = erase(k_erase, images, batch["erase"], cfg.compact_erase)
     images, targets = mixup_cutmix(k_mix, images, batch["label"], cfg.num_classes, cfg.mixup_alpha,
-                                   cfg.cutmix_alpha, cfg.mix_prob, cfg.switch_prob, cfg.smoothing)
+                                   cfg.cutmix_alpha, cfg.mix_prob, cfg.switch_prob, cfg.smoothing,
+                                   cfg.mix_group_size)
     teacher_logits = None
     if cfg.distillation == "hard":
         t_model = nnx.merge(teacher_graphdef, teacher["state"])
@@ -117,8 +119,8 @@ def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None,
             logits, dist = out
             if cfg.distillation == "hard":
                 loss = hard_distillation_loss(logits, dist, targets, teacher_logits, cfg.distill_alpha)
-            else:  # no teacher: both heads learn the labels (the official model without distillation)
-                loss = (soft_target_cross_entropy(logits, targets) + soft_target_cross_entropy(dist, targets)) / 2
+            else:  # no teacher: the official DistillationLoss of type 'none' trains the first head only
+                loss = soft_target_cross_entropy(logits, targets)
         else:
             loss = soft_target_cross_entropy(out, targets)
         return loss, new_stats
