@@ -223,7 +223,7 @@ def _enhance(kind):
 # name -> (op(img, arg, fill), level -> arg). The '*Increasing' variants ('inc1') grow stronger
 # with the magnitude; arguments as timm's ``_LEVEL_TO_ARG``.
 def _enhance_increasing(rng: np.random.Generator, level: float, hparams: dict) -> float:
-    return 1.0 + _randomly_negate(rng, level / _LEVEL_DENOM * 0.9)
+    return max(0.1, 1.0 + _randomly_negate(rng, level / _LEVEL_DENOM * 0.9))  # timm keeps it >= 0.1
 
 
 _OPS = {

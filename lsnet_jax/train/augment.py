@@ -146,10 +146,20 @@ def mixup_cutmix(key: Array, images: Array, labels: Array, num_classes: int, mix
         out, targets = mix(keys, images.reshape((g, group_size) + images.shape[1:]),
                            labels.reshape(g, group_size))
         return out.reshape(images.shape), targets.reshape(n, num_classes)
-    k_apply, k_switch, k_mix, k_cut, k_box = jax.random.split(key, 5)
     targets = smooth_one_hot(labels, num_classes, label_smoothing)
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, targets
+    use_cutmix, lam, mask = mix_draw(key, images.shape[1], images.shape[2], mixup_alpha, cutmix_alpha, prob,
+                                     switch_prob)
+    return mix_with(images, targets, use_cutmix, lam, mask)
+
+
+def mix_draw(key: Array, height: int, width: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+             prob: float = 1.0, switch_prob: float = 0.5) -> tuple[Array, Array, Array]:
+    """One batch's draw, as timm's ``Mixup._params_per_batch`` + ``cutmix_bbox_and_lam``:
+    ``(use_cutmix, lam, box mask)``; lam is 1 when the batch is not mixed (probability 1 - prob)
+    and corrected to the box's area for CutMix."""
+    k_apply, k_switch, k_mix, k_cut, k_box = jax.random.split(key, 5)
     apply = jax.random.uniform(k_apply) < prob
     if mixup_alpha > 0 and cutmix_alpha > 0:
         use_cutmix = jax.random.uniform(k_switch) < switch_prob
@@ -157,7 +167,6 @@ def mixup_cutmix(key: Array, images: Array, labels: Array, num_classes: int, mix
         use_cutmix = jnp.asarray(cutmix_alpha > 0)
     lam_mix = jax.random.beta(k_mix, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else jnp.float32(1)
     lam_cut = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else jnp.float32(1)
-    height, width = images.shape[1:3]
     mask, lam_box = cutmix_box(k_box, height, width, lam_cut)
     lam = jnp.where(apply, jnp.where(use_cutmix, lam_box, lam_mix), 1.0)
-    return mix_with(images, targets, use_cutmix & apply, lam, mask)
+    return use_cutmix & apply, lam, mask
