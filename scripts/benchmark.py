@@ -6,7 +6,9 @@
 
 Modes (none given: all three): ``--deploy`` folded inference, ``--unfolded`` inference with
 BatchNorms and RepVGG branches, ``--train`` one full training step (normalise, mixup/cutmix,
-forward, soft-target loss, backward, AGC, AdamW, EMA: ``lsnet_jax.train.steps.train_step``).
+forward, soft-target loss, backward, AGC, AdamW, EMA: ``lsnet_jax.train.steps.train_step``);
+with ``--distill [TEACHER]`` also the hard-distillation step of the ``_distill`` model with the
+teacher (default ``regnety_160``, folded) and the teacher's forward alone, and the teacher's share.
 JAX functions are lowered and compiled ahead of time (compile seconds reported apart), warmed up,
 then timed with ``block_until_ready`` until ``--min-time`` has passed. FLOPs come from XLA's cost
 analysis; ``% peak`` is a row's FLOP rate over that of one large XLA matrix product on the same
@@ -159,6 +161,64 @@ def _train_setup(model, name: str, batch: int, img: int, dtype: str):
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch_in).compile()
     return compiled, state, batch_in, time.perf_counter() - t0, _count(params)
+
+
+def distill_rows(name: str, teacher: str, batch: int, img: int, dtype: str, min_time: float, warmup: int,
+                 peak_gflops: float | None = None, impl: str = "auto") -> list[dict]:
+    """The hard-distillation training step of ``name``'s distillation-head model with ``teacher``
+    (random weights, folded, as the loop runs it) and the teacher's forward alone at the same
+    batch: how much of a distillation step the teacher takes."""
+    student = name if name.endswith("_distill") else name + "_distill"
+    model = create_model(student, img_size=img, dtype=DTYPES[dtype], impl=impl)
+    t_model = create_model(teacher, num_classes=model.cfg.num_classes, dtype=DTYPES[dtype], impl=impl, deploy=True)
+    t_graph, t_state = nnx.split(t_model)
+    rng = np.random.default_rng(0)
+    base = dict(impl="jax", kernels=model.impl, batch=batch, img_size=img, dtype=dtype, deploy=False,
+                device=jax.devices()[0].device_kind)
+    rows = []
+
+    x = jnp.asarray(rng.standard_normal((batch, img, img, 3)), DTYPES[dtype])
+    t0 = time.perf_counter()
+    fwd = jax.jit(lambda s, x: nnx.merge(t_graph, s)(x)).lower(t_state, x).compile()
+    rows.append((fwd, dict(model=teacher, mode="teacher", params=_count(nnx.state(t_model, nnx.Param)),
+                           compile_s=time.perf_counter() - t0,
+                           per_batch=_timeit(lambda: fwd(t_state, x).block_until_ready(), min_time, warmup))))
+
+    tx = optim.make_optimizer(optim.lr_schedule(4e-3, 625, 300), weight_decay=0.025)
+    state, graphdef, _ = init_train_state(model, tx, seed=0)
+    batch_in = {"image": jnp.asarray(rng.integers(0, 256, (batch, img, img, 3)), jnp.uint8),
+                "label": jnp.asarray(rng.integers(0, model.cfg.num_classes, batch), jnp.int32),
+                "erase": jnp.asarray(np.stack([erasing_box(rng, img, img, 0.25) for _ in range(batch)]))}
+    step = functools.partial(train_step, graphdef=graphdef, tx=tx, teacher_graphdef=t_graph,
+                             cfg=StepConfig(num_classes=model.cfg.num_classes, distillation="hard",
+                                            compact_erase=model.impl == "xla_cpu"))
+    teacher_in = {"state": nnx.to_pure_dict(t_state)}
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch_in, teacher_in).compile()
+    compile_s = time.perf_counter() - t0
+    holder = [state]
+
+    def run():
+        holder[0], metrics = compiled(holder[0], batch_in, teacher_in)
+        metrics["loss"].block_until_ready()
+
+    rows.append((compiled, dict(model=student, mode="distill", params=_count(state.params), compile_s=compile_s,
+                                per_batch=_timeit(run, min_time, warmup))))
+    out = []
+    for prog, r in rows:
+        flops = _flops(prog)
+        per_batch = r.pop("per_batch")
+        out.append(base | r | dict(images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch,
+                                   gflops_per_image=flops / batch / 1e9 if flops else None,
+                                   matmul_peak_gflops=peak_gflops,
+                                   pct_of_matmul_peak=(100 * flops / per_batch / 1e9 / peak_gflops
+                                                       if flops and peak_gflops else None),
+                                   peak_mb=(_xla_bytes(prog) or 0) / 2 ** 20, device_peak_mb=None))
+        print(_fmt(out[-1]), flush=True)
+    share = out[0]["ms_per_batch"] / out[1]["ms_per_batch"]
+    out[1]["teacher_share"] = share
+    print(f"{teacher}'s forward is {100 * share:.0f}% of {student}'s distillation step ({dtype}, batch {batch})")
+    return out
 
 
 def _seg_train_setup(model, name: str, batch: int, img: int, dtype: str):
@@ -394,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deploy", action="store_true", help="folded inference")
     ap.add_argument("--unfolded", action="store_true", help="inference with BN and RepVGG branches")
     ap.add_argument("--train", action="store_true", help="a full training step")
+    ap.add_argument("--distill", nargs="?", const="regnety_160", default=None, metavar="TEACHER",
+                    help="with --train: also the hard-distillation step with TEACHER (default regnety_160, "
+                         "DeiT's) and the teacher's forward alone, and the teacher's share of the step")
     ap.add_argument("--torch", action="store_true", help="also time PyTorch in the same run")
     ap.add_argument("--torch-repo", default=None, help="a local clone of the official LSNet code")
     ap.add_argument("--torch-compile", action="store_true",
@@ -424,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batch:
                 rows += jax_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
                                  peaks[dtype], args.impl)
+                if args.distill and "train" in modes and name.startswith("lsnet_") and "_semfpn" not in name:
+                    rows += distill_rows(name, args.distill, batch, args.img_size, dtype, args.min_time,
+                                         args.warmup, peaks[dtype], args.impl)
                 if args.torch or args.torch_repo or args.torch_compile:
                     for compile_model in (False, True) if args.torch_compile else (False,):
                         rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time,

@@ -2,7 +2,7 @@
 # The GPU measurements of the speed issue as one prepared run that fits a 10-minute call of the
 # device tool, each part under its own time limit so a slow part still leaves the others' results:
 #
-#   bash scripts/gpu_bench.sh OUTDIR [PARTS]      PARTS: comma-separated, from ops,infer,train,compile
+#   bash scripts/gpu_bench.sh OUTDIR [PARTS]      PARTS: comma-separated, from ops,infer,train,compile,distill
 #                                                 (default ops,infer,train: about 9 minutes at most)
 #   device tool: run(command="bash scripts/gpu_bench.sh $OUT", timeout_s=600)
 #
@@ -13,6 +13,8 @@
 #   train    the full training step of T and B at 256 images (the recipe's per-GPU batch: 2048
 #            over 8 GPUs), float32 and bfloat16 (autocast for PyTorch)
 #   compile  LSNet-T under torch.compile as well (TorchInductor writes SKA as one Triton kernel)
+#   distill  LSNet-T's hard-distillation step at 256 with the RegNetY-160 teacher, and the teacher's
+#            forward alone: the teacher's share of a distillation step
 #
 # Needs python3 with jax (CUDA), flax, optax and torch; grain, TFDS and ml_collections are not
 # used. At most 8 files come back from the device tool, so the default parts write exactly 8.
@@ -63,5 +65,9 @@ esac
 case $parts in *,compile,*)
     part compile 240 scripts/benchmark.py --model lsnet_t --batch "$infer_batch" --img-size "$img" \
         --dtype float32 bfloat16 --deploy --torch-compile --min-time "$min_time" --json "$out/compile.json" ;;
+esac
+case $parts in *,distill,*)
+    part distill 240 scripts/benchmark.py --model lsnet_t --batch "$train_batch" --img-size "$img" \
+        --dtype float32 bfloat16 --train --distill --min-time "$min_time" --json "$out/distill.json" ;;
 esac
 log done
