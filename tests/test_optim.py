@@ -203,3 +203,6 @@ def test_variant_configs_hold_the_published_recipe(name, wd):
     assert (c.min_lr, c.warmup_lr, c.ema_decay, c.dtype) == (1e-5, 1e-6, 0.99996, "float32")
     assert (c.aug.randaugment, c.aug.reprob, c.aug.mixup, c.aug.cutmix, c.aug.smoothing, c.data.repeats) == \
         ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 0.1, 3)
+    # the official run, not only its hyper-parameters: per-epoch lr, per-GPU (256) groups, full decodes
+    assert (c.lr_schedule, c.bn_group_size, c.aug.fast_decode) == ("official", 256, False)
+    assert (d.distillation.teacher_model, d.distillation.alpha) == ("regnety_160", 0.5)

@@ -97,8 +97,38 @@ def test_regnety_160_equals_timm(tmp_path):
     err_folded = np.abs(folded - ref).max() / ref.std()
     print(f"regnety_160 vs timm: logit std {ref.std():.3g}, max |diff| {err:.2g} std, folded {err_folded:.2g} std")
     assert err < 1e-4 and err_folded < 1e-4
-    bf16 = np.asarray(compiled(create_model("regnety_160", pretrained=tmp_path / "w", dtype=jnp.bfloat16))(xj))
+
+
+def test_regnet_conversion_round_trip_is_exact(tmp_path):
+    """timm's regnety_002 -> lsnet-convert -> --to-torch: timm loads the result strictly and every
+    tensor is bit-identical; bfloat16 compute gives float32 logits close to timm's; a checkpoint
+    of no known RegNet names its stages."""
+    from lsnet_jax.checkpoints.state import CheckpointMismatchError
+    from lsnet_jax.cli.convert import main as convert_main
+    from lsnet_jax.models import regnet_official
+
+    tm = _randomised_regnet("regnety_002", seed=3)
+    torch.save(tm.state_dict(), tmp_path / "r.pth")
+    assert convert_main([str(tmp_path / "r.pth"), str(tmp_path / "w")]) == 0
+    assert convert_main(["--to-torch", str(tmp_path / "w"), str(tmp_path / "back.pth")]) == 0
+    back = torch.load(tmp_path / "back.pth")["model"]
+    fresh = timm.create_model("regnety_002")
+    fresh.load_state_dict(back, strict=True)
+    for k, v in tm.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(back[k], v), k
+    # bfloat16 compute: float32 logits close to timm's float32 ones
+    from lsnet_jax.models.registry import compiled, create_model
+
+    x = _images(4, 64, seed=4)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    bf16 = np.asarray(compiled(create_model("regnety_002", pretrained=tmp_path / "w", dtype=jnp.bfloat16))(
+        jnp.asarray(x.transpose(0, 2, 3, 1))))
     assert bf16.dtype == np.float32 and np.corrcoef(bf16.ravel(), ref.ravel())[0, 1] > 0.99
+    sd = {k: v.numpy() for k, v in tm.state_dict().items() if not k.startswith("s4.")}
+    with pytest.raises(CheckpointMismatchError, match="No RegNet variant has these stages"):
+        regnet_official.detect_variant(sd)
 
 
 # ----------------------------------------------------------------------------- lr schedule

@@ -18,8 +18,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_classes = 0  # 0: the dataset's class count
     c.img_size = 224
     c.dtype = "float32"  # published: float32 (autocast off); "bfloat16" computes in bfloat16
-    c.bn_group_size = ml_collections.config_dict.placeholder(int)  # None: BN over the global batch;
-    # 256 reproduces the official per-GPU BatchNorm (8 GPUs x 256)
+    # BatchNorm statistics, Mixup/CutMix draws and repeated-augmentation dealing per group of this
+    # many images, as the official per-GPU batch (8 GPUs x 256); None or 0: the global batch
+    c.bn_group_size = ml_collections.config_dict.placeholder(int)
     c.bn_momentum = 0.1  # PyTorch's BatchNorm momentum (running = 0.9 running + 0.1 batch)
     c.impl = "auto"  # the array operations (lsnet_jax.kernels): "auto" | "reference" | "xla_cpu"
     c.seed = 0
@@ -98,8 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
 def variant_config(model: str, weight_decay: float, arg: str = "") -> ml_collections.ConfigDict:
     """The recipe for ``model`` (``lsnet_t``/``_s``/``_b``); ``arg == "distill"`` selects the
     distillation-head model with hard distillation (teacher given on the command line).
-    300 epochs at a global batch of 2048 (lr 4e-3); ``--config.bn_group_size=256`` reproduces the
-    official per-GPU BatchNorm. The published distilled models used a RegNetY-160 teacher; any
+    300 epochs at a global batch of 2048 (lr 4e-3) in groups of 256 (``bn_group_size``: the official
+    8 GPUs' own BatchNorm statistics, Mixup draws and repeated-augmentation shares; 0 for one
+    group over the global batch, e.g. where 256 does not divide the per-device batch). The published distilled models used a RegNetY-160 teacher; any
     model ``create_model`` knows, with its weights, can teach here; the default is the published
     teacher, ``regnety_160`` (DeiT's ``regnety_160-a5fe301d.pth`` = timm's ``regnety_160.deit_in1k``,
     converted by ``lsnet-convert``)."""
@@ -108,6 +110,7 @@ def variant_config(model: str, weight_decay: float, arg: str = "") -> ml_collect
     c = base_config()
     c.model = model + ("_distill" if arg else "")
     c.weight_decay = weight_decay
+    c.bn_group_size = 256
     if arg:
         c.distillation.type = "hard"
     return c

@@ -75,9 +75,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if config.init_weights and not os.path.exists(config.init_weights):
         raise ConfigError(f"config.init_weights={config.init_weights!r} does not exist; give a directory written by "
                           f"lsnet-convert or lsnet-export-weights")
-    if config.bn_group_size is not None and (config.batch_size // num_devices) % config.bn_group_size:
+    if config.bn_group_size and (config.batch_size // num_devices) % config.bn_group_size:
         raise ConfigError(f"config.bn_group_size={config.bn_group_size} must divide the per-device batch "
-                          f"({config.batch_size // num_devices})")
+                          f"({config.batch_size // num_devices}); set --config.bn_group_size to a divisor of it, "
+                          f"or to 0 for BatchNorm statistics over the global batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +90,11 @@ class Data:
     num_classes: int
 
 
-def sampler_replicas(config: ml_collections.ConfigDict, num_devices: int) -> int:
-    """The replicas repeated augmentation deals copies to: the BatchNorm groups when
-    ``bn_group_size`` is set (the official per-GPU batch), else the devices."""
-    return config.batch_size // config.bn_group_size if config.bn_group_size else num_devices
+def sampler_replicas(config: ml_collections.ConfigDict) -> int:
+    """The replicas repeated augmentation deals copies to: the BatchNorm groups (``bn_group_size``,
+    the official per-GPU batch); one without groups, where BatchNorm spans the global batch. From
+    the config alone, so that the data order does not depend on the number of devices."""
+    return config.batch_size // config.bn_group_size if config.bn_group_size else 1
 
 
 def build_data(config: ml_collections.ConfigDict, replicas: int = 1) -> Data:
@@ -114,7 +116,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Modu
     """The model of ``config`` (from ``config.init_weights`` when set), in eval mode."""
     return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
                         img_size=config.img_size, dtype=DTYPES[config.dtype],
-                        bn_group_size=config.bn_group_size, seed=config.seed, impl=config.impl,
+                        bn_group_size=config.bn_group_size or None, seed=config.seed, impl=config.impl,
                         bn_momentum=config.bn_momentum)
 
 
@@ -193,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     mesh = Mesh(np.asarray(devices), ("data",))
     rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-    data = build_data(config, sampler_replicas(config, len(devices)))
+    data = build_data(config, sampler_replicas(config))
     num_classes, spe = data.num_classes, data.train.steps_per_epoch
     total_steps = config.epochs * spe
     model = build_model(config, num_classes)

@@ -77,7 +77,7 @@ class StepConfig:
         return cls(num_classes=num_classes, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, mix_prob=a.mix_prob,
                    switch_prob=a.switch_prob, smoothing=a.smoothing, distillation=d.type, distill_alpha=d.alpha,
                    ema_decay=config.ema_decay, mean=tuple(a.mean), std=tuple(a.std),
-                   compact_erase=impl == "xla_cpu", mix_group_size=config.get("bn_group_size"))
+                   compact_erase=impl == "xla_cpu", mix_group_size=config.get("bn_group_size") or None)
 
 
 def soft_target_cross_entropy(logits: Array, targets: Array) -> Array:
