@@ -55,7 +55,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ConfigError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
     if config.impl not in kernels.IMPLS:
         raise ConfigError(f"config.impl={config.impl!r}; use one of {kernels.IMPLS}")
-    if config.get("lr_schedule", "official") not in optim.SCHEDULES:
+    if config.distillation.teacher_dtype and config.distillation.teacher_dtype not in DTYPES:
+        raise ConfigError(f"config.distillation.teacher_dtype={config.distillation.teacher_dtype!r}; use one of "
+                          f"{sorted(DTYPES)} or '' (the run's dtype)")
+    if config.lr_schedule not in optim.SCHEDULES:
         raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}; use one of {optim.SCHEDULES}")
     if config.img_size % 8:
         raise ConfigError(f"config.img_size={config.img_size} must be a multiple of 8")
@@ -133,7 +136,7 @@ def build_teacher(config: ml_collections.ConfigDict,
     # folded (deploy form): the teacher only runs forward, and most of a distillation step's
     # compute is its forward (RegNetY-160: ~16 GMACs at 224 against LSNet-T's 0.3)
     t = create_model(d.teacher_model, pretrained=d.teacher_checkpoint, img_size=config.img_size,
-                     dtype=DTYPES[d.get("teacher_dtype") or config.dtype], impl=config.impl, deploy=True)
+                     dtype=DTYPES[d.teacher_dtype or config.dtype], impl=config.impl, deploy=True)
     classes = t.cfg.num_classes
     if classes != num_classes:
         raise ConfigError(f"the teacher {d.teacher_model} ({d.teacher_checkpoint}) predicts {classes} classes, "
