@@ -24,6 +24,7 @@ from flax import nnx
 
 from lsnet_jax import kernels
 from lsnet_jax.models.layers import Conv, ConvBN, Linear
+from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 Array = jax.Array
 
@@ -217,8 +218,7 @@ VARIANTS: dict[str, dict] = {
 
 
 def _default_cfg(**kw) -> dict:
-    cfg = dict(input_size=(224, 224, 3), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-               crop_pct=0.875, interpolation="bicubic", num_classes=1000)
+    cfg = dict(input_size=(224, 224, 3), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=0.875, interpolation="bicubic", num_classes=1000)
     return cfg | kw
 
 
