@@ -218,7 +218,8 @@ VARIANTS: dict[str, dict] = {
 
 
 def _default_cfg(**kw) -> dict:
-    cfg = dict(input_size=(224, 224, 3), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=0.875, interpolation="bicubic", num_classes=1000)
+    cfg = dict(input_size=(224, 224, 3), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=0.875,
+               interpolation="bicubic", num_classes=1000)
     return cfg | kw
 
 
