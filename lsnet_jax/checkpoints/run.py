@@ -5,19 +5,27 @@ iterator's state and the loop's running figures (``loop``).
 
 ``DIR/checkpoints`` keeps the last ``keep`` steps, written asynchronously; ``DIR/best`` keeps the
 step with the best evaluation accuracy. ``restore_latest`` walks back from the newest step: a
-checkpoint that fails to restore (partial, truncated, corrupt) is reported and the previous one is
-tried. Orbax writes into a temporary directory and renames it when complete, so a run killed while
-saving leaves no step that looks complete.
+checkpoint that fails to restore (partial, truncated, corrupt) is moved aside (``STEP.corrupt``,
+reported in one line) and the previous one is tried, so the run saves that step again when it gets
+there. Orbax writes into a temporary directory and renames it when complete, so a run killed while
+saving leaves no step that looks complete. ``Saver`` turns a save that fails (a full disk,
+permissions), in the foreground or in Orbax's background thread, into one ``CheckpointSaveError``
+that names the step, the directory and its free space; the previous checkpoint stays intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -33,31 +41,151 @@ def make_manager(directory: str | os.PathLike, keep: int, async_save: bool = Tru
         max_to_keep=1 if best else keep,
         enable_async_checkpointing=async_save,
         best_fn=(lambda m: m["acc1"]) if best else None, best_mode="max",
-        create=True)
+        create=True, cleanup_tmp_directories=True)  # a save killed midway leaves STEP.orbax-checkpoint-tmp
     return ocp.CheckpointManager(os.path.abspath(directory), options=opts, item_names=("state", "data"))
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the message says where, why, and what to do."""
+
+    def __init__(self, step: int, directory: str | os.PathLike, reason: str, previous: int | None):
+        free = _free_bytes(directory)
+        kept = (f"the checkpoint at step {previous} is intact and the same command resumes from it"
+                if previous is not None else "no earlier checkpoint exists")
+        super().__init__(f"could not save the checkpoint at step {step} in {directory} ({reason}); "
+                         f"{free / 2**30:.2f} GiB free there. Free space (or fix the permissions) or start "
+                         f"elsewhere with --workdir; {kept}.")
+        self.step = step
+
+
+def _free_bytes(directory: str | os.PathLike) -> int:
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return shutil.disk_usage(d).free
+
+
+def _first_line(e: BaseException) -> str:
+    """The reason for a failure in one line; for TensorStore's long write errors, the OS error."""
+    text = str(e).strip().splitlines()
+    line = text[0] if text else ""
+    os_error = re.search(r"([^:]+?)\s*\[os_error_code='?(\d+)'?\]", line)
+    if os_error:
+        return f"{os_error.group(1).strip()} (errno {os_error.group(2)})"
+    return f"{type(e).__name__}: {line if len(line) <= 400 else line[:200] + ' ... ' + line[-150:]}"
+
+
+def tree_bytes(tree: Any) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+class Saver:
+    """Saves steps through ``manager``; a failed save raises ``CheckpointSaveError`` at that save
+    (not at the next one, and not as Orbax's background tracebacks): before writing, when the disk
+    has less free space than the state needs; a failure in the background is found by ``poll``,
+    which the loop calls every step at the cost of a flag read."""
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager = manager
+        self.pending: int | None = None  # the step being written in the background
+        self.previous: int | None = manager.latest_step()  # the newest complete checkpoint
+
+    def save(self, step: int, state: Any, data_state: dict | None, metrics: dict | None = None) -> None:
+        """``data_state``: JSON-able host state that resumes with the step (the data iterator's)."""
+        self.wait()
+        need, free = tree_bytes(state), _free_bytes(self.manager.directory)
+        if free < need:
+            raise CheckpointSaveError(step, self.manager.directory, f"it needs {need / 2**30:.2f} GiB",
+                                      self.previous)
+        args = {"state": ocp.args.StandardSave(state)}
+        if data_state is not None:
+            args["data"] = ocp.args.JsonSave(data_state)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
+        except Exception as e:
+            raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.previous) from None
+        self.pending = step
+
+    def poll(self) -> None:
+        """Raise if the background save has failed; returns at once while it runs."""
+        if self.pending is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the background save; raise if it failed."""
+        if self.pending is None:
+            return
+        step, self.pending = self.pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.previous) from None
+        if not (Path(self.manager.directory) / str(step)).is_dir():
+            raise CheckpointSaveError(step, self.manager.directory, "Orbax did not finalise it", self.previous)
+        self.previous = step
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict | None,
          metrics: dict | None = None) -> None:
-    """``data_state``: JSON-able host state that resumes with the step (the data iterator's)."""
-    args = {"state": ocp.args.StandardSave(state)}
-    if data_state is not None:
-        args["data"] = ocp.args.JsonSave(data_state)
-    manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
+    """One save, waited for (tests, tools); the training loops use a ``Saver``."""
+    saver = Saver(manager)
+    saver.save(step, state, data_state, metrics)
+    saver.wait()
+
+
+class _DropOrbaxErrors(logging.Filter):
+    """Orbax logs each failed write or read with several tracebacks (thousands of lines for one
+    full disk); the callers here raise the failure as one line, so these records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+@contextlib.contextmanager
+def quiet_orbax_errors() -> Iterator[None]:
+    f, logger = _DropOrbaxErrors(), logging.getLogger("absl")
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``path.corrupt`` (``.corrupt1``, ... if taken); returns the new name."""
+    target, i = path.with_name(path.name + ".corrupt"), 0
+    while target.exists():
+        i += 1
+        target = path.with_name(f"{path.name}.corrupt{i}")
+    os.rename(path, target)
+    return target
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any, dict | None] | None:
-    """(step, state, data iterator state) of the newest checkpoint that restores, or None."""
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            out = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        except Exception as e:  # a truncated or corrupt step: report it, fall back to the previous one
-            log.warning("checkpoint at step %d in %s could not be restored (%s: %s); trying the previous one",
-                        step, manager.directory, type(e).__name__, str(e).splitlines()[0][:300])
-            continue
-        return step, out["state"], out.get("data")
-    return None
+    """(step, state, data iterator state) of the newest checkpoint that restores, or None. Each
+    newer one that does not restore is moved aside to ``STEP.corrupt`` (by the first process),
+    with one line saying why, so that the run writes that step again."""
+    moved = False
+    try:
+        with quiet_orbax_errors():
+            for step in sorted(manager.all_steps(), reverse=True):
+                try:
+                    out = manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                except Exception as e:  # a truncated or corrupt step: move it aside, try the previous one
+                    path = Path(manager.directory) / str(step)
+                    where = "left in place"
+                    if jax.process_index() == 0 and path.is_dir():
+                        where = f"moved aside to {move_aside(path).name}"
+                        moved = True
+                    log.warning("checkpoint at step %d in %s could not be restored (%s); %s; trying the previous "
+                                "one", step, manager.directory, _first_line(e), where)
+                    continue
+                return step, out["state"], out.get("data")
+        return None
+    finally:
+        if moved:
+            manager.reload()
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
@@ -79,12 +207,25 @@ def export_weights(workdir: str | os.PathLike, out: str | os.PathLike, ema: bool
         raise FileNotFoundError(f"{run_file} not found: is {workdir} a train.py work directory?")
     run = json.loads(run_file.read_text())
     ckpt_dir = workdir / ("best" if best else "checkpoints")
-    with ocp.CheckpointManager(ckpt_dir, item_names=("state", "data")) as manager:
-        steps = manager.all_steps()
+    with ocp.CheckpointManager(ckpt_dir, item_names=("state", "data")) as manager, quiet_orbax_errors():
+        steps = sorted(manager.all_steps(), reverse=True)
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-        step = max(steps) if step is None else step
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"no checkpoint at step {step} in {ckpt_dir}; it holds steps {sorted(steps)}")
+        state = None
+        for s in [step] if step is not None else steps:  # the newest that restores
+            try:
+                state = manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+            except Exception as e:
+                log.warning("checkpoint at step %d in %s could not be restored (%s)%s", s, ckpt_dir, _first_line(e),
+                            "" if step is not None else "; trying the previous one")
+                continue
+            step = s
+            break
+        if state is None:
+            raise ValueError(f"no checkpoint in {ckpt_dir} could be restored (tried steps "
+                             f"{[step] if step is not None else sorted(steps)})")
     params, stats = (state["ema_params"], state["ema_stats"]) if ema else (state["params"], state["batch_stats"])
     flat = {str_path(k): v for k, v in (_flatten(params) | _flatten(stats)).items()}
     aug = run.get("config", {}).get("aug", {})
