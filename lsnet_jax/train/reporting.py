@@ -14,8 +14,23 @@ log = logging.getLogger("lsnet_jax.train")
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The JSON objects of a JSON-lines file, one a line; ``[]`` if there is no file."""
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    """The JSON objects of a JSON-lines file, one a line; ``[]`` if there is no file. A line that is
+    not a whole JSON object (torn by a kill or a full disk mid-write) is dropped with a warning."""
+    if not path.exists():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            log.warning("%s line %d is not a whole JSON object (a write cut short?); dropped: %.80s", path, i, line)
+            continue
+        rows.append(row)
+    return rows
 
 
 def _fmt_time(seconds: float) -> str:
@@ -63,11 +78,14 @@ class Reporter:
 
     @staticmethod
     def _truncate(path: Path, keep) -> None:
-        """Drop lines a killed run wrote after the checkpoint it resumes from."""
+        """Drop lines a killed run wrote after the checkpoint it resumes from, and torn lines;
+        rewritten by a rename, so a kill now leaves the old file."""
         if not path.exists():
             return
         rows = read_jsonl(path)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+        os.replace(tmp, path)
 
     def steps(self, rows: list[dict]) -> None:
         if not self.write:
