@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 
 import grain
@@ -90,6 +93,20 @@ class Loader:
     steps_per_epoch: int
 
 
+def _watch_parent(parent: int, interval: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(0)  # the parent is gone (killed by any signal, or crashed): nothing to produce for
+
+
+def die_with_parent(worker_index: int = 0, worker_count: int = 0, interval: float = 0.5) -> None:
+    """Run in each grain worker process: end it within ``interval`` s of its parent's end, however
+    that ends (SIGTERM, SIGKILL, a crash). A killed parent runs no cleanup, and an orphaned worker
+    would otherwise hold its memory (hundreds of MB) until it is killed by hand."""
+    threading.Thread(target=_watch_parent, args=(os.getppid(), interval), daemon=True,
+                     name="lsnet-die-with-parent").start()
+
+
 def _finish(ds: grain.MapDataset, workers: int, threads: int, prefetch: int) -> grain.IterDataset:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
     if workers > 0:
@@ -97,7 +114,7 @@ def _finish(ds: grain.MapDataset, workers: int, threads: int, prefetch: int) -> 
 
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app, use defaults
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=die_with_parent)
     return it
 
 
