@@ -12,9 +12,9 @@ Each part is built from the config section it reads: the data (``build_data``), 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -35,6 +35,7 @@ from lsnet_jax.data.transforms import EvalTransform, TrainTransform
 from lsnet_jax.inference.evaluate import eval_step, run_eval
 from lsnet_jax.models.registry import DTYPES, create_model, list_models
 from lsnet_jax.train import optim, reporting
+from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_finite
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step
 
@@ -184,14 +185,28 @@ def _restore(manager, abstract, iterator) -> tuple[int, Any, LoopStats]:
     return step, state, LoopStats(**data["loop"])
 
 
+def close_managers(*managers) -> None:
+    """Let background saves finish; their failures were raised by the ``Saver`` already."""
+    for m in managers:
+        with contextlib.suppress(Exception):
+            m.wait_until_finished()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Train (or resume) in ``workdir`` on ``devices`` (default: all); returns the last epoch's log entry.
-    A segmentation config (``task == "segmentation"``) runs ``lsnet_jax.train.segmentation``."""
-    if config.get("task") == "segmentation":
-        from lsnet_jax.train import segmentation
+    A segmentation config (``task == "segmentation"``) runs ``lsnet_jax.train.segmentation``.
+    Orbax's own error tracebacks are silenced: a failed save or restore is reported in one line."""
+    with run_checkpoints.quiet_orbax_errors():
+        if config.get("task") == "segmentation":
+            from lsnet_jax.train import segmentation
 
-        return segmentation.train_and_evaluate(config, workdir, devices)
+            return segmentation.train_and_evaluate(config, workdir, devices)
+        return _train_classifier(config, workdir, devices)
+
+
+def _train_classifier(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                      devices: list[jax.Device] | None) -> dict[str, Any]:
     workdir = Path(workdir)
     devices = jax.devices() if devices is None else list(devices)
     validate_config(config, len(devices))
@@ -200,6 +215,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     data = build_data(config, sampler_replicas(config))
     num_classes, spe = data.num_classes, data.train.steps_per_epoch
+    fingerprint = workdirs.fingerprint("classification", config.model, num_classes, config.img_size, config.data.name,
+                                       config.data.train_split)
+    workdirs.check(workdir, fingerprint)  # before anything in it is touched
     total_steps = config.epochs * spe
     model = build_model(config, num_classes)
     n_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_pure(model, nnx.Param)))
@@ -214,6 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     keep, async_save = config.keep_checkpoints, config.async_checkpoint
     manager = run_checkpoints.make_manager(workdir / "checkpoints", keep, async_save)
     best_manager = run_checkpoints.make_manager(workdir / "best", 1, async_save, best=True)
+    saver, best_saver = run_checkpoints.Saver(manager), run_checkpoints.Saver(best_manager)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
     iterator = iter(data.train.dataset)
     start, restored, stats = _restore(manager, abstract, iterator)
@@ -230,10 +249,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     is_main = jax.process_index() == 0
     reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main)
     if is_main:  # what lsnet-export-weights needs to turn a checkpoint into weights
-        (workdir / "run.json").write_text(json.dumps(
-            {"model": config.model, "num_classes": num_classes, "img_size": config.img_size,
-             "n_parameters": n_parameters, "class_names": list(data.info.class_names)[:num_classes],
-             "config": config.to_dict()}, indent=2, default=str) + "\n")
+        workdirs.write_run_file(workdir, fingerprint, {
+            "model": config.model, "num_classes": num_classes, "img_size": config.img_size,
+            "n_parameters": n_parameters, "class_names": list(data.info.class_names)[:num_classes],
+            "config": config.to_dict()})
     log.info("%s: %d parameters, %d classes, %d train / %d eval images, %d steps/epoch x %d epochs, "
              "global batch %d on %d devices, peak lr %.3g", config.model, n_parameters, num_classes,
              data.info.num_examples, data.eval_info.num_examples, spe, config.epochs, config.batch_size,
@@ -265,6 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     try:
         for step in range(start, end):
+            saver.poll()  # a save that failed in the background stops the run here, in one line
             batch = next(iterator)
             stats.skipped += int(batch["skipped"])
             state, metrics = train_fn(state, pipeline.to_global(batch, dat), teacher)
@@ -288,15 +308,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                              ev["top1"], ev["top5"], ev["loss"], ev_ema["top1"])
                 if ev["top1"] > stats.best_acc1:
                     stats.best_acc1 = ev["top1"]
-                    run_checkpoints.save(best_manager, done, state, None, {"acc1": ev["top1"]})
+                    best_saver.save(done, state, None, {"acc1": ev["top1"]})
             if epoch_end:
                 stats.new_epoch()
             if epoch_end or done % config.checkpoint_every_steps == 0 or done == end:
                 flush(line=False)  # the loop's figures saved with the step include every step up to it
-                run_checkpoints.save(manager, done, state,
-                                     {"iterator": iterator.get_state(), "loop": dataclasses.asdict(stats)})
+                saver.save(done, state, {"iterator": iterator.get_state(), "loop": dataclasses.asdict(stats)})
+        saver.wait()
+        best_saver.wait()
     finally:
-        manager.wait_until_finished()
-        best_manager.wait_until_finished()
+        close_managers(manager, best_manager)
         reporter.close()
     return last

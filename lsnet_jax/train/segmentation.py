@@ -12,7 +12,6 @@ evaluation (``iter``, ``mIoU``, ``aAcc``, ``mAcc`` in percent, the mean training
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -34,7 +33,9 @@ from lsnet_jax.data.segmentation import SegTestTransform, SegTrainTransform
 from lsnet_jax.inference.segmentation import evaluate_segmenter, seg_logits
 from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import reporting
+from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_finite
+from lsnet_jax.train.loop import close_managers
 from lsnet_jax.train.seg_steps import SegTrainState, poly_schedule, seg_train_step
 
 log = logging.getLogger("lsnet_jax.train")
@@ -88,6 +89,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     src, info = source.open_seg_source(d.name, d.train_split, d.data_dir)
     esrc, einfo = source.open_seg_source(d.name, d.eval_split, d.data_dir)
     num_classes = config.num_classes or info.num_classes
+    fingerprint = workdirs.fingerprint("segmentation", config.model, num_classes, int(a.crop[0]), d.name,
+                                       d.train_split)
+    workdirs.check(workdir, fingerprint)  # before anything in it is touched
     total = config.iterations
     end = total if config.max_steps is None else min(total, config.max_steps)
     loader = pipeline.seg_train_loader(src, info, SegTrainTransform.from_config(a), config.batch_size,
@@ -111,6 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     manager = run_checkpoints.make_manager(workdir / "checkpoints", config.keep_checkpoints,
                                            config.async_checkpoint)
+    saver = run_checkpoints.Saver(manager)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
     iterator = iter(loader.dataset)
     start, loop = 0, {"loss_sum": 0.0, "steps": 0, "skipped": 0}
@@ -129,11 +134,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     is_main = jax.process_index() == 0
     reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main)
     if is_main:
-        (workdir / "run.json").write_text(json.dumps(
-            {"model": config.model, "task": "segmentation", "num_classes": num_classes,
-             "img_size": int(a.crop[0]), "n_parameters": n_parameters,
-             "class_names": list(info.class_names)[:num_classes], "config": config.to_dict()},
-            indent=2, default=str) + "\n")
+        workdirs.write_run_file(workdir, fingerprint, {
+            "model": config.model, "task": "segmentation", "num_classes": num_classes,
+            "img_size": int(a.crop[0]), "n_parameters": n_parameters,
+            "class_names": list(info.class_names)[:num_classes], "config": config.to_dict()})
     log.info("%s: %d parameters, %d classes, %d train / %d eval images, %d iterations, global batch %d "
              "on %d devices, lr %.3g", config.model, n_parameters, num_classes, info.num_examples,
              einfo.num_examples, total, config.batch_size, len(devices), config.lr)
@@ -165,6 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     try:
         for step in range(start, end):
+            saver.poll()  # a save that failed in the background stops the run here, in one line
             batch = next(iterator)
             loop["skipped"] += int(batch["skipped"])
             state, metrics = train_fn(state, pipeline.to_global(batch, dat))
@@ -186,8 +191,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 loop["loss_sum"], loop["steps"] = 0.0, 0
             if done % config.checkpoint_every_steps == 0 or done == end:
                 flush(line=False)
-                run_checkpoints.save(manager, done, state, {"iterator": iterator.get_state(), "loop": dict(loop)})
+                saver.save(done, state, {"iterator": iterator.get_state(), "loop": dict(loop)})
+        saver.wait()
     finally:
-        manager.wait_until_finished()
+        close_managers(manager)
         reporter.close()
     return last
