@@ -111,3 +111,34 @@ def test_round_trip_is_exact(converted, tmp_path):
     for p, a in flat_state(model).items():
         np.testing.assert_array_equal(again[p], a, err_msg=str(p))
     assert set(jax_to_torch(flat_state(model))) == set(ref)
+
+
+def test_an_existing_output_is_refused_unless_overwrite_and_written_whole(tmp_path, capsys):
+    """A non-empty output is refused before anything is read or written (a user's files kept);
+    with --overwrite it is replaced by a directory written beside it and renamed, with the
+    modes of a plain write (0644 under umask 022), as is a --to-torch file."""
+    import os
+    import stat
+
+    ckpt, out = tmp_path / "t.pth", tmp_path / "out"
+    torch.save({"model": randomize_(create_torch_model("lsnet_t"), seed=5).state_dict()}, ckpt)
+    (out / "orbax").mkdir(parents=True)
+    (out / "orbax" / "mine.txt").write_text("a user's file")
+    capsys.readouterr()
+    assert convert_torch.main([str(ckpt), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--overwrite" in err and str(out) in err
+    assert (out / "orbax" / "mine.txt").read_text() == "a user's file"
+    old = os.umask(0o022)
+    try:
+        assert convert_torch.main([str(ckpt), str(out), "--overwrite"]) == 0
+        assert convert_torch.main(["--to-torch", str(out), str(tmp_path / "back.pth")]) == 0
+    finally:
+        os.umask(old)
+    assert not (out / "orbax" / "mine.txt").exists() and (out / "model.safetensors").is_file()
+    modes = {str(f.relative_to(tmp_path)): stat.S_IMODE(f.stat().st_mode)
+             for f in [*out.rglob("*"), tmp_path / "back.pth"] if f.is_file()}
+    assert set(modes.values()) == {0o644}, modes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.pth", "out", "t.pth"]  # no temporary left
+    assert convert_torch.main(["--to-torch", str(out), str(tmp_path / "back.pth")]) == 2
+    assert create_model("lsnet_t", pretrained=out).cfg.num_classes == 1000

@@ -123,10 +123,16 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, teacher, 
     for f in (newest / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 1000:
             f.write_bytes(f.read_bytes()[:100])
+    with (work / "steps.jsonl").open("a") as f:  # and the log's last line was cut short by the kill
+        f.write('{"step": 47, "loss": 1.9')
     resumed = _run_train(work, data_dir, extra, env)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-3000:]
-    assert f"checkpoint at step {max(steps)}" in out and "trying the previous one" in out
+    # one line for the damaged step, moved aside so that the run writes it again; one for the torn line
+    assert [x for x in out.splitlines() if f"checkpoint at step {max(steps)}" in x] == [
+        x for x in out.splitlines() if "trying the previous one" in x] != []
+    assert (work / "checkpoints" / f"{max(steps)}.corrupt").is_dir()
+    assert "not a whole JSON object" in out and "Traceback" not in out and len(out.splitlines()) < 300
     assert "resumed from step" in out
     ref_losses, got = _losses(tmp_path / "ref"), _losses(work)
     assert sorted(got) == sorted(ref_losses) == list(range(1, 23))
@@ -150,6 +156,46 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, teacher, 
     ev = json.loads((tmp_path / "e.json").read_text())
     ev = ev["sets"]["lsnet_digits/test"]
     assert ev["images"] == 359 and ev["top1"] == pytest.approx(log[0]["test_acc1"], abs=1e-6)
+
+    # the finished run's directory, restarted with another model or image size: refused in one line
+    # (exit 2) before anything in it is touched
+    def snapshot():
+        return {str(f.relative_to(work)): (f.stat().st_size, f.stat().st_mtime_ns) for f in work.rglob("*")}
+
+    before = snapshot()
+    for override, what in (("--config.model=lsnet_s", "model 'lsnet_t_distill' -> 'lsnet_s'"),
+                           ("--config.img_size=48", "img_size 32 -> 48")):
+        p = _run_train(work, data_dir, [*extra, override, "--config.epochs=2"], env)
+        out, _ = p.communicate(timeout=300)
+        errors = [x for x in out.splitlines() if x.startswith("error:")]
+        assert p.returncode == 2 and len(errors) == 1 and what in errors[0], out[-3000:]
+        assert "--workdir NEW_DIR" in errors[0] and "init_weights" in errors[0] and "Traceback" not in out
+    assert snapshot() == before
+
+
+def test_a_save_that_fails_stops_the_run_at_that_save(data_dir, one_device_losses, tmp_path):
+    """A full disk (writes past 1 MB fail, RLIMIT_FSIZE: a tmpfs needs root) at the first save of an
+    asynchronous run: the run stops at that save with one error naming it (that the previous
+    checkpoint stays intact is in test_reliability). The step compiles from one_device_losses' cache."""
+    import resource
+
+    from lsnet_jax.checkpoints.run import CheckpointSaveError
+
+    cfg = dict(SMALL, checkpoint_every_steps=2, async_checkpoint=True, max_steps=8)
+    work = tmp_path / "full"
+    old, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, old[1]))
+    try:
+        with pytest.raises(CheckpointSaveError) as err:
+            train_and_evaluate(digits_config(data_dir, **cfg), work, devices=jax.devices()[:1])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+    msg = str(err.value)
+    assert "\n" not in msg and "at step 2 in" in msg and "File too large" in msg and "GiB free" in msg, msg
+    assert err.value.step == 2 and "no earlier checkpoint" in msg
+    assert max(_losses(work)) <= 4  # stopped at the failed save (found in the background by step 4's save)
+    assert not [p for p in (work / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def test_a_teacher_of_other_classes_is_refused(data_dir, tmp_path):

@@ -21,6 +21,8 @@ import logging
 import os
 import re
 import shutil
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lsnet_jax.checkpoints.state import str_path
-from lsnet_jax.checkpoints.weights import save_weights
+from lsnet_jax.checkpoints.weights import check_output, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -133,22 +135,78 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict
     saver.wait()
 
 
+def _from_orbax(tb) -> bool:
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 class _DropOrbaxErrors(logging.Filter):
     """Orbax logs each failed write or read with several tracebacks (thousands of lines for one
-    full disk); the callers here raise the failure as one line, so these records are dropped."""
+    full disk), and asyncio reports its failed futures again when they are collected; the callers
+    here raise the failure as one line, so these records are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+        if record.levelno < logging.ERROR:
+            return True
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            return False
+        return not (record.exc_info and _from_orbax(record.exc_info[2]))
+
+
+def _closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _quiet_threads(previous):
+    def hook(args):  # Orbax's background threads die with the write they ran ("Event loop is closed")
+        if not (_from_orbax(args.exc_traceback) or _closed_loop(args.exc_value)):
+            previous(args)
+    return hook
+
+
+def _quiet_unraisable(previous):
+    def hook(args):  # the same, reported by TensorStore's threads as unraisable
+        if not _closed_loop(args.exc_value):
+            previous(args)
+    return hook
+
+
+def _quiet_excepthook(previous):
+    def hook(kind, value, tb):  # TensorStore's callbacks into Orbax's closed event loop, once per chunk
+        if not _closed_loop(value):
+            previous(kind, value, tb)
+    return hook
 
 
 @contextlib.contextmanager
 def quiet_orbax_errors() -> Iterator[None]:
-    f, logger = _DropOrbaxErrors(), logging.getLogger("absl")
-    logger.addFilter(f)
+    """Drop Orbax's error records and its background threads' tracebacks while inside."""
+    f, loggers = _DropOrbaxErrors(), [logging.getLogger(n) for n in ("absl", "asyncio")]
+    previous = threading.excepthook, sys.excepthook, sys.unraisablehook
+    for logger in loggers:
+        logger.addFilter(f)
+    threading.excepthook, sys.excepthook, sys.unraisablehook = (
+        _quiet_threads(previous[0]), _quiet_excepthook(previous[1]), _quiet_unraisable(previous[2]))
     try:
         yield
     finally:
-        logger.removeFilter(f)
+        for logger in loggers:
+            logger.removeFilter(f)
+        threading.excepthook, sys.excepthook, sys.unraisablehook = previous
+
+
+def install_quiet_orbax_errors() -> None:
+    """The same for the rest of the process (command-line tools: asyncio reports failed futures
+    when they are collected, possibly after the run has returned)."""
+    f = _DropOrbaxErrors()
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(f)
+    threading.excepthook = _quiet_threads(threading.excepthook)
+    sys.excepthook = _quiet_excepthook(sys.excepthook)
+    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
 
 def move_aside(path: Path) -> Path:
@@ -197,11 +255,12 @@ def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def export_weights(workdir: str | os.PathLike, out: str | os.PathLike, ema: bool = False, best: bool = False,
-                   step: int | None = None) -> Path:
+                   step: int | None = None, overwrite: bool = False) -> Path:
     """Write the model (or its EMA) of the newest checkpoint in ``workdir/checkpoints`` (or of
     ``workdir/best``) as a weights directory that ``create_model(name, pretrained=out)``, the
     converter's way back to PyTorch and a distillation teacher read."""
     workdir = Path(workdir).absolute()
+    check_output(out, overwrite)
     run_file = workdir / "run.json"
     if not run_file.exists():
         raise FileNotFoundError(f"{run_file} not found: is {workdir} a train.py work directory?")
@@ -237,4 +296,4 @@ def export_weights(workdir: str | os.PathLike, out: str | os.PathLike, ema: bool
         meta["task"] = run["task"]
     if len(run.get("class_names") or ()) == run["num_classes"]:
         meta["class_names"] = run["class_names"]
-    return save_weights(out, flat, meta)
+    return save_weights(out, flat, meta, overwrite=overwrite)

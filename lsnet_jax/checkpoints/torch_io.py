@@ -7,6 +7,7 @@ extra); safetensors files do not.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -92,19 +93,27 @@ def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool 
 
 
 def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, wrap: str = "model",
-                     meta: Mapping | None = None) -> Path:
+                     meta: Mapping | None = None, overwrite: bool = False) -> Path:
     """An official-layout state dict as ``{wrap: sd}`` (``'model'`` for the classifiers,
     ``'state_dict'`` with ``meta`` for MMSegmentation) in a ``.pth`` (torch), or a ``.safetensors`` file."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import save_file
+    from lsnet_jax.checkpoints.weights import check_output, publish
 
-        save_file(dict(state_dict), str(path))
-    else:
-        import torch
+    path = Path(path).absolute()
+    check_output(path, overwrite)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # renamed when complete
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import save_file
 
-        obj = {wrap: {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}}
-        if meta is not None:
-            obj["meta"] = dict(meta)
-        torch.save(obj, path)
+            save_file(dict(state_dict), str(tmp))
+        else:
+            import torch
+
+            obj = {wrap: {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}}
+            if meta is not None:
+                obj["meta"] = dict(meta)
+            torch.save(obj, tmp)
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

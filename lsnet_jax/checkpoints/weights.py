@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,18 +23,58 @@ from lsnet_jax.checkpoints.state import JaxPath, path_str, str_path
 CONFIG_FILE, ORBAX_DIR, SAFETENSORS_FILE = "config.json", "orbax", "model.safetensors"
 
 
-def save_weights(directory: str | os.PathLike, state: Mapping[JaxPath, Any], meta: Mapping[str, Any]) -> Path:
-    """Write a flat state (``flat_state(model)``) to ``directory`` (Orbax + safetensors + config.json)."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to replace an existing file or non-empty directory unless ``overwrite``."""
+    p = Path(path)
+    if not overwrite and (p.is_file() or (p.is_dir() and any(p.iterdir()))):
+        raise FileExistsError(f"{p} already exists{' and is not empty' if p.is_dir() else ''}; choose another "
+                              f"output, or pass --overwrite to replace it (what it holds is deleted)")
+
+
+def publish(tmp: Path, target: Path) -> None:
+    """Move the finished ``tmp`` (a file or a directory next to ``target``) to ``target``, replacing
+    what is there only now; files get the modes a plain write would give (0644 under umask 022),
+    where safetensors and Orbax leave some at 0600."""
+    mode = 0o666 & ~_umask()
+    for f in [tmp, *tmp.rglob("*")] if tmp.is_dir() else [tmp]:
+        os.chmod(f, (mode | 0o111 & ~_umask()) if f.is_dir() else mode)
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+
+
+def save_weights(directory: str | os.PathLike, state: Mapping[JaxPath, Any], meta: Mapping[str, Any],
+                 overwrite: bool = False) -> Path:
+    """Write a flat state (``flat_state(model)``) to ``directory`` (Orbax + safetensors + config.json).
+    It is written as a temporary directory beside it and renamed when complete, so an interrupted
+    write leaves nothing that looks like weights; an existing non-empty ``directory`` is refused
+    unless ``overwrite``."""
     import orbax.checkpoint as ocp
     from safetensors.numpy import save_file
 
     d = Path(directory).absolute()
-    d.mkdir(parents=True, exist_ok=True)
-    flat = {path_str(p): np.ascontiguousarray(a) for p, a in state.items()}
-    save_file(flat, str(d / SAFETENSORS_FILE))
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(d / ORBAX_DIR, flat, force=True)
-    (d / CONFIG_FILE).write_text(json.dumps(dict(meta), indent=2, sort_keys=True) + "\n")
+    check_output(d, overwrite)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.tmp-", dir=d.parent))
+    try:
+        flat = {path_str(p): np.ascontiguousarray(a) for p, a in state.items()}
+        save_file(flat, str(tmp / SAFETENSORS_FILE))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / ORBAX_DIR, flat)
+        (tmp / CONFIG_FILE).write_text(json.dumps(dict(meta), indent=2, sort_keys=True) + "\n")
+        publish(tmp, d)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return d
 
 

@@ -46,8 +46,8 @@ def to_jax(args: argparse.Namespace) -> None:
         name, num_classes, img_size = detect_variant(sd)
     # torch_to_jax has checked every key and shape against the model, both ways
     flat = torch_to_jax(sd, expected_jax_shapes(name, num_classes, img_size), what=args.ckpt)
-    out = save_weights(args.out, flat, dict(model=name, num_classes=num_classes, img_size=img_size,
-                                             source=str(Path(args.ckpt).name), ema=bool(args.ema)))
+    out = save_weights(args.out, flat, overwrite=args.overwrite, meta=dict(
+        model=name, num_classes=num_classes, img_size=img_size, source=str(Path(args.ckpt).name), ema=bool(args.ema)))
     print(f"{args.ckpt}: {name}, {num_classes} classes, {img_size}px -> {out}")
     if args.check:
         check(sd, name, num_classes, img_size, out)
@@ -66,7 +66,7 @@ def segmenter_to_jax(sd: dict[str, np.ndarray], args: argparse.Namespace) -> Non
     meta = dict(model=name, num_classes=num_classes, task="segmentation", source=str(Path(args.ckpt).name))
     if num_classes == len(ADE20K_CLASSES):
         meta["class_names"] = list(ADE20K_CLASSES)
-    out = save_weights(args.out, flat, meta)
+    out = save_weights(args.out, flat, overwrite=args.overwrite, meta=meta)
     print(f"{args.ckpt}: {name} (Semantic FPN), {num_classes} classes -> {out}")
     if args.check:
         check_segmenter(sd, name, num_classes, out)
@@ -82,8 +82,8 @@ def regnet_to_jax(sd: dict[str, np.ndarray], args: argparse.Namespace) -> None:
     else:
         name, num_classes = regnet_official.detect_variant(sd)
     flat = regnet_official.torch_to_jax(sd, name, num_classes, what=args.ckpt)
-    out = save_weights(args.out, flat, dict(model=name, num_classes=num_classes, img_size=224,
-                                             source=str(Path(args.ckpt).name), ema=bool(args.ema)))
+    out = save_weights(args.out, flat, overwrite=args.overwrite, meta=dict(
+        model=name, num_classes=num_classes, img_size=224, source=str(Path(args.ckpt).name), ema=bool(args.ema)))
     print(f"{args.ckpt}: {name} (RegNet), {num_classes} classes -> {out}")
     if args.check:
         check_regnet(sd, name, num_classes, out)
@@ -185,7 +185,7 @@ def to_torch(args: argparse.Namespace) -> None:
     if str(meta.get("model", "")).startswith("regnet") or any(p[:2] == ("stem", "c") for p in flat):
         from lsnet_jax.models import regnet_official
 
-        out = write_state_dict(regnet_official.jax_to_torch(flat), args.out, wrap="model")
+        out = write_state_dict(regnet_official.jax_to_torch(flat), args.out, wrap="model", overwrite=args.overwrite)
         print(f"{args.ckpt} ({meta.get('model', 'RegNet')}) -> {out} (timm / DeiT layout)")
         return
     if meta.get("task") == "segmentation" or any(p[0] == "decode_head" for p in flat):
@@ -193,10 +193,10 @@ def to_torch(args: argparse.Namespace) -> None:
 
         classes = meta.get("class_names") or (list(ADE20K_CLASSES) if meta.get("num_classes") == 150 else None)
         out = write_state_dict(semfpn_official.jax_to_torch(flat), args.out, wrap="state_dict",
-                               meta={"CLASSES": tuple(classes)} if classes else {})
+                               meta={"CLASSES": tuple(classes)} if classes else {}, overwrite=args.overwrite)
         print(f"{args.ckpt} ({meta.get('model', 'LSNet Semantic FPN')}) -> {out} (MMSegmentation layout)")
         return
-    out = write_state_dict(jax_to_torch(flat), args.out)
+    out = write_state_dict(jax_to_torch(flat), args.out, overwrite=args.overwrite)
     print(f"{args.ckpt} ({meta.get('model', 'LSNet')}) -> {out} (official state-dict layout)")
 
 
@@ -209,12 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", action="store_true", help="convert the 'model_ema' weights of a training checkpoint")
     p.add_argument("--check", action="store_true", help="compare logits with the PyTorch reference")
     p.add_argument("--to-torch", action="store_true", help="JAX weights -> official PyTorch state dict")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (by default an existing file or non-empty directory is refused)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow arbitrary pickled objects in the .pth (only for files you trust)")
     args = p.parse_args(argv)
+    from lsnet_jax.checkpoints.weights import check_output
+
     try:
+        check_output(args.out, args.overwrite)  # before the checkpoint is read
         (to_torch if args.to_torch else to_jax)(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

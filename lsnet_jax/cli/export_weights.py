@@ -19,13 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ema", action="store_true", help="the EMA weights (and EMA BatchNorm statistics)")
     ap.add_argument("--best", action="store_true", help="the best checkpoint instead of the newest")
     ap.add_argument("--step", type=int, default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     args = ap.parse_args(argv)
 
     from lsnet_jax.checkpoints.run import export_weights
 
     try:
-        out = export_weights(args.workdir, args.out, args.ema, args.best, args.step)
-    except FileNotFoundError as e:
+        out = export_weights(args.workdir, args.out, args.ema, args.best, args.step, args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -41,9 +41,11 @@ def main(argv: list[str]) -> None:
                                        int(env["JAX_PROCESS_ID"]))
         else:  # SLURM and other clusters JAX detects
             jax.distributed.initialize()
+    from lsnet_jax.checkpoints.run import CheckpointSaveError, install_quiet_orbax_errors
     from lsnet_jax.data.source import DatasetNotFoundError
     from lsnet_jax.train.loop import ConfigError, train_and_evaluate
 
+    install_quiet_orbax_errors()  # a failed save or restore is reported in one line, not Orbax's tracebacks
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ConfigError, DatasetNotFoundError) as e:
@@ -52,6 +54,9 @@ def main(argv: list[str]) -> None:
     except FloatingPointError as e:  # non-finite loss: the message names the step
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except CheckpointSaveError as e:  # disk full, permissions: the message names the step and the space
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run() -> None:
