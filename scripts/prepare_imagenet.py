@@ -4,13 +4,16 @@
 
 The tree is the one the official repo expects (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``),
 with any number of classes (sorted directory names give the labels, as torchvision's
-ImageFolder). Files are stored as they are, in array_record shards, with a progress bar. Train
-with ``--config.data.name=imagenet_folder --config.data.data_dir=OUT``.
+ImageFolder; a class folder without images is refused unless --allow_empty_classes). Files are
+stored as they are, in array_record shards, with a progress bar. Run again after the tree changed,
+it rebuilds the dataset (the source's file list, sizes and times are recorded in source.json);
+unchanged, it does nothing. Train with ``--config.data.name=imagenet_folder --config.data.data_dir=OUT``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,25 +25,61 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train_dir", required=True, help="D/train with one sub-directory per class")
     ap.add_argument("--val_dir", default=None, help="D/val with the same class sub-directories")
     ap.add_argument("--data_dir", required=True, help="TFDS data directory to write into")
+    ap.add_argument("--allow_empty_classes", action="store_true",
+                    help="keep class folders without images as labels (by default they are refused: a label "
+                         "no image has changes every later class index)")
     args = ap.parse_args(argv)
 
-    from lsnet_jax.data.builders import ImagenetFolder, list_image_folder
+    from lsnet_jax.data.builders import (
+        ImagenetFolder,
+        empty_classes,
+        list_image_folder,
+        record_source,
+        source_changed,
+        tree_fingerprint,
+    )
 
     try:
         classes, items = list_image_folder(args.train_dir)
-        n_val = len(list_image_folder(args.val_dir)[1]) if args.val_dir else 0
+        val = list_image_folder(args.val_dir)[1] if args.val_dir else []
+        empty = empty_classes(args.train_dir)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{len(classes)} classes, {len(items)} train images, {n_val} validation images -> {args.data_dir}")
-    builder = ImagenetFolder(train_dir=args.train_dir, val_dir=args.val_dir, data_dir=args.data_dir,
-                             file_format="array_record")
+    if empty and not args.allow_empty_classes:
+        print(f"error: {len(empty)} class folders of {args.train_dir} hold no image ({', '.join(empty[:10])}"
+              f"{', ...' if len(empty) > 10 else ''}); each would become a label no image has. Remove them, or "
+              f"pass --allow_empty_classes to keep them as labels (e.g. to keep a fixed class numbering)",
+              file=sys.stderr)
+        return 2
+    if empty:
+        print(f"warning: {len(empty)} class folders hold no image and are kept as labels: {', '.join(empty[:10])}")
+    print(f"{len(classes)} classes, {len(items)} train images, {len(val)} validation images -> {args.data_dir}")
+    fingerprint = {"train": tree_fingerprint([p for p, _ in items], args.train_dir, classes)}
+    if args.val_dir:
+        fingerprint["validation"] = tree_fingerprint([p for p, _ in val], args.val_dir, classes)
+
+    def builder() -> ImagenetFolder:
+        return ImagenetFolder(train_dir=args.train_dir, val_dir=args.val_dir, data_dir=args.data_dir,
+                              file_format="array_record")
+
+    b = builder()
+    if b.is_prepared():
+        why = source_changed(b.data_dir, fingerprint)
+        if why is None:
+            print(f"already prepared from this source, unchanged: {b.data_dir}")
+            return 0
+        print(f"{b.data_dir} is out of date ({why}): rebuilding it")
+        shutil.rmtree(b.data_dir)
+        b = builder()
     try:
-        builder.download_and_prepare()
+        b.download_and_prepare()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"done: {builder.data_dir}")
+    record_source(b.data_dir, fingerprint, train_dir=str(Path(args.train_dir).absolute()),
+                  val_dir=str(Path(args.val_dir).absolute()) if args.val_dir else None, empty_classes=empty)
+    print(f"done: {b.data_dir}")
     print(f"train with: --config.data.name=imagenet_folder --config.data.data_dir={args.data_dir}")
     return 0
 

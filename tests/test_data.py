@@ -480,3 +480,34 @@ def test_bench_input_reports_rates_and_skipped(folder, tmp_path, capsys):
     assert all(ms > 0 for ms in got["randaugment_op_ms"].values())
     printed = capsys.readouterr().out
     assert "skipped as unreadable: 2" in printed and "Pillow affine ms" in printed
+
+
+def test_prepare_imagenet_rebuilds_a_changed_tree_and_refuses_empty_classes(tmp_path, capsys):
+    """Run again after an image was added, the dataset holds it (before: the old dataset was kept
+    and "done" printed); unchanged, nothing is rebuilt; an empty class folder is refused (it would
+    silently become a label) unless --allow_empty_classes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import prepare_imagenet
+
+    tree = make_folder_tree(tmp_path / "tree", n_train=2, n_val=1, corrupt=False)
+    out = tmp_path / "tfds"
+    args = ["--train_dir", str(tree / "train"), "--val_dir", str(tree / "val"), "--data_dir", str(out)]
+    assert prepare_imagenet.main(args) == 0
+    n = source.open_source("imagenet_folder", "train", str(out))[1].num_examples
+    (tree / "train" / "c2" / "new.JPEG").write_bytes((tree / "train" / "c2" / "img_0.JPEG").read_bytes())
+    capsys.readouterr()
+    assert prepare_imagenet.main(args) == 0
+    assert "out of date" in capsys.readouterr().out
+    assert source.open_source("imagenet_folder", "train", str(out))[1].num_examples == n + 1
+    assert prepare_imagenet.main(args) == 0
+    assert "unchanged" in capsys.readouterr().out
+
+    (tree / "train" / "c3").mkdir()
+    (tree / "val" / "c3").mkdir()
+    assert prepare_imagenet.main(args) == 2
+    err = capsys.readouterr().err
+    assert "c3" in err and "--allow_empty_classes" in err and len(err.strip().splitlines()) == 1
+    assert source.open_source("imagenet_folder", "train", str(out))[1].num_classes == 3  # untouched
+    assert prepare_imagenet.main([*args, "--allow_empty_classes"]) == 0
+    assert "kept as labels: c3" in capsys.readouterr().out
+    assert source.open_source("imagenet_folder", "train", str(out))[1].num_classes == 4

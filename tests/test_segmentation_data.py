@@ -191,6 +191,16 @@ def test_prepare_ade20k_leaves_out_and_counts_unreadable_pairs(tmp_path):
     assert [r["path"].endswith("ADE_bad.jpg") for r in left] == [True]
     sample = SegTestTransform()(src[0])
     assert sample["label"].max() <= 7 or sample["label"].max() == 255
+    # run again: unchanged, nothing is done; after a pair was added, the dataset is rebuilt with it
+    args = [sys.executable, "scripts/prepare_ade20k.py", "--root", str(root), "--data_dir", str(tmp_path / "tfds")]
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0 and "unchanged" in again.stdout, again.stdout + again.stderr
+    for kind, ext in (("images", "jpg"), ("annotations", "png")):
+        (root / kind / "training" / f"ADE_training_new.{ext}").write_bytes(
+            (root / kind / "training" / f"ADE_training_0.{ext}").read_bytes())
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0 and "out of date" in again.stdout, again.stdout + again.stderr
+    assert source.open_seg_source("ade20k", "train", str(tmp_path / "tfds"))[1].num_examples == 5
     missing = subprocess.run([sys.executable, "scripts/prepare_ade20k.py", "--root", str(tmp_path / "nope"),
                               "--data_dir", str(tmp_path / "t2")], capture_output=True, text=True)
     assert missing.returncode == 2 and "ADEChallengeData2016 layout" in missing.stderr

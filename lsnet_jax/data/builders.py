@@ -13,7 +13,9 @@ Importing this module registers both with TFDS, so ``tfds.data_source(name, data
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -81,6 +83,47 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Pa
     items = [(p, label) for label, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
              if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     return classes, items
+
+
+SOURCE_FILE = "source.json"
+
+
+def tree_fingerprint(files: list[Path], root: str | os.PathLike, classes: list[str] = ()) -> dict:
+    """What a prepared dataset was built from: every source file's path (relative to ``root``),
+    size and modification time, and the class names, hashed; with the file and class counts."""
+    h = hashlib.sha256("\0".join(classes).encode() + b"\n")
+    for f in sorted(files):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"files": len(files), "classes": len(classes), "sha256": h.hexdigest()}
+
+
+def source_changed(data_dir: str | os.PathLike, fingerprint: dict[str, dict]) -> str | None:
+    """Why a prepared dataset in ``data_dir`` (a builder's versioned directory) does not match
+    ``fingerprint`` (``{split: tree_fingerprint(...)}``), or None if it does."""
+    f = Path(data_dir) / SOURCE_FILE
+    if not f.is_file():
+        return f"it records no source fingerprint ({SOURCE_FILE}; built by an older version)"
+    old = json.loads(f.read_text()).get("fingerprint", {})
+    if old == fingerprint:
+        return None
+    for split in sorted(set(old) | set(fingerprint)):
+        was, now = old.get(split, {}), fingerprint.get(split, {})
+        for what in ("files", "classes"):
+            if was.get(what, 0) != now.get(what, 0):
+                return f"its {split} source held {was.get(what, 0)} {what} then and holds {now.get(what, 0)} now"
+    return "files of its source were modified since"
+
+
+def record_source(data_dir: str | os.PathLike, fingerprint: dict, **extra) -> None:
+    (Path(data_dir) / SOURCE_FILE).write_text(json.dumps({"fingerprint": fingerprint, **extra}, indent=2) + "\n")
+
+
+def empty_classes(root: str | os.PathLike) -> list[str]:
+    """Class sub-directories of ``root`` without an image file."""
+    classes, items = list_image_folder(root)
+    used = {label for _, label in items}
+    return [c for i, c in enumerate(classes) if i not in used]
 
 
 class ImagenetFolder(tfds.core.GeneratorBasedBuilder):
