@@ -193,3 +193,46 @@ def test_eval_sets_need_an_imagenet_head(tmp_path, capsys):
     assert "10-class head" in capsys.readouterr().err
     with pytest.raises(source.DatasetNotFoundError, match="tfds build imagenet_r"):
         source.open_source("imagenet_r", "test", str(tmp_path / "d"))
+
+
+def test_a_head_of_other_classes_is_refused_unless_mapped(tmp_path, capsys):
+    """10-class weights on a 3-class dataset: refused before anything is compiled (before: top-1 0.0,
+    exit 0); with --class_map (a file, or 'names' by the weights' class_names) the dataset's classes
+    are scored among their head classes, as a Python loop over the model's own logits says."""
+    from data_utils import build_folder_dataset, make_folder_tree
+
+    size = 64
+    names = [f"c{i}" for i in (5, 2, 7, 0, 9, 1, 3, 8, 4, 6)]  # the dataset's c0, c1, c2 are head 3, 5, 1
+    model = create_model("lsnet_t", num_classes=10, img_size=size, seed=4)
+    save_weights(tmp_path / "w", flat_state(model), {"model": "lsnet_t", "num_classes": 10, "img_size": size,
+                                                    "class_names": names})
+    tree = make_folder_tree(tmp_path / "tree", n_train=1, n_val=3, corrupt=False)
+    build_folder_dataset(tree, tmp_path / "tfds")
+    capsys.readouterr()  # TFDS's progress bars
+    argv = ["--weights", str(tmp_path / "w"), "--data", "imagenet_folder", "--data_dir", str(tmp_path / "tfds"),
+            "--batch", "8", "--json", str(tmp_path / "r.json")]
+    assert evaluate_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "10-class head" in err and "3 classes" in err and "--class_map" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+    files = sorted((tree / "val").rglob("*.JPEG"), key=lambda p: str(p.relative_to(tree / "val")))
+    labels = np.asarray([int(p.parent.name[1:]) for p in files])
+    logits = np.asarray(model(jnp.asarray(np.stack([pil_eval_transform(p.read_bytes(), size) for p in files]))))
+    mapping = (3, 5, 1)
+    t1, t5 = _naive_hits(logits, np.asarray(mapping)[labels], mapping)
+    (tmp_path / "map.json").write_text(json.dumps(list(mapping)))
+    assert evaluate_main(argv + ["--class_map", str(tmp_path / "map.json")]) == 0
+    got = json.loads((tmp_path / "r.json").read_text())
+    assert got["class_map"] == list(mapping)
+    r = got["sets"]["imagenet_folder/validation"]
+    assert r["images"] == 9 and r["top1"] == pytest.approx(100 * np.mean(t1), abs=1e-4)
+    assert r["top5"] == 100.0 and np.mean(t5) == 1.0  # 3 classes: always among the top 5
+    from lsnet_jax.cli.evaluate import class_map
+
+    assert class_map("names", ["c0", "c1", "c2"], 10, names) == mapping  # the same map, by name
+    with pytest.raises(ValueError, match="not among the weights' class_names"):
+        class_map("names", ["c0", "dog"], 10, names)
+    (tmp_path / "bad.json").write_text("[3, 5]")
+    assert evaluate_main(argv + ["--class_map", str(tmp_path / "bad.json")]) == 2
+    assert "for each of the 3 dataset classes" in capsys.readouterr().err

@@ -25,6 +25,7 @@ of 32), its logits resized back to the original size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deploy", action="store_true", help="fold BatchNorms first")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--class_map", default=None,
+                    help="with --data, when the head's classes are not the dataset's: 'names' (each dataset class "
+                         "to the head's class of the same name, from the weights' class_names) or a JSON file "
+                         "with the head index of each dataset label; scored among those head classes only")
     ap.add_argument("--task", choices=("classification", "segmentation"), default=None,
                     help="default: segmentation for *_semfpn weights, else classification")
     ap.add_argument("--test-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
@@ -101,6 +106,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {s.key} scores ImageNet's 1000 classes; {args.weights} has a {classes}-class "
                   f"head", file=sys.stderr)
             return 2
+    if args.data is not None:  # before anything is compiled: a wrong head would score unrelated indices
+        info = sources[sets[0].key][1]
+        try:
+            mapping = class_map(args.class_map, list(info.class_names), classes, spec.meta.get("class_names"))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if mapping is None and classes != info.num_classes:
+            print(f"error: {args.weights} has a {classes}-class head and {sets[0].key} has {info.num_classes} "
+                  f"classes, so its labels are not the head's indices (top-1 would be meaningless). Evaluate "
+                  f"weights trained on this dataset, or say which head class each dataset class is: --class_map "
+                  f"names (by the weights' class_names) or --class_map FILE.json (a list of head indices)",
+                  file=sys.stderr)
+            return 2
+        if mapping is not None:
+            sets = [dataclasses.replace(sets[0], classes=mapping)]
     graph, state = nnx.split(model)
     batch = args.batch - args.batch % jax.device_count() or jax.device_count()
     sharding = data_sharding()
@@ -114,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             steps[s.classes] = jax.jit(functools.partial(eval_step, graphdef=graph, mean=spec.mean, std=spec.std,
                                                          classes=s.classes))
         step = functools.partial(steps[s.classes], (state,))
+        if s.tfds_name == args.data and s.classes is not None:  # --class_map: dataset labels -> head indices
+            step = functools.partial(_mapped_labels, step, jax.numpy.asarray(s.classes, jax.numpy.int32))
         label = f"{s.key} ({i + 1}/{len(sets)}) " if len(sets) > 1 else f"{s.key} "
         loader = pipeline.eval_loader(src, info, transform, batch, args.workers)
         r = run_eval(step, loader, sharding, label, info.num_examples)
@@ -123,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"model": spec.name, "weights": str(args.weights), "img_size": spec.img_size,
                "crop_pct": spec.crop_pct, "deploy": args.deploy, "seconds": round(time.time() - t0, 1),
                "sets": results}
+    if args.data is not None and sets[0].classes is not None:
+        summary["class_map"] = list(sets[0].classes)
     c_top1 = {k.split("/", 1)[1]: v["top1"] for k, v in results.items() if k.startswith("imagenet_c/")}
     if c_top1:
         try:
@@ -136,6 +161,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
+
+
+def _mapped_labels(step, to_head, batch: dict):
+    return step(batch | {"label": to_head[batch["label"]]})
+
+
+def class_map(spec: str | None, data_classes: list[str], head_classes: int,
+              head_names: list[str] | None) -> tuple[int, ...] | None:
+    """The head index of each dataset label from ``--class_map`` ('names' or a JSON file), checked."""
+    if spec is None:
+        return None
+    if spec == "names":
+        if not head_names:
+            raise ValueError("--class_map names needs the weights' class_names (config.json); give a JSON file "
+                             "with the head index of each dataset label instead")
+        missing = [c for c in data_classes if c not in head_names]
+        if missing:
+            raise ValueError(f"{len(missing)} dataset classes are not among the weights' class_names "
+                             f"(e.g. {missing[:5]}); give a JSON file with the head index of each dataset label")
+        return tuple(head_names.index(c) for c in data_classes)
+    try:
+        raw = json.loads(Path(spec).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--class_map {spec}: not 'names' nor a readable JSON file ({e})") from None
+    if isinstance(raw, dict):  # {dataset class name: head index}
+        raw = [raw.get(c) for c in data_classes]
+    if (not isinstance(raw, list) or len(raw) != len(data_classes)
+            or not all(isinstance(i, int) and 0 <= i < head_classes for i in raw)):
+        raise ValueError(f"--class_map {spec} must give, for each of the {len(data_classes)} dataset classes, a "
+                         f"head index in 0..{head_classes - 1} (a JSON list, or an object keyed by class name)")
+    return tuple(raw)
 
 
 def evaluate_segmentation(args: argparse.Namespace) -> int:
