@@ -163,7 +163,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, teacher, 
         return {str(f.relative_to(work)): (f.stat().st_size, f.stat().st_mtime_ns) for f in work.rglob("*")}
 
     before = snapshot()
-    for override, what in (("--config.model=lsnet_s", "model 'lsnet_t_distill' -> 'lsnet_s'"),
+    for override, what in (("--config.model=lsnet_s_distill", "model 'lsnet_t_distill' -> 'lsnet_s_distill'"),
                            ("--config.img_size=48", "img_size 32 -> 48")):
         p = _run_train(work, data_dir, [*extra, override, "--config.epochs=2"], env)
         out, _ = p.communicate(timeout=300)

@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     args = ap.parse_args(argv)
 
-    from lsnet_jax.checkpoints.run import export_weights
+    from lsnet_jax.checkpoints.run import export_weights, install_quiet_orbax_errors
 
+    install_quiet_orbax_errors()  # a checkpoint that does not restore is one line, then the previous one
     try:
         out = export_weights(args.workdir, args.out, args.ema, args.best, args.step, args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
