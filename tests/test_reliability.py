@@ -175,6 +175,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
 def _alive(pid: int) -> bool:
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -203,10 +210,11 @@ def test_grain_workers_end_with_their_parent(sig, tmp_path_factory):
         assert len(workers) >= 2, workers  # the two grain workers (and multiprocessing's resource tracker)
         proc.send_signal(sig)
         proc.wait(timeout=60)
-        deadline = time.time() + 20
+        deadline = time.time() + 60
         while any(_alive(p) for p in workers) and time.time() < deadline:
             time.sleep(0.1)
-        assert not [p for p in workers if _alive(p)], "worker processes outlived their parent"
+        left = {p: _cmdline(p) for p in workers if _alive(p)}
+        assert not left, f"processes outlived their parent: {left}"
     finally:
         proc.kill()
         for p in _children(proc.pid) + locals().get("workers", []):

@@ -71,9 +71,10 @@ def _first_line(e: BaseException) -> str:
     """The reason for a failure in one line; for TensorStore's long write errors, the OS error."""
     text = str(e).strip().splitlines()
     line = text[0] if text else ""
-    os_error = re.search(r"([^:]+?)\s*\[os_error_code='?(\d+)'?\]", line)
+    os_error = re.search(r"\[os_error_code='?(\d+)'?\]", line)
     if os_error:
-        return f"{os_error.group(1).strip()} (errno {os_error.group(2)})"
+        code = int(os_error.group(1))
+        return f"{os.strerror(code)} (errno {code})"
     return f"{type(e).__name__}: {line if len(line) <= 400 else line[:200] + ' ... ' + line[-150:]}"
 
 
@@ -207,6 +208,13 @@ def install_quiet_orbax_errors() -> None:
     threading.excepthook = _quiet_threads(threading.excepthook)
     sys.excepthook = _quiet_excepthook(sys.excepthook)
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+
+
+def close_managers(*managers: ocp.CheckpointManager) -> None:
+    """Let background saves finish; their failures were raised by a ``Saver`` already."""
+    for m in managers:
+        with contextlib.suppress(Exception):
+            m.wait_until_finished()
 
 
 def move_aside(path: Path) -> Path:

@@ -14,6 +14,7 @@ records, which the training loop logs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -99,11 +100,13 @@ def _watch_parent(parent: int, interval: float) -> None:
     os._exit(0)  # the parent is gone (killed by any signal, or crashed): nothing to produce for
 
 
-def die_with_parent(worker_index: int = 0, worker_count: int = 0, interval: float = 0.5) -> None:
+def die_with_parent(worker_index: int = 0, worker_count: int = 0, *, parent: int, interval: float = 0.5) -> None:
     """Run in each grain worker process: end it within ``interval`` s of its parent's end, however
     that ends (SIGTERM, SIGKILL, a crash). A killed parent runs no cleanup, and an orphaned worker
-    would otherwise hold its memory (hundreds of MB) until it is killed by hand."""
-    threading.Thread(target=_watch_parent, args=(os.getppid(), interval), daemon=True,
+    would otherwise hold its memory (hundreds of MB) until it is killed by hand. ``parent`` is the
+    pid of the process that started the workers, fixed there: a worker that gets here only after
+    its parent died (still importing, on a loaded machine) must not take its new parent for it."""
+    threading.Thread(target=_watch_parent, args=(parent, interval), daemon=True,
                      name="lsnet-die-with-parent").start()
 
 
@@ -114,7 +117,8 @@ def _finish(ds: grain.MapDataset, workers: int, threads: int, prefetch: int) -> 
 
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app, use defaults
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=die_with_parent)
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                             worker_init_fn=functools.partial(die_with_parent, parent=os.getpid()))
     return it
 
 

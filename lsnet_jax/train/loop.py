@@ -12,7 +12,6 @@ Each part is built from the config section it reads: the data (``build_data``), 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -185,13 +184,6 @@ def _restore(manager, abstract, iterator) -> tuple[int, Any, LoopStats]:
     return step, state, LoopStats(**data["loop"])
 
 
-def close_managers(*managers) -> None:
-    """Let background saves finish; their failures were raised by the ``Saver`` already."""
-    for m in managers:
-        with contextlib.suppress(Exception):
-            m.wait_until_finished()
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Train (or resume) in ``workdir`` on ``devices`` (default: all); returns the last epoch's log entry.
@@ -317,6 +309,6 @@ def _train_classifier(config: ml_collections.ConfigDict, workdir: str | os.PathL
         saver.wait()
         best_saver.wait()
     finally:
-        close_managers(manager, best_manager)
+        run_checkpoints.close_managers(manager, best_manager)
         reporter.close()
     return last

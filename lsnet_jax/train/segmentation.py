@@ -35,7 +35,6 @@ from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import reporting
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_finite
-from lsnet_jax.train.loop import close_managers
 from lsnet_jax.train.seg_steps import SegTrainState, poly_schedule, seg_train_step
 
 log = logging.getLogger("lsnet_jax.train")
@@ -194,6 +193,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 saver.save(done, state, {"iterator": iterator.get_state(), "loop": dict(loop)})
         saver.wait()
     finally:
-        close_managers(manager)
+        run_checkpoints.close_managers(manager)
         reporter.close()
     return last
