@@ -39,17 +39,36 @@ def _fmt_time(seconds: float) -> str:
 
 
 class Progress:
-    """Periodic progress lines: step, epoch, loss, lr, images/s (since the last line) and ETA."""
+    """Periodic progress lines: step, epoch, loss, lr, images/s (since the last line) and ETA.
 
-    def __init__(self, total_steps: int, steps_per_epoch: int, global_batch: int, start_step: int):
+    The ETA is from the rate over the whole run so far, which is steady, not over the last window,
+    which jumps with every evaluation and epoch start: its clock starts at the first line (so that
+    compilation is left out), and the time ``exclude`` is told of (evaluations) is left out too."""
+
+    def __init__(self, total_steps: int, steps_per_epoch: int, global_batch: int, start_step: int,
+                 clock=time.monotonic):
         self.total, self.spe, self.batch = total_steps, steps_per_epoch, global_batch
-        self._t, self._step = time.time(), start_step
+        self._clock = clock
+        self._t, self._step = clock(), start_step
+        self._window_excluded = 0.0
+        self._t0: float | None = None  # the first line: where the ETA's clock starts
+        self._s0, self._excluded = start_step, 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Time that is not training (an evaluation): left out of the rates."""
+        self._window_excluded += seconds
+        self._excluded += seconds
 
     def line(self, step: int, loss: float, lr: float, skipped: int) -> str:
-        now = time.time()
-        rate = (step - self._step) * self.batch / max(now - self._t, 1e-9)
-        eta = (self.total - step) * self.batch / max(rate, 1e-9)
-        self._t, self._step = now, step
+        now = self._clock()
+        rate = (step - self._step) * self.batch / max(now - self._t - self._window_excluded, 1e-9)
+        if self._t0 is None:
+            self._t0, self._s0, self._excluded = now, step, 0.0
+            mean_rate = rate
+        else:
+            mean_rate = (step - self._s0) * self.batch / max(now - self._t0 - self._excluded, 1e-9)
+        eta = (self.total - step) * self.batch / max(mean_rate, 1e-9)
+        self._t, self._step, self._window_excluded = now, step, 0.0
         epoch, in_epoch = divmod(step - 1, self.spe)
         in_epoch += 1
         extra = f" skipped {skipped}" if skipped else ""
