@@ -48,12 +48,17 @@ def data_dir(tmp_path_factory):
     return str(d)
 
 
+def _rows(workdir: Path) -> int:
+    f = workdir / "steps.jsonl"
+    return f.read_text().count("\n") if f.exists() else 0
+
+
 def _losses(workdir: Path) -> dict[int, float]:
     rows = [json.loads(x) for x in (workdir / "steps.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows}
 
 
-SMALL = dict(batch_size=16, eval_batch_size=120, max_steps=3, log_every_steps=1, checkpoint_every_steps=1000,
+SMALL = dict(batch_size=16, eval_batch_size=120, max_steps=6, log_every_steps=1, checkpoint_every_steps=1000,
              async_checkpoint=False)
 
 
@@ -72,7 +77,7 @@ def teacher(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def one_device_losses(data_dir, tmp_path_factory) -> dict[int, float]:
-    """Per-step losses of 3 steps on one device, global batch 16: the reference of the parallel runs."""
+    """Per-step losses of 6 steps on one device, global batch 16: the reference of the parallel runs."""
     work = tmp_path_factory.mktemp("one")
     train_and_evaluate(digits_config(data_dir, **SMALL), work, devices=jax.devices()[:1])
     return _losses(work)
@@ -82,8 +87,8 @@ def test_eight_devices_equal_one_device(data_dir, one_device_losses, tmp_path):
     assert jax.device_count() == 8
     train_and_evaluate(digits_config(data_dir, **SMALL), tmp_path / "eight", devices=jax.devices())
     one, eight = one_device_losses, _losses(tmp_path / "eight")
-    assert sorted(one) == sorted(eight) == [1, 2, 3]
-    assert len({round(v, 3) for v in one.values()}) == 3  # real, changing losses
+    assert sorted(one) == sorted(eight) == list(range(1, 7))
+    assert len({round(v, 3) for v in one.values()}) == 6  # real, changing losses
     for s in one:
         assert eight[s] == pytest.approx(one[s], rel=1e-5, abs=1e-6), (s, one[s], eight[s])
 
@@ -94,9 +99,10 @@ def _run_train(workdir: Path, data_dir: str, extra: list[str], env: dict) -> sub
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, teacher, tmp_path):
+def test_preempted_then_killed_mid_epoch_then_resumed_gives_the_same_losses(data_dir, teacher, tmp_path):
     """A hard-distillation run of ``lsnet_t_distill`` with a RegNet teacher (distillation end to
-    end), killed mid-epoch, its newest checkpoint damaged, resumed: the same per-step losses as an
+    end), preempted (SIGTERM: a checkpoint at that step, exit 0), resumed, killed (SIGKILL)
+    mid-epoch, its newest checkpoint damaged, resumed: the same per-step losses as an
     uninterrupted run; its exported weights score what the run logged."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a laptop
     env |= {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
@@ -110,14 +116,26 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(data_dir, teacher, 
     assert ref.returncode == 0, out[-3000:]
 
     work = tmp_path / "killed"
+    # preempted (SIGTERM) after a few steps: it finishes the step, saves it and exits 0
     proc = _run_train(work, data_dir, extra, env)
     deadline = time.time() + 600
-    while not (work / "checkpoints" / "12").is_dir() and time.time() < deadline and proc.poll() is None:
+    while not _rows(work) >= 6 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    stopped = max(_losses(work))
+    assert (work / "checkpoints" / str(stopped)).is_dir() and 6 <= stopped < 22, (stopped, out[-2000:])
+    assert f"stopped by SIGTERM after step {stopped}" in out and "run the same command to resume" in out
+    # resumed from there, then killed outright (SIGKILL) mid-epoch: it resumes from its periodic checkpoint
+    proc = _run_train(work, data_dir, extra, env)
+    while not (work / "checkpoints" / "16").is_dir() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    out, _ = proc.communicate()
+    assert f"resumed from step {stopped}" in out, out[-3000:]
     steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
-    assert 12 in steps and max(steps) < 22, steps  # killed mid-epoch (22 steps per epoch)
+    assert 16 in steps and max(steps) < 22, steps  # killed mid-epoch (22 steps per epoch)
     # the newest checkpoint is damaged: the run must report it and use the previous one
     newest = work / "checkpoints" / str(max(steps))
     for f in (newest / "state").rglob("*"):
@@ -227,22 +245,39 @@ def test_bad_configs_stop_at_start(data_dir, tmp_path):
     assert p.returncode != 0 and "no_such_key" in out
 
 
-def test_two_processes_equal_one_process(data_dir, one_device_losses, tmp_path):
+def test_two_processes_preempted_and_resumed_equal_one_process(data_dir, one_device_losses, tmp_path):
     """Two JAX processes (one CPU device each, gloo collectives) sharing a work directory, as two
-    hosts would: each reads its slice of every global batch; the losses equal a single process's."""
+    hosts would: each reads its slice of every global batch. One of them is preempted (SIGTERM)
+    mid-run: both agree on a step (JAX's preemption service), save it and exit 0; restarted, they
+    resume there. The losses equal a single uninterrupted process's."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
     extra = [f"--config.{k}={v}" for k, v in SMALL.items()] + ["--config.tensorboard=False"]
-    procs = [_run_train(tmp_path / "multi", data_dir, extra, base | {
-        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
-        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}) for i in range(2)]
+
+    def launch() -> list[subprocess.Popen]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return [_run_train(tmp_path / "multi", data_dir, extra, base | {
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+            "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}) for i in range(2)]
+
+    procs = launch()
+    deadline = time.time() + 600
+    while _rows(tmp_path / "multi") < 2 and time.time() < deadline and procs[0].poll() is None:
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # a preemption notice to one host reaches every host
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    stopped = max(_losses(tmp_path / "multi"))
+    assert 2 <= stopped < SMALL["max_steps"] and f"stopped by SIGTERM after step {stopped}" in outs[0], outs[0][-2000:]
+    assert (tmp_path / "multi" / "checkpoints" / str(stopped)).is_dir()
+    procs = launch()
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    assert f"resumed from step {stopped}" in outs[0]
     multi, one = _losses(tmp_path / "multi"), one_device_losses
-    assert sorted(multi) == sorted(one) == [1, 2, 3]
+    assert sorted(multi) == sorted(one) == list(range(1, SMALL["max_steps"] + 1))
     for s in one:
         assert multi[s] == pytest.approx(one[s], rel=1e-5), (s, multi[s], one[s])

@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from lsnet_jax.inference.evaluate import eval_step, run_eval
 from lsnet_jax.models.registry import DTYPES, create_model, list_models
 from lsnet_jax.train import optim, reporting
 from lsnet_jax.train import workdir as workdirs
+from lsnet_jax.train.preemption import Preemption
 from lsnet_jax.train.checks import ConfigError, check_finite
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step
 
@@ -272,8 +274,16 @@ def _train_classifier(config: ml_collections.ConfigDict, workdir: str | os.PathL
             log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], stats.skipped))
 
     def evaluate(params, batch_stats) -> dict[str, float]:
-        return run_eval(lambda b: eval_fn((params, batch_stats), b), data.eval, dat)
+        t = time.monotonic()
+        out = run_eval(lambda b: eval_fn((params, batch_stats), b), data.eval, dat)
+        progress.exclude(time.monotonic() - t)
+        return out
 
+    def save(done: int) -> None:
+        flush(line=False)  # the loop's figures saved with the step include every step up to it
+        saver.save(done, state, {"iterator": iterator.get_state(), "loop": dataclasses.asdict(stats)})
+
+    preempt = Preemption().__enter__()  # left in the finally below
     try:
         for step in range(start, end):
             saver.poll()  # a save that failed in the background stops the run here, in one line
@@ -303,12 +313,21 @@ def _train_classifier(config: ml_collections.ConfigDict, workdir: str | os.PathL
                     best_saver.save(done, state, None, {"acc1": ev["top1"]})
             if epoch_end:
                 stats.new_epoch()
-            if epoch_end or done % config.checkpoint_every_steps == 0 or done == end:
-                flush(line=False)  # the loop's figures saved with the step include every step up to it
-                saver.save(done, state, {"iterator": iterator.get_state(), "loop": dataclasses.asdict(stats)})
+            saved = epoch_end or done % config.checkpoint_every_steps == 0 or done == end
+            if saved:
+                save(done)
+            if preempt.reached(done) and done < end:  # SIGTERM / SIGINT: this step is the last
+                if not saved:
+                    save(done)
+                saver.wait()
+                log.info("stopped by %s after step %d (epoch %d, step %d/%d); its checkpoint is in %s: run the "
+                         "same command to resume from it", preempt.signal, done, (done - 1) // spe,
+                         (done - 1) % spe + 1, spe, manager.directory)
+                break
         saver.wait()
         best_saver.wait()
     finally:
+        preempt.__exit__()
         run_checkpoints.close_managers(manager, best_manager)
         reporter.close()
     return last

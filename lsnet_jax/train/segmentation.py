@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import reporting
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_finite
+from lsnet_jax.train.preemption import Preemption
 from lsnet_jax.train.seg_steps import SegTrainState, poly_schedule, seg_train_step
 
 log = logging.getLogger("lsnet_jax.train")
@@ -160,12 +162,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], loop["skipped"]))
 
     def evaluate(params, batch_stats) -> dict:
+        t = time.monotonic()
         local = jax.local_devices()[0]
         p, s = jax.device_put((params, batch_stats), local)
         samples = pipeline.seg_eval_samples(esrc, test_tf, threads=d.threads)
-        return evaluate_segmenter(lambda img: eval_fn(p, s, jax.device_put(img, local)), samples, num_classes,
-                                  tuple(info.class_names)[:num_classes], progress_every=500)
+        out = evaluate_segmenter(lambda img: eval_fn(p, s, jax.device_put(img, local)), samples, num_classes,
+                                 tuple(info.class_names)[:num_classes], progress_every=500)
+        progress.exclude(time.monotonic() - t)
+        return out
 
+    def save(done: int) -> None:
+        flush(line=False)
+        saver.save(done, state, {"iterator": iterator.get_state(), "loop": dict(loop)})
+
+    preempt = Preemption().__enter__()  # left in the finally below
     try:
         for step in range(start, end):
             saver.poll()  # a save that failed in the background stops the run here, in one line
@@ -188,11 +198,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if is_main:
                     log.info("iteration %d: mIoU %.2f aAcc %.2f mAcc %.2f", done, ev["mIoU"], ev["aAcc"], ev["mAcc"])
                 loop["loss_sum"], loop["steps"] = 0.0, 0
-            if done % config.checkpoint_every_steps == 0 or done == end:
-                flush(line=False)
-                saver.save(done, state, {"iterator": iterator.get_state(), "loop": dict(loop)})
+            saved = done % config.checkpoint_every_steps == 0 or done == end
+            if saved:
+                save(done)
+            if preempt.reached(done) and done < end:  # SIGTERM / SIGINT: this iteration is the last
+                if not saved:
+                    save(done)
+                saver.wait()
+                log.info("stopped by %s after iteration %d; its checkpoint is in %s: run the same command to "
+                         "resume from it", preempt.signal, done, manager.directory)
+                break
         saver.wait()
     finally:
+        preempt.__exit__()
         run_checkpoints.close_managers(manager)
         reporter.close()
     return last
