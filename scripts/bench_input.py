@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lsnet_jax.data import pipeline  # noqa: E402
-from lsnet_jax.data.source import open_source  # noqa: E402
+from lsnet_jax.data.source import DatasetNotFoundError, open_source  # noqa: E402
 from lsnet_jax.data import transforms as T  # noqa: E402
 from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN as MEAN  # noqa: E402
 from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_STD as STD  # noqa: E402
@@ -178,13 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         from tensorflow_datasets.core import logging as _  # noqa: F401
         from lsnet_jax.data.builders import ImagenetFolder
 
-        ImagenetFolder(train_dir=str(root / "tree" / "train"), val_dir=str(root / "tree" / "val"),
-                       data_dir=str(root / "tfds"), file_format="array_record").download_and_prepare()
+        ImagenetFolder(train_dir=str(root / "tree" / "train"), val_dir=str(root / "tree" / "val"), check=False,
+                       data_dir=str(root / "tfds"), file_format="array_record").download_and_prepare()  # keeps the 2
         data_dir = str(root / "tfds")
     import logging
 
     logging.getLogger("lsnet_jax.data.pipeline").setLevel(logging.ERROR)
-    source, info = open_source(args.name, args.split, data_dir)
+    try:
+        source, info = open_source(args.name, args.split, data_dir)
+    except DatasetNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     n = min(args.n, info.num_examples)
     records = [source[i] for i in range(n)]  # read once: time the transforms, not the disk
     train = pipeline._Load(records, T.TrainTransform(args.size, MEAN, STD), 0, n)
@@ -205,14 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         return img.transpose(T.Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
     plain_rate, _ = rate(plain, list(range(n)))
-    sizes = [T.open_image(r["image"]).size for r in records[:50] if r["image"][:2] == b"\xff\xd8"]
+    good = [r["image"] for r in records if _readable(r["image"])]
+    if not good:
+        print(f"error: none of the {n} records of {args.name}/{args.split} in {data_dir} decodes", file=sys.stderr)
+        return 2
+    sizes = [T.open_image(x).size for x in good[:50]]
     print(f"{n} records of {args.name}/{args.split} (e.g. {sizes[0][0]}x{sizes[0][1]}), one process, no threads")
     print(f"{'transform':<46}{'images/s per process':>22}")
     print(f"{'train (RRC + flip + RandAugment + erasing)':<46}{train_rate:>22.1f}")
     print(f"{'eval (resize 256 + centre crop 224)':<46}{eval_rate:>22.1f}")
     print(f"{'plain PIL: full decode + RRC + flip':<46}{plain_rate:>22.1f}")
     print(f"skipped as unreadable: {skipped}")
-    good = [r["image"] for r in records if _readable(r["image"])]
     print(f"\n{'train stage':<46}{'ms per image':>22}")
     table = stage_table(good[:200], args.size)
     for k, ms in table:

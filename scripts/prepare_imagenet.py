@@ -5,7 +5,10 @@
 The tree is the one the official repo expects (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``),
 with any number of classes (sorted directory names give the labels, as torchvision's
 ImageFolder; a class folder without images is refused unless --allow_empty_classes). Files are
-stored as they are, in array_record shards, with a progress bar. Run again after the tree changed,
+stored as they are, in array_record shards, with a progress bar. Each file is decoded once on the
+way (JPEGs at 1/8 scale, which still reads all their data): one that does not decode (truncated,
+corrupt, not an image whatever its name) is reported with its path, left out, counted in the
+summary and listed in OUT/imagenet_folder/1.0.0/left_out.json. Run again after the tree changed,
 it rebuilds the dataset (the source's file list, sizes and times are recorded in source.json);
 unchanged, it does nothing. Train with ``--config.data.name=imagenet_folder --config.data.data_dir=OUT``.
 """
@@ -13,6 +16,7 @@ unchanged, it does nothing. Train with ``--config.data.name=imagenet_folder --co
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -78,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     record_source(b.data_dir, fingerprint, train_dir=str(Path(args.train_dir).absolute()),
-                  val_dir=str(Path(args.val_dir).absolute()) if args.val_dir else None, empty_classes=empty)
-    print(f"done: {b.data_dir}")
+                  val_dir=str(Path(args.val_dir).absolute()) if args.val_dir else None, empty_classes=empty,
+                  left_out=len(b.left_out))
+    (Path(b.data_dir) / "left_out.json").write_text(json.dumps(
+        [{"path": p, "reason": r} for p, r in b.left_out], indent=2) + "\n")
+    print(f"done: {b.data_dir}; {len(b.left_out)} files that do not decode left out"
+          + (f" (listed in {Path(b.data_dir) / 'left_out.json'})" if b.left_out else ""))
     print(f"train with: --config.data.name=imagenet_folder --config.data.data_dir={args.data_dir}")
     return 0
 

@@ -58,7 +58,8 @@ def make_folder_tree(root: Path, n_train: int = 8, n_val: int = 4, corrupt: bool
 def build_folder_dataset(tree: Path, data_dir: Path) -> None:
     from lsnet_jax.data.builders import ImagenetFolder
 
-    ImagenetFolder(train_dir=str(tree / "train"), val_dir=str(tree / "val"), data_dir=str(data_dir),
+    # unchecked: the corrupt files stay in, for the pipeline's skipping to be tested
+    ImagenetFolder(train_dir=str(tree / "train"), val_dir=str(tree / "val"), data_dir=str(data_dir), check=False,
                    file_format="array_record").download_and_prepare()
 
 

@@ -511,3 +511,38 @@ def test_prepare_imagenet_rebuilds_a_changed_tree_and_refuses_empty_classes(tmp_
     assert prepare_imagenet.main([*args, "--allow_empty_classes"]) == 0
     assert "kept as labels: c3" in capsys.readouterr().out
     assert source.open_source("imagenet_folder", "train", str(out))[1].num_classes == 4
+
+
+def test_a_magic_bytes_corrupt_jpeg_is_left_out_by_prepare_and_survived_by_bench_input(tmp_path, capsys):
+    """A file that starts like a JPEG and is junk after: prepare_imagenet reports it with its path,
+    leaves it out and counts it (before: stored without a word); bench_input on a dataset that
+    still holds one skips and counts it (before: a traceback)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_input
+    import prepare_imagenet
+
+    tree = make_folder_tree(tmp_path / "tree", n_train=2, n_val=1, corrupt=False)
+    bad = tree / "train" / "c1" / "zz_magic.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"junk" * 50)
+    png = tree / "train" / "c2" / "zz_png.JPEG"  # a PNG named .JPEG decodes: kept
+    Image.open(tree / "train" / "c2" / "img_0.JPEG").save(png, format="PNG")
+    from lsnet_jax.data.builders import list_image_folder
+
+    n_files = len(list_image_folder(tree / "train")[1])
+    out = tmp_path / "tfds"
+    capsys.readouterr()
+    assert prepare_imagenet.main(["--train_dir", str(tree / "train"), "--data_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"left out {bad}" in printed and "1 files that do not decode left out" in printed
+    assert source.open_source("imagenet_folder", "train", str(out))[1].num_examples == n_files - 1
+    left = json.loads(next(out.rglob("left_out.json")).read_text())
+    assert [r["path"] for r in left] == [str(bad)]
+    assert json.loads(next(out.rglob("source.json")).read_text())["left_out"] == 1
+
+    build_folder_dataset(tree, tmp_path / "unchecked")  # the record kept, as another tool might store it
+    capsys.readouterr()
+    assert bench_input.main(["--data_dir", str(tmp_path / "unchecked"), "--n", "20", "--size", "32",
+                             "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["skipped"] == 1
+    assert bench_input.main(["--data_dir", str(tmp_path / "nothing")]) == 2
+    assert "prepare_imagenet.py" in capsys.readouterr().err

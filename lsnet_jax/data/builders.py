@@ -5,8 +5,9 @@
   default of ``train.py`` (``configs/digits.py``) reads it through the ImageNet pipeline.
 - ``imagenet_folder``: an ImageNet-style tree (``train/<class>/*.JPEG``, ``val/<class>/*.JPEG``,
   any number of classes) as ``train`` / ``validation``; ``scripts/prepare_imagenet.py`` builds it.
-  The files' bytes are stored as they are (no re-encoding); unreadable files are skipped and
-  counted when the pipeline decodes them.
+  The files' bytes are stored as they are (no re-encoding); each is decoded once on the way, and
+  one that does not decode is reported, left out and counted (records that still fail later are
+  skipped and counted by the pipeline).
 
 Importing this module registers both with TFDS, so ``tfds.data_source(name, data_dir=...)`` reads them.
 """
@@ -126,13 +127,30 @@ def empty_classes(root: str | os.PathLike) -> list[str]:
     return [c for i, c in enumerate(classes) if i not in used]
 
 
+def unreadable_image(path: Path) -> str | None:
+    """Why an image file does not decode, or None. A JPEG is decoded at 1/8 scale (its whole
+    entropy-coded stream is still read, so truncation and corruption show) for speed."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+            im.load()
+    except Exception as e:  # PIL raises many kinds for corrupt data
+        return f"does not decode ({type(e).__name__}: {e})"
+    return None
+
+
 class ImagenetFolder(tfds.core.GeneratorBasedBuilder):
-    """An ImageNet-style folder tree (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``)."""
+    """An ImageNet-style folder tree (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``). With
+    ``check`` (the default), each file is decoded once while it is stored: one that does not
+    decode is reported with its path, left out and listed in ``self.left_out``."""
 
     VERSION = tfds.core.Version("1.0.0")
 
-    def __init__(self, *, train_dir: str | None = None, val_dir: str | None = None, **kwargs):
+    def __init__(self, *, train_dir: str | None = None, val_dir: str | None = None, check: bool = True, **kwargs):
         self._dirs = {"train": train_dir, "validation": val_dir}
+        self._check = check
+        self.left_out: list[tuple[str, str]] = []  # (path, reason)
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -164,6 +182,11 @@ class ImagenetFolder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, items, root):
         for path, label in items:
+            why = unreadable_image(path) if self._check else None
+            if why is not None:
+                self.left_out.append((str(path), why))
+                print(f"left out {path}: {why}", flush=True)
+                continue
             key = str(path.relative_to(root))
             yield key, {"image": path.read_bytes(), "label": label, "file_name": key}
 
