@@ -67,6 +67,10 @@ def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the checkpoint file (.pth, .pt or .safetensors)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); download it again")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
@@ -86,8 +90,10 @@ def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool 
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path}: torch.load refused to unpickle it safely ({str(e).splitlines()[0]}). If "
                          "you trust the file, pass --trust-pickle.") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+    except Exception as e:  # torch's readers fail in many ways on what is not a whole checkpoint
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or not a checkpoint: "
+                         f"{type(e).__name__}: {first}); download it again") from e
     sd = unwrap_checkpoint(obj, use_ema)
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in sd.items()}
 

@@ -29,12 +29,24 @@ def _umask() -> int:
     return mask
 
 
+class OutputError(ValueError):
+    """An output path that cannot or must not be written: says why and what to do."""
+
+
 def check_output(path: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse to replace an existing file or non-empty directory unless ``overwrite``."""
-    p = Path(path)
+    """Refuse to replace an existing file or non-empty directory unless ``overwrite``, and an output
+    that cannot be written (below a file, in a read-only directory), before any work is done."""
+    p = Path(path).absolute()
     if not overwrite and (p.is_file() or (p.is_dir() and any(p.iterdir()))):
-        raise FileExistsError(f"{p} already exists{' and is not empty' if p.is_dir() else ''}; choose another "
-                              f"output, or pass --overwrite to replace it (what it holds is deleted)")
+        raise OutputError(f"{p} already exists{' and is not empty' if p.is_dir() else ''}; choose another "
+                          f"output, or pass --overwrite to replace it (what it holds is deleted)")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {p}: {parent} is a file, not a directory; choose another output")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {p}: {parent} is not writable; choose another output")
 
 
 def publish(tmp: Path, target: Path) -> None:

@@ -219,9 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output(args.out, args.overwrite)  # before the checkpoint is read
         (to_torch if args.to_torch else to_jax)(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # bad arguments or data; the message names the file
+        msg = str(e)
+        print(f"error: {msg if args.ckpt in msg or args.out in msg else f'{args.ckpt}: {msg}'}", file=sys.stderr)
         return 2
+    except OSError as e:  # writing failed (disk full, permissions); nothing is left half-written
+        print(f"error: writing {args.out} failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = inference_spec(args.weights, args.model, args.img_size)
-    except ValueError:
-        print("error: give --model or --weights with a config.json", file=sys.stderr)
+    except ValueError as e:
+        print(f"error: {e}" if args.weights else "error: give --model or --weights with a config.json",
+              file=sys.stderr)
         return 2
     size = spec.img_size
     model = spec.create(deploy=args.deploy)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     install_quiet_orbax_errors()  # a checkpoint that does not restore is one line, then the previous one
     try:
         out = export_weights(args.workdir, args.out, args.ema, args.best, args.step, args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -59,12 +60,25 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad command line (an unknown config key, a missing or broken config
+    file, a bad value) answered in one line and exit 2 instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # flags.Error, and what a config file or ConfigDict raises while parsed
+        msg = str(e).strip().splitlines()
+        reason = " ".join(x.strip() for x in msg if x.strip())[:600] or type(e).__name__
+        print(f"error: bad command line: {reason}. Usage: {Path(argv[0]).name} --config configs/X.py "
+              f"--workdir DIR [--config.key=value ...]; an unknown key is not one of the config's", file=sys.stderr)
+        sys.exit(2)
+
+
 def run() -> None:
     """The console script: huge pages for XLA's buffers first (``lsnet_jax.runtime``), then absl."""
     from lsnet_jax.runtime import restart_with_huge_pages
 
     restart_with_huge_pages()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from flax import nnx
@@ -35,6 +36,9 @@ def inference_spec(weights: str | os.PathLike | None, model: str | None = None, 
                    crop_pct: float | None = None) -> InferenceSpec:
     """Model name, input size, crop_pct and mean/std: as given, else from the weights' config.json,
     else the ImageNet defaults. Raises ``ValueError`` when nothing names the model."""
+    if weights is not None and not Path(weights).exists():
+        raise ValueError(f"no weights at {weights}: give a directory written by lsnet-convert or "
+                         f"lsnet-export-weights, or a .safetensors file")
     meta = read_meta(weights)
     name = model or meta.get("model")
     if name is None:

@@ -45,6 +45,12 @@ log = logging.getLogger("lsnet_jax.train")
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Stop before any work on settings that cannot run, saying what to change."""
+    for key in ("batch_size", "epochs", "log_every_steps", "checkpoint_every_steps", "eval_every_epochs"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ConfigError(f"config.{key}={config[key]!r} must be a positive integer")
+    if config.eval_batch_size is not None and config.eval_batch_size < 1:
+        raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r} must be a positive integer (or None: "
+                          f"batch_size)")
     if config.model not in list_models():
         raise ConfigError(f"config.model={config.model!r} is not a model; choose one of {list_models()}")
     if config.batch_size % num_devices:

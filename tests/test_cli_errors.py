@@ -1,0 +1,146 @@
+"""Every command-line tool against bad input, as a hostile tester would try it: each case ends
+with one clear ``error:`` line (what is wrong, what to do), exit 2 for bad arguments or data and
+1 for a failure, no traceback, and no partial output left behind. Images a user may give
+``lsnet-predict`` that are odd but valid (alpha, grayscale, CMYK, 1x1, 8000x8000) are predicted."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_error(err: str) -> str:
+    """The one error message (from its ``error:`` line on), checked: one, and no traceback."""
+    lines = err.splitlines()
+    starts = [i for i, x in enumerate(lines) if x.startswith("error:")]
+    assert len(starts) == 1 and "Traceback" not in err, err[-3000:]
+    return "\n".join(lines[starts[0]:])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    from lsnet_jax import create_model
+    from lsnet_jax.checkpoints.state import flat_state
+    from lsnet_jax.checkpoints.weights import save_weights
+
+    d = tmp_path_factory.mktemp("weights") / "w"
+    save_weights(d, flat_state(create_model("lsnet_t", num_classes=10, img_size=32, seed=1)),
+                 {"model": "lsnet_t", "num_classes": 10, "img_size": 32})
+    return d
+
+
+def test_convert_answers_bad_checkpoints_and_outputs(tmp_path, capsys):
+    torch = pytest.importorskip("torch", reason="writes PyTorch checkpoints")
+    import convert_torch
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("this is not a checkpoint\n")
+    real = {"model": {"patch_embed.0.c.weight": torch.randn(16, 3, 3, 3), "head.l.weight": torch.randn(10, 64)}}
+    torch.save(real, tmp_path / "real.pth")
+    data = (tmp_path / "real.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    torch.save({"model": {"conv1.weight": torch.randn(64, 3, 7, 7), "fc.weight": torch.randn(1000, 2048)}},
+               tmp_path / "resnet.pth")
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "out"
+    cases = {
+        "missing path": ([str(tmp_path / "nope.pth"), str(out)], "no checkpoint at"),
+        "empty file": ([str(tmp_path / "empty.pth"), str(out)], "empty.pth"),
+        "text file named .pth": ([str(tmp_path / "text.pth"), str(out)], "text.pth"),
+        "truncated checkpoint": ([str(tmp_path / "truncated.pth"), str(out)], "truncated.pth"),
+        "another model's state dict": ([str(tmp_path / "resnet.pth"), str(out)], "resnet.pth"),
+        "output under a file": ([str(tmp_path / "real.pth"), str(tmp_path / "a_file" / "out")], "a_file"),
+    }
+    for case, (argv, what) in cases.items():
+        capsys.readouterr()
+        assert convert_torch.main(argv) == 2, case
+        assert what in _one_error(capsys.readouterr().err), case
+        assert not out.exists(), case  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["empty.pth", "text.pth", "real.pth", "truncated.pth", "resnet.pth", "a_file"])  # no temporary left
+
+
+def _png(mode: str, size: tuple[int, int]) -> bytes:
+    rng = np.random.default_rng(0)
+    channels = {"RGBA": 4, "L": 1, "RGB": 3}[mode]
+    a = rng.integers(0, 256, (size[1], size[0], channels), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a[..., 0] if channels == 1 else a, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_predict_answers_odd_and_bad_images(weights, tmp_path, capsys):
+    from lsnet_jax.cli.predict import main as predict
+
+    good = {"alpha.png": _png("RGBA", (40, 30)), "gray.png": _png("L", (50, 40)), "one_pixel.png": _png("RGB", (1, 1)),
+            "huge.png": _png("L", (8000, 8000))}
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (64, 48), (10, 200, 30, 5)).save(cmyk, format="JPEG")
+    good["cmyk.jpg"] = cmyk.getvalue()
+    for name, data in good.items():
+        (tmp_path / name).write_bytes(data)
+    bad = {"text.jpg": b"not an image\n", "zero.jpg": b""}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "a_dir").mkdir()
+    files = [str(tmp_path / n) for n in [*good, *bad, "a_dir"]]
+    capsys.readouterr()
+    assert predict([*files, "--checkpoint", str(weights), "--json", str(tmp_path / "p.json")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "3 of 8 images skipped as unreadable" in err
+    for n in [*bad, "a_dir"]:
+        assert f"skipped {tmp_path / n}" in err
+    got = json.loads((tmp_path / "p.json").read_text())
+    assert [Path(p["file"]).name for p in got["predictions"]] == list(good)
+    assert predict([str(tmp_path / "zero.jpg"), "--checkpoint", str(weights)]) == 1
+    assert "none of the images" in _one_error(capsys.readouterr().err)
+    assert predict([str(tmp_path / "gray.png"), "--checkpoint", str(tmp_path / "no_weights")]) == 2
+    assert "no_weights" in _one_error(capsys.readouterr().err)
+
+
+def test_evaluate_and_export_answer_missing_inputs(weights, tmp_path, capsys):
+    from lsnet_jax.cli.evaluate import main as evaluate
+    from lsnet_jax.cli.export import main as export
+
+    assert evaluate(["--weights", str(weights), "--data", "imagenet_folder", "--data_dir", str(tmp_path)]) == 2
+    assert "prepare_imagenet.py" in _one_error(capsys.readouterr().err)
+    assert evaluate(["--weights", str(tmp_path / "none"), "--data", "lsnet_digits"]) == 2
+    assert "none" in _one_error(capsys.readouterr().err)
+    assert export(["--weights", str(tmp_path / "none"), "--out", str(tmp_path / "e")]) == 2
+    assert "none" in _one_error(capsys.readouterr().err)
+    assert not (tmp_path / "e").exists()
+
+
+def test_train_answers_bad_command_lines_in_one_line(tmp_path):
+    """The bad command lines of train.py, run as a user would (in parallel: each is a process)."""
+    (tmp_path / "a_file").write_text("x")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT),
+                                                                       "LSNET_JAX_HUGE_PAGES": "0"}
+    base = ["--config", str(ROOT / "configs" / "digits.py"), "--workdir", str(tmp_path / "w"),
+            f"--config.data.data_dir={tmp_path / 'tfds'}"]
+    cases = {
+        "unknown config key": (["--config.no_such_key=1"], "no_such_key"),
+        "negative batch": (["--config.batch_size=-8"], "batch_size"),
+        "zero epochs": (["--config.epochs=0"], "epochs"),
+        "missing config file": (["--config", str(tmp_path / "nope.py")], "nope.py"),
+        "unknown dataset": (["--config.data.name=no_such_dataset"], "no_such_dataset"),
+        "workdir not writable": (["--workdir", str(tmp_path / "a_file" / "w")], "a_file"),
+    }
+    procs = {case: subprocess.Popen([sys.executable, str(ROOT / "train.py"), *base, *argv], env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for case, (argv, _) in cases.items()}
+    for case, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 2, (case, out[-2000:], err[-2000:])
+        assert cases[case][1] in _one_error(err), case
+    assert not (tmp_path / "w").exists()  # nothing was started
