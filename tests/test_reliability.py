@@ -245,3 +245,20 @@ def test_the_eta_is_steady_through_evaluations_and_leaves_out_compilation():
     for step, eta in etas.items():
         if step > 1:
             assert abs(eta - (60 - step)) <= 1 + 0.02 * (60 - step), (step, eta)
+
+
+def test_a_newest_checkpoint_without_its_metadata(tmp_path, caplog):
+    """Without Orbax's step metadata the newest checkpoint still restores with its own values;
+    without its tree metadata it does not: it is moved aside in one line and the previous used."""
+    manager = rc.make_manager(tmp_path / "c", keep=5)
+    for step in (1, 2):
+        rc.save(manager, step, _state(step), {"iterator": step})
+    (tmp_path / "c" / "2" / "_CHECKPOINT_METADATA").unlink()
+    step, state, data = rc.restore_latest(rc.make_manager(tmp_path / "c", keep=5), _abstract(_state(0)))
+    assert (step, data) == (2, {"iterator": 2})
+    np.testing.assert_array_equal(state["params"]["w"], _state(2)["params"]["w"])
+    (tmp_path / "c" / "2" / "state" / "_METADATA").unlink()
+    with caplog.at_level(logging.WARNING):
+        step, state, data = rc.restore_latest(rc.make_manager(tmp_path / "c", keep=5), _abstract(_state(0)))
+    assert (step, data) == (1, {"iterator": 1})
+    assert [r.getMessage() for r in caplog.records if "moved aside to 2.corrupt" in r.getMessage()]
