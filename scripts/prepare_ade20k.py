@@ -9,15 +9,14 @@ training and 2,000 validation pairs. The files are stored as they are, in array_
 with a progress bar; each pair is decoded once on the way, and a pair that does not decode is
 reported with its path, left out and counted (the summary and ``OUT/ade20k/1.0.0/left_out.json``).
 Run again after the tree changed, it rebuilds (the source's file list, sizes and times are
-recorded in ``source.json``); unchanged, it does nothing. TFDS's ``scene_parse150`` is another task (the 2017 challenge's instance masks), not this data.
+recorded in ``source.json``); unchanged, it does nothing. TFDS's ``scene_parse150`` is another
+task (the 2017 challenge's instance masks), not this data.
 Train with ``--config.data.data_dir=OUT`` (``configs/fpn_lsnet_*_ade20k.py`` name ``ade20k``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data_dir", required=True, help="TFDS data directory to write into")
     args = ap.parse_args(argv)
 
-    from lsnet_jax.data.builders import Ade20k, list_ade20k, record_source, source_changed, tree_fingerprint
+    from lsnet_jax.data.builders import (
+        Ade20k,
+        builder_to_prepare,
+        list_ade20k,
+        record_source,
+        tree_fingerprint,
+        write_left_out,
+    )
 
     try:
         counts = {split: len(list_ade20k(args.root, split)) for split in ("training", "validation")}
@@ -41,19 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     pairs = {split: list_ade20k(args.root, split) for split in ("training", "validation")}
     fingerprint = {split: tree_fingerprint([f for pair in pairs[split] for f in pair], args.root)
                    for split in pairs}
-    builder = Ade20k(root=args.root, data_dir=args.data_dir, file_format="array_record")
-    if builder.is_prepared():
-        why = source_changed(builder.data_dir, fingerprint)
-        if why is None:
-            print(f"already prepared from this source, unchanged: {builder.data_dir}")
-            return 0
-        print(f"{builder.data_dir} is out of date ({why}): rebuilding it")
-        shutil.rmtree(builder.data_dir)
-        builder = Ade20k(root=args.root, data_dir=args.data_dir, file_format="array_record")
+    builder = builder_to_prepare(lambda: Ade20k(root=args.root, data_dir=args.data_dir, file_format="array_record"),
+                                 fingerprint)
+    if builder is None:
+        return 0
     builder.download_and_prepare()
     record_source(builder.data_dir, fingerprint, root=str(Path(args.root).absolute()))
-    (Path(builder.data_dir) / "left_out.json").write_text(json.dumps(
-        [{"path": p, "reason": r} for p, r in builder.left_out], indent=2))
+    write_left_out(builder.data_dir, builder.left_out)
     print(f"done: {builder.data_dir}; {len(builder.left_out)} unreadable pairs left out")
     print(f"train with: --config.data.data_dir={args.data_dir}")
     return 0

@@ -16,8 +16,6 @@ unchanged, it does nothing. Train with ``--config.data.name=imagenet_folder --co
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -36,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from lsnet_jax.data.builders import (
         ImagenetFolder,
+        builder_to_prepare,
         empty_classes,
         list_image_folder,
         record_source,
-        source_changed,
         tree_fingerprint,
+        write_left_out,
     )
 
     try:
@@ -63,19 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.val_dir:
         fingerprint["validation"] = tree_fingerprint([p for p, _ in val], args.val_dir, classes)
 
-    def builder() -> ImagenetFolder:
-        return ImagenetFolder(train_dir=args.train_dir, val_dir=args.val_dir, data_dir=args.data_dir,
-                              file_format="array_record")
-
-    b = builder()
-    if b.is_prepared():
-        why = source_changed(b.data_dir, fingerprint)
-        if why is None:
-            print(f"already prepared from this source, unchanged: {b.data_dir}")
-            return 0
-        print(f"{b.data_dir} is out of date ({why}): rebuilding it")
-        shutil.rmtree(b.data_dir)
-        b = builder()
+    b = builder_to_prepare(lambda: ImagenetFolder(train_dir=args.train_dir, val_dir=args.val_dir,
+                                                  data_dir=args.data_dir, file_format="array_record"), fingerprint)
+    if b is None:
+        return 0
     try:
         b.download_and_prepare()
     except ValueError as e:
@@ -84,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     record_source(b.data_dir, fingerprint, train_dir=str(Path(args.train_dir).absolute()),
                   val_dir=str(Path(args.val_dir).absolute()) if args.val_dir else None, empty_classes=empty,
                   left_out=len(b.left_out))
-    (Path(b.data_dir) / "left_out.json").write_text(json.dumps(
-        [{"path": p, "reason": r} for p, r in b.left_out], indent=2) + "\n")
+    listed = write_left_out(b.data_dir, b.left_out)
     print(f"done: {b.data_dir}; {len(b.left_out)} files that do not decode left out"
-          + (f" (listed in {Path(b.data_dir) / 'left_out.json'})" if b.left_out else ""))
+          + (f" (listed in {listed})" if b.left_out else ""))
     print(f"train with: --config.data.name=imagenet_folder --config.data.data_dir={args.data_dir}")
     return 0
 

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,28 @@ def record_source(data_dir: str | os.PathLike, fingerprint: dict, **extra) -> No
     (Path(data_dir) / SOURCE_FILE).write_text(json.dumps({"fingerprint": fingerprint, **extra}, indent=2) + "\n")
 
 
+def builder_to_prepare(make, fingerprint: dict[str, dict]):
+    """``make()``'s builder, ready for ``download_and_prepare``: ``None`` if it is prepared from
+    this very source (said in a line); a prepared dataset of another source is removed first."""
+    b = make()
+    if not b.is_prepared():
+        return b
+    why = source_changed(b.data_dir, fingerprint)
+    if why is None:
+        print(f"already prepared from this source, unchanged: {b.data_dir}")
+        return None
+    print(f"{b.data_dir} is out of date ({why}): rebuilding it")
+    shutil.rmtree(b.data_dir)
+    return make()
+
+
+def write_left_out(data_dir: str | os.PathLike, left_out: list[tuple[str, str]]) -> Path:
+    """``left_out.json``: the source files a builder left out, with why."""
+    f = Path(data_dir) / "left_out.json"
+    f.write_text(json.dumps([{"path": p, "reason": r} for p, r in left_out], indent=2) + "\n")
+    return f
+
+
 def empty_classes(root: str | os.PathLike) -> list[str]:
     """Class sub-directories of ``root`` without an image file."""
     classes, items = list_image_folder(root)
@@ -147,7 +170,8 @@ class ImagenetFolder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
 
-    def __init__(self, *, train_dir: str | None = None, val_dir: str | None = None, check: bool = True, **kwargs):
+    def __init__(self, *, train_dir: str | None = None, val_dir: str | None = None, check: bool = True,
+                 **kwargs):
         self._dirs = {"train": train_dir, "validation": val_dir}
         self._check = check
         self.left_out: list[tuple[str, str]] = []  # (path, reason)

@@ -36,7 +36,7 @@ from lsnet_jax.inference.evaluate import eval_step, run_eval
 from lsnet_jax.models.registry import DTYPES, create_model, list_models
 from lsnet_jax.train import optim, reporting
 from lsnet_jax.train import workdir as workdirs
-from lsnet_jax.train.preemption import Preemption
+from lsnet_jax.train.preemption import Preemption, stop_after
 from lsnet_jax.train.checks import ConfigError, check_finite
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step
 
@@ -322,10 +322,7 @@ def _train_classifier(config: ml_collections.ConfigDict, workdir: str | os.PathL
             saved = epoch_end or done % config.checkpoint_every_steps == 0 or done == end
             if saved:
                 save(done)
-            if preempt.reached(done) and done < end:  # SIGTERM / SIGINT: this step is the last
-                if not saved:
-                    save(done)
-                saver.wait()
+            if stop_after(preempt, done, end, saved, save, saver):  # SIGTERM / SIGINT: this step is the last
                 log.info("stopped by %s after step %d (epoch %d, step %d/%d); its checkpoint is in %s: run the "
                          "same command to resume from it", preempt.signal, done, (done - 1) // spe,
                          (done - 1) % spe + 1, spe, manager.directory)

@@ -52,3 +52,14 @@ class Preemption:
                 return True
             return False
         return self.signal is not None
+
+
+def stop_after(preempt: Preemption, done: int, end: int, saved: bool, save, saver) -> bool:
+    """Whether the loop stops after step ``done`` (preempted before the end); if so, that step's
+    checkpoint is written (``save(done)`` unless ``saved`` already) and waited for."""
+    if not (preempt.reached(done) and done < end):
+        return False
+    if not saved:
+        save(done)
+    saver.wait()
+    return True

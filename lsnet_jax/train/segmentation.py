@@ -36,7 +36,7 @@ from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import reporting
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_finite
-from lsnet_jax.train.preemption import Preemption
+from lsnet_jax.train.preemption import Preemption, stop_after
 from lsnet_jax.train.seg_steps import SegTrainState, poly_schedule, seg_train_step
 
 log = logging.getLogger("lsnet_jax.train")
@@ -201,10 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             saved = done % config.checkpoint_every_steps == 0 or done == end
             if saved:
                 save(done)
-            if preempt.reached(done) and done < end:  # SIGTERM / SIGINT: this iteration is the last
-                if not saved:
-                    save(done)
-                saver.wait()
+            if stop_after(preempt, done, end, saved, save, saver):  # SIGTERM / SIGINT: this iteration is the last
                 log.info("stopped by %s after iteration %d; its checkpoint is in %s: run the same command to "
                          "resume from it", preempt.signal, done, manager.directory)
                 break
