@@ -62,18 +62,18 @@ class Progress:
     def line(self, step: int, loss: float, lr: float, skipped: int) -> str:
         now = self._clock()
         rate = (step - self._step) * self.batch / max(now - self._t - self._window_excluded, 1e-9)
-        if self._t0 is None:
+        if self._t0 is None:  # this window holds the compilation: no ETA from it
             self._t0, self._s0, self._excluded = now, step, 0.0
-            mean_rate = rate
+            eta = "-:--:--"
         else:
             mean_rate = (step - self._s0) * self.batch / max(now - self._t0 - self._excluded, 1e-9)
-        eta = (self.total - step) * self.batch / max(mean_rate, 1e-9)
+            eta = _fmt_time((self.total - step) * self.batch / max(mean_rate, 1e-9))
         self._t, self._step, self._window_excluded = now, step, 0.0
         epoch, in_epoch = divmod(step - 1, self.spe)
         in_epoch += 1
         extra = f" skipped {skipped}" if skipped else ""
         return (f"epoch {epoch} step {in_epoch}/{self.spe} ({step}/{self.total}) loss {loss:.4f} "
-                f"lr {lr:.3e} {rate:.1f} img/s ETA {_fmt_time(eta)}{extra}")
+                f"lr {lr:.3e} {rate:.1f} img/s ETA {eta}{extra}")
 
 
 class Reporter:
