@@ -1,7 +1,6 @@
-"""The training run on the small default (digits): 8 devices equal to one, exact resume after
-preemption (SIGTERM) and SIGKILL (with a corrupt newest checkpoint and a torn log line) of a
-hard-distillation run with a RegNet teacher, another run's directory refused, a full disk stopping
-the run at that save, and bad configs stopping at start. Two processes: test_train_multiprocess."""
+"""The training run on the small default (digits): data-parallel equality, exact resume after
+SIGKILL (with a corrupt newest checkpoint) of a hard-distillation run with a RegNet teacher, and
+bad configs stopping at start."""
 
 from __future__ import annotations
 
@@ -40,17 +39,13 @@ def digits_config(data_dir: str, **overrides):
     return c
 
 
-def prepare_digits(tmp_path_factory) -> str:
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
     from lsnet_jax.data.source import open_source
 
     open_source("lsnet_digits", "train", str(d))  # prepare once for the module
     return str(d)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return prepare_digits(tmp_path_factory)
 
 
 def _rows(workdir: Path) -> int:
@@ -80,16 +75,12 @@ def teacher(tmp_path_factory) -> str:
     return str(d)
 
 
-def one_device_reference(data_dir: str, tmp_path_factory) -> dict[int, float]:
+@pytest.fixture(scope="module")
+def one_device_losses(data_dir, tmp_path_factory) -> dict[int, float]:
     """Per-step losses of 6 steps on one device, global batch 16: the reference of the parallel runs."""
     work = tmp_path_factory.mktemp("one")
     train_and_evaluate(digits_config(data_dir, **SMALL), work, devices=jax.devices()[:1])
     return _losses(work)
-
-
-@pytest.fixture(scope="module")
-def one_device_losses(data_dir, tmp_path_factory) -> dict[int, float]:
-    return one_device_reference(data_dir, tmp_path_factory)
 
 
 def test_eight_devices_equal_one_device(data_dir, one_device_losses, tmp_path):
@@ -190,17 +181,13 @@ def test_preempted_then_killed_mid_epoch_then_resumed_gives_the_same_losses(data
         return {str(f.relative_to(work)): (f.stat().st_size, f.stat().st_mtime_ns) for f in work.rglob("*")}
 
     before = snapshot()
-    p = _run_train(work, data_dir, [*extra, "--config.model=lsnet_s_distill", "--config.epochs=2"], env)
-    out, _ = p.communicate(timeout=300)
-    errors = [x for x in out.splitlines() if x.startswith("error:")]
-    assert p.returncode == 2 and len(errors) == 1, out[-3000:]
-    assert "model 'lsnet_t_distill' -> 'lsnet_s_distill'" in errors[0] and "--workdir NEW_DIR" in errors[0]
-    assert "init_weights" in errors[0] and "Traceback" not in out
-    hard = {"distillation.type": "hard", "distillation.teacher_model": "regnety_002",
-            "distillation.teacher_checkpoint": teacher}
-    with pytest.raises(ConfigError, match="img_size 32 -> 48"):  # the same check, in process (no start-up)
-        train_and_evaluate(digits_config(data_dir, model="lsnet_t_distill", img_size=48, tensorboard=False, **hard),
-                           work, devices=jax.devices()[:1])
+    for override, what in (("--config.model=lsnet_s_distill", "model 'lsnet_t_distill' -> 'lsnet_s_distill'"),
+                           ("--config.img_size=48", "img_size 32 -> 48")):
+        p = _run_train(work, data_dir, [*extra, override, "--config.epochs=2"], env)
+        out, _ = p.communicate(timeout=300)
+        errors = [x for x in out.splitlines() if x.startswith("error:")]
+        assert p.returncode == 2 and len(errors) == 1 and what in errors[0], out[-3000:]
+        assert "--workdir NEW_DIR" in errors[0] and "init_weights" in errors[0] and "Traceback" not in out
     assert snapshot() == before
 
 
@@ -256,3 +243,41 @@ def test_bad_configs_stop_at_start(data_dir, tmp_path):
     p = _run_train(tmp_path / "w2", data_dir, ["--config.no_such_key=1"], env)
     out, _ = p.communicate(timeout=120)
     assert p.returncode != 0 and "no_such_key" in out
+
+
+def test_two_processes_preempted_and_resumed_equal_one_process(data_dir, one_device_losses, tmp_path):
+    """Two JAX processes (one CPU device each, gloo collectives) sharing a work directory, as two
+    hosts would: each reads its slice of every global batch. One of them is preempted (SIGTERM)
+    mid-run: both agree on a step (JAX's preemption service), save it and exit 0; restarted, they
+    resume there. The losses equal a single uninterrupted process's."""
+    import socket
+
+    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
+    extra = [f"--config.{k}={v}" for k, v in SMALL.items()] + ["--config.tensorboard=False"]
+
+    def launch() -> list[subprocess.Popen]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return [_run_train(tmp_path / "multi", data_dir, extra, base | {
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+            "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}) for i in range(2)]
+
+    procs = launch()
+    deadline = time.time() + 600
+    while _rows(tmp_path / "multi") < 2 and time.time() < deadline and procs[0].poll() is None:
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # a preemption notice to one host reaches every host
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    stopped = max(_losses(tmp_path / "multi"))
+    assert 2 <= stopped < SMALL["max_steps"] and f"stopped by SIGTERM after step {stopped}" in outs[0], outs[0][-2000:]
+    assert (tmp_path / "multi" / "checkpoints" / str(stopped)).is_dir()
+    procs = launch()
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    assert f"resumed from step {stopped}" in outs[0]
+    multi, one = _losses(tmp_path / "multi"), one_device_losses
+    assert sorted(multi) == sorted(one) == list(range(1, SMALL["max_steps"] + 1))
+    for s in one:
+        assert multi[s] == pytest.approx(one[s], rel=1e-5), (s, multi[s], one[s])
