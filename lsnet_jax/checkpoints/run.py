@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lsnet_jax.checkpoints.state import str_path
-from lsnet_jax.checkpoints.weights import check_output, save_weights
+from lsnet_jax.checkpoints.weights import check_output, existing_ancestor, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,7 @@ class CheckpointSaveError(RuntimeError):
 
 
 def _free_bytes(directory: str | os.PathLike) -> int:
-    d = Path(directory)
-    while not d.exists() and d != d.parent:
-        d = d.parent
-    return shutil.disk_usage(d).free
+    return shutil.disk_usage(existing_ancestor(directory)).free
 
 
 def _first_line(e: BaseException) -> str:
@@ -182,32 +179,36 @@ def _quiet_excepthook(previous):
     return hook
 
 
-@contextlib.contextmanager
-def quiet_orbax_errors() -> Iterator[None]:
-    """Drop Orbax's error records and its background threads' tracebacks while inside."""
+def _install_quiet() -> Callable[[], None]:
+    """Install the filters and hooks; returns what puts the previous ones back."""
     f, loggers = _DropOrbaxErrors(), [logging.getLogger(n) for n in ("absl", "asyncio")]
     previous = threading.excepthook, sys.excepthook, sys.unraisablehook
     for logger in loggers:
         logger.addFilter(f)
     threading.excepthook, sys.excepthook, sys.unraisablehook = (
         _quiet_threads(previous[0]), _quiet_excepthook(previous[1]), _quiet_unraisable(previous[2]))
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         for logger in loggers:
             logger.removeFilter(f)
         threading.excepthook, sys.excepthook, sys.unraisablehook = previous
+    return restore
+
+
+@contextlib.contextmanager
+def quiet_orbax_errors() -> Iterator[None]:
+    """Drop Orbax's error records and its background threads' tracebacks while inside."""
+    restore = _install_quiet()
+    try:
+        yield
+    finally:
+        restore()
 
 
 def install_quiet_orbax_errors() -> None:
     """The same for the rest of the process (command-line tools: asyncio reports failed futures
     when they are collected, possibly after the run has returned)."""
-    f = _DropOrbaxErrors()
-    for name in ("absl", "asyncio"):
-        logging.getLogger(name).addFilter(f)
-    threading.excepthook = _quiet_threads(threading.excepthook)
-    sys.excepthook = _quiet_excepthook(sys.excepthook)
-    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+    _install_quiet()
 
 
 def close_managers(*managers: ocp.CheckpointManager) -> None:

@@ -40,13 +40,27 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> None:
     if not overwrite and (p.is_file() or (p.is_dir() and any(p.iterdir()))):
         raise OutputError(f"{p} already exists{' and is not empty' if p.is_dir() else ''}; choose another "
                           f"output, or pass --overwrite to replace it (what it holds is deleted)")
-    parent = p.parent
-    while not parent.exists():
-        parent = parent.parent
+    why = unwritable(p)
+    if why:
+        raise OutputError(f"cannot write {p}: {why}; choose another output")
+
+
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def unwritable(path: str | os.PathLike) -> str | None:
+    """Why ``path`` (a file or directory to be made) cannot be created, or None."""
+    parent = existing_ancestor(Path(path).absolute().parent)
     if not parent.is_dir():
-        raise OutputError(f"cannot write {p}: {parent} is a file, not a directory; choose another output")
+        return f"{parent} is a file, not a directory"
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {p}: {parent} is not writable; choose another output")
+        return f"{parent} is not writable"
+    return None
 
 
 def publish(tmp: Path, target: Path) -> None:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lsnet_jax.checkpoints.weights import unwritable
 from lsnet_jax.train.checks import ConfigError
 
 RUN_FILE = "run.json"
@@ -44,12 +45,9 @@ def _has_run(workdir: Path) -> bool:
 def check(workdir: str | os.PathLike, fp: dict[str, Any]) -> None:
     """Raise ``ConfigError`` if ``workdir`` holds a run of another fingerprint (nothing is changed)."""
     workdir = Path(workdir)
-    parent = workdir.absolute()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the work directory {workdir}: {parent} is "
-                          f"{'a file' if not parent.is_dir() else 'not writable'}; give a writable --workdir")
+    why = unwritable(workdir / RUN_FILE)
+    if why:
+        raise ConfigError(f"cannot write the work directory {workdir}: {why}; give a writable --workdir")
     run_file = workdir / RUN_FILE
     if not run_file.exists():
         if _has_run(workdir):
