@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,6 +125,48 @@ def test_a_failed_background_save_raises_one_line_at_that_save(tmp_path, file_si
     assert "File too large" in msg and "step 1 is intact" in msg
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # Orbax's tracebacks, silenced
     assert rc.restore_latest(manager, _abstract(_state(0)))[0] == 1  # the previous checkpoint is intact
+
+
+def test_a_save_returns_before_orbax_and_the_state_may_then_be_donated(tmp_path, monkeypatch):
+    """The loop's thread only snapshots the state: Orbax (held here until released) is called from
+    the saver's thread, and the step's buffers, deleted as the next step's donation does, are not
+    what gets written."""
+    manager = rc.make_manager(tmp_path / "c", keep=2, async_save=True)
+    release, real_save = threading.Event(), manager.save
+
+    def held_save(*args, **kwargs):
+        assert threading.current_thread() is not threading.main_thread()
+        release.wait(60)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "save", held_save)
+    state = jax.device_put(_state(4))
+    values = jax.tree.map(np.array, state)  # float32, as written
+    saver = rc.Saver(manager)
+    t = time.monotonic()
+    saver.save(4, state, {"iterator": 4})
+    saver.poll()  # in progress: returns
+    assert time.monotonic() - t < 10 and not (tmp_path / "c" / "4").exists()
+    jax.tree.map(lambda x: x.delete(), state)
+    release.set()
+    saver.wait()
+    step, restored, data = rc.restore_latest(manager, _abstract(values))
+    assert (step, data) == (4, {"iterator": 4})
+    jax.tree.map(np.testing.assert_array_equal, restored, values)
+    saver.close()
+
+
+def test_a_failed_write_is_reported_at_its_own_step_when_the_next_save_is_asked_for(tmp_path, file_size_limit):
+    manager = rc.make_manager(tmp_path / "c", keep=5, async_save=True)
+    saver = rc.Saver(manager)
+    saver.save(1, _state(1), None)
+    saver.wait()
+    file_size_limit()
+    saver.save(2, _state(2), None)
+    saver.save(3, _state(3), None)  # step 2's write may still be running: its failure is step 2's
+    with rc.quiet_orbax_errors(), pytest.raises(rc.CheckpointSaveError, match="at step 2 .*step 1 is intact"):
+        saver.wait()
+    saver.close()
 
 
 def test_a_save_without_the_space_it_needs_stops_before_writing(tmp_path, monkeypatch):

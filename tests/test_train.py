@@ -165,6 +165,13 @@ def test_preempted_then_killed_mid_epoch_then_resumed_gives_the_same_losses(data
     from lsnet_jax.checkpoints.run import export_weights
 
     export_weights(work, tmp_path / "weights")
+    # the best checkpoint (weights and EMA only) at the epoch's end is the same step's weights
+    from lsnet_jax.checkpoints.weights import load_weights
+
+    export_weights(work, tmp_path / "best", best=True)
+    (w, _), (b, best_meta) = load_weights(tmp_path / "weights"), load_weights(tmp_path / "best")
+    assert best_meta["source"].endswith("step 22 (best)") and w.keys() == b.keys()
+    assert all(np.array_equal(w[k], b[k]) for k in w)
     meta = json.loads((tmp_path / "weights" / "config.json").read_text())
     assert meta["class_names"] == [str(i) for i in range(10)]  # for lsnet-predict
     from lsnet_jax.cli.evaluate import main as evaluate_main

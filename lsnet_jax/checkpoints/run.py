@@ -24,10 +24,12 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -80,42 +82,55 @@ def tree_bytes(tree: Any) -> int:
 
 
 class Saver:
-    """Saves steps through ``manager``; a failed save raises ``CheckpointSaveError`` at that save
-    (not at the next one, and not as Orbax's background tracebacks): before writing, when the disk
-    has less free space than the state needs; a failure in the background is found by ``poll``,
-    which the loop calls every step at the cost of a flag read."""
+    """Saves steps through ``manager`` without holding up training, and turns a failed save into
+    one ``CheckpointSaveError`` raised at that save (not as Orbax's background tracebacks).
 
-    def __init__(self, manager: ocp.CheckpointManager):
+    ``save`` checks the free space against the state's size, snapshots the state on its devices (a
+    copy the next step's donation cannot touch) and returns: one process hands the snapshot to a
+    thread that calls Orbax (which waits for the previous write, copies to the host and writes in
+    the background). Several processes call Orbax in the loop's thread, because its synchronous
+    part must run in the same order as the steps' collectives on every process. A failure in the
+    background is found by ``poll``, which the loop calls every step at the cost of a flag read.
+    A save asked for while the thread is still handing the previous one to Orbax waits for it, so
+    at most two snapshots exist."""
+
+    def __init__(self, manager: ocp.CheckpointManager, background: bool | None = None):
         self.manager = manager
-        self.pending: int | None = None  # the step being written in the background
         self.previous: int | None = manager.latest_step()  # the newest complete checkpoint
+        self.writing: int | None = None  # the step Orbax may be writing in the background
+        self._job: Future | None = None  # the thread's call of Orbax for ``self._job_step``
+        self._job_step: int | None = None
+        background = jax.process_count() == 1 if background is None else background
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if background else None
 
     def save(self, step: int, state: Any, data_state: dict | None, metrics: dict | None = None) -> None:
         """``data_state``: JSON-able host state that resumes with the step (the data iterator's)."""
-        self.wait()
+        self._collect()
         need, free = tree_bytes(state), _free_bytes(self.manager.directory)
         if free < need:
             raise CheckpointSaveError(step, self.manager.directory, f"it needs {need / 2**30:.2f} GiB",
                                       self.previous)
-        args = {"state": ocp.args.StandardSave(state)}
+        args = {"state": ocp.args.StandardSave(_snapshot(state) if self._pool else state)}
         if data_state is not None:
             args["data"] = ocp.args.JsonSave(data_state)
+        prev, self.writing = self.writing, None
+        if self._pool is None:
+            self._write(step, prev, ocp.args.Composite(**args), metrics)
+            self.writing = step
+        else:
+            self._job = self._pool.submit(self._write, step, prev, ocp.args.Composite(**args), metrics)
+            self._job_step = step
+
+    def _write(self, step: int, prev: int | None, args: ocp.args.Composite, metrics: dict | None) -> None:
+        if prev is not None:  # a failure of the previous write is that step's, not this one's
+            self._finish(prev)
         try:
-            self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
+            self.manager.save(step, args=args, metrics=metrics)
         except Exception as e:
             raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.previous) from None
-        self.pending = step
 
-    def poll(self) -> None:
-        """Raise if the background save has failed; returns at once while it runs."""
-        if self.pending is not None and not self.manager.is_saving_in_progress():
-            self.wait()
-
-    def wait(self) -> None:
-        """Wait for the background save; raise if it failed."""
-        if self.pending is None:
-            return
-        step, self.pending = self.pending, None
+    def _finish(self, step: int) -> None:
+        """Wait for Orbax's write of ``step``; raise if it failed."""
         try:
             self.manager.wait_until_finished()
         except Exception as e:
@@ -124,11 +139,51 @@ class Saver:
             raise CheckpointSaveError(step, self.manager.directory, "Orbax did not finalise it", self.previous)
         self.previous = step
 
+    def _collect(self) -> None:
+        """Wait for the thread's call of Orbax (not for the write it starts); raise its failure."""
+        if self._job is None:
+            return
+        job, self._job = self._job, None
+        job.result()
+        self.writing = self._job_step
+
+    def poll(self) -> None:
+        """Raise if a save has failed; returns at once while one is in progress."""
+        if self._job is not None:
+            if not self._job.done():
+                return
+            self._collect()
+        if self.writing is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait until every save asked for is written; raise if one failed."""
+        self._collect()
+        if self.writing is not None:
+            step, self.writing = self.writing, None
+            self._finish(step)
+
+    def close(self) -> None:
+        """Let the saves in progress finish (their failures were raised by ``save`` / ``poll`` /
+        ``wait`` already, or the run is ending on another error)."""
+        with contextlib.suppress(Exception):
+            self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+        with contextlib.suppress(Exception):
+            self.manager.wait_until_finished()
+
+
+@jax.jit
+def _snapshot(tree: Any) -> Any:
+    """A copy of ``tree`` in new buffers on the same devices (one dispatch for all leaves)."""
+    return jax.tree.map(jnp.copy, tree)
+
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict | None,
          metrics: dict | None = None) -> None:
     """One save, waited for (tests, tools); the training loops use a ``Saver``."""
-    saver = Saver(manager)
+    saver = Saver(manager, background=False)
     saver.save(step, state, data_state, metrics)
     saver.wait()
 
@@ -209,13 +264,6 @@ def install_quiet_orbax_errors() -> None:
     """The same for the rest of the process (command-line tools: asyncio reports failed futures
     when they are collected, possibly after the run has returned)."""
     _install_quiet()
-
-
-def close_managers(*managers: ocp.CheckpointManager) -> None:
-    """Let background saves finish; their failures were raised by a ``Saver`` already."""
-    for m in managers:
-        with contextlib.suppress(Exception):
-            m.wait_until_finished()
 
 
 def move_aside(path: Path) -> Path:

@@ -38,7 +38,7 @@ from lsnet_jax.train import optim, reporting
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.preemption import Preemption, stop_after
 from lsnet_jax.train.checks import ConfigError, check_finite
-from lsnet_jax.train.steps import StepConfig, init_train_state, train_step
+from lsnet_jax.train.steps import StepConfig, init_train_state, model_weights, train_step
 
 log = logging.getLogger("lsnet_jax.train")
 
@@ -316,7 +316,7 @@ def _train_classifier(config: ml_collections.ConfigDict, workdir: str | os.PathL
                              ev["top1"], ev["top5"], ev["loss"], ev_ema["top1"])
                 if ev["top1"] > stats.best_acc1:
                     stats.best_acc1 = ev["top1"]
-                    best_saver.save(done, state, None, {"acc1": ev["top1"]})
+                    best_saver.save(done, model_weights(state), None, {"acc1": ev["top1"]})
             if epoch_end:
                 stats.new_epoch()
             saved = epoch_end or done % config.checkpoint_every_steps == 0 or done == end
@@ -331,6 +331,7 @@ def _train_classifier(config: ml_collections.ConfigDict, workdir: str | os.PathL
         best_saver.wait()
     finally:
         preempt.__exit__()
-        run_checkpoints.close_managers(manager, best_manager)
+        saver.close()
+        best_saver.close()
         reporter.close()
     return last

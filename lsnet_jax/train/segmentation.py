@@ -208,6 +208,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         saver.wait()
     finally:
         preempt.__exit__()
-        run_checkpoints.close_managers(manager)
+        saver.close()
         reporter.close()
     return last

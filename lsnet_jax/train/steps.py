@@ -36,6 +36,13 @@ class TrainState:
     rng: Array  # the run's base key; each step folds in its number
 
 
+def model_weights(state: TrainState) -> dict:
+    """What ``DIR/best`` keeps (the weights and their EMA, for export): half the state, since the
+    optimizer's moments are left out; a run resumes from ``DIR/checkpoints``."""
+    return {"params": state.params, "batch_stats": state.batch_stats, "ema_params": state.ema_params,
+            "ema_stats": state.ema_stats}
+
+
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int
                      ) -> tuple[TrainState, nnx.GraphDef, nnx.GraphDef]:
     """The state a run starts from, and the model's training- and eval-mode graph definitions.
