@@ -219,7 +219,9 @@ def test_a_save_that_fails_stops_the_run_at_that_save(data_dir, one_device_losse
     msg = str(err.value)
     assert "\n" not in msg and "at step 2 in" in msg and "File too large" in msg and "GiB free" in msg, msg
     assert err.value.step == 2 and "no earlier checkpoint" in msg
-    assert max(_losses(work)) <= 4  # stopped at the failed save (found in the background by step 4's save)
+    # stopped soon after: step 2's failed write is found by the saver's thread when step 4's save is
+    # handed over, and raised at the latest by step 6's
+    assert max(_losses(work)) <= 6
     assert not [p for p in (work / "checkpoints").iterdir() if p.name.isdigit()]
 
 
