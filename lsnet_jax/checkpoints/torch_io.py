@@ -1,8 +1,9 @@
 """PyTorch checkpoints as numpy: reading ``.pth`` / ``.safetensors`` files, writing official-layout
 state dicts, and the layout changes between PyTorch (OIHW kernels, ``(out, in)`` linears) and JAX
 (HWIO, ``(in, out)``). No model knowledge here: the name mapping of each model family is beside
-the model (``lsnet_jax.models.lsnet_official``). Reading a ``.pth`` needs torch (the ``[torch]``
-extra); safetensors files do not.
+the model (``lsnet_jax.models.lsnet_official``). Reading a ``.pth`` does not need torch
+(``lsnet_jax.checkpoints.pth``, which admits tensors and plain containers only); ``trust_pickle``
+reads any pickle with ``torch.load`` (the ``[torch]`` extra). Writing a ``.pth`` needs torch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from lsnet_jax.checkpoints.state import JaxPath
@@ -79,23 +81,33 @@ def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool 
             return unwrap_checkpoint(load_file(str(path)), use_ema)
         except SafetensorError as e:
             raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
-    import argparse
+    if not trust_pickle:  # torch's zip format read here: no torch, and no code from the pickle run
+        from lsnet_jax.checkpoints.pth import load_pth
+
+        return float32(unwrap_checkpoint(load_pth(path), use_ema))
     import pickle
 
     import torch
 
-    torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: torch.load refused to unpickle it safely ({str(e).splitlines()[0]}). If "
-                         "you trust the file, pass --trust-pickle.") from e
+        raise ValueError(f"{path}: torch.load could not unpickle it ({str(e).splitlines()[0]})") from e
     except Exception as e:  # torch's readers fail in many ways on what is not a whole checkpoint
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or not a checkpoint: "
                          f"{type(e).__name__}: {first}); download it again") from e
     sd = unwrap_checkpoint(obj, use_ema)
-    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in sd.items()}
+    return float32({k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()})
+
+
+def float32(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Floating-point entries (float16, bfloat16, float64) as float32; integer buffers as they are."""
+    return {k: np.asarray(v, np.float32) if _floating(np.asarray(v).dtype) else np.asarray(v) for k, v in sd.items()}
+
+
+def _floating(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
 
 
 def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, wrap: str = "model",
