@@ -15,7 +15,9 @@ timm / DeiT RegNet checkpoints (DeiT's distillation teacher ``regnety_160-a5fe30
 test extra). Writes OUT/orbax, OUT/model.safetensors and
 OUT/config.json; ``lsnet_jax.create_model(name, pretrained=OUT)`` loads them. ``--check`` rebuilds
 the model in PyTorch (lsnet_jax.torch_reference) from the same checkpoint and prints the largest
-logit difference on random inputs. Needs the ``[torch]`` extra for .pth files and --check.
+logit difference on random inputs. A .pth is read without torch (``lsnet_jax.checkpoints.pth``:
+tensors and plain containers only); ``--check``, ``--trust-pickle`` and ``--to-torch`` to a .pth
+need the ``[torch]`` extra.
 """
 
 from __future__ import annotations
@@ -30,63 +32,29 @@ import numpy as np
 def to_jax(args: argparse.Namespace) -> None:
     from lsnet_jax.checkpoints.torch_io import read_checkpoint
     from lsnet_jax.checkpoints.weights import save_weights
-    from lsnet_jax.models import regnet_official, semfpn_official
-    from lsnet_jax.models.lsnet_official import detect_variant, expected_jax_shapes, torch_to_jax
+    from lsnet_jax.data.segmentation import ADE20K_CLASSES
+    from lsnet_jax.models.conversion import from_official
 
     sd = read_checkpoint(Path(args.ckpt), args.ema, args.trust_pickle)
-    if semfpn_official.is_segmentation(sd) or (args.model or "").endswith("_semfpn"):
-        return segmenter_to_jax(sd, args)
-    if regnet_official.is_regnet(sd) or (args.model or "").startswith("regnet"):
-        return regnet_to_jax(sd, args)
-    if args.model:
-        num_classes = int(sd["head.l.weight"].shape[0]) if "head.l.weight" in sd else 1000
-        img_size = args.img_size
-        name = args.model
-    else:
-        name, num_classes, img_size = detect_variant(sd)
-    # torch_to_jax has checked every key and shape against the model, both ways
-    flat = torch_to_jax(sd, expected_jax_shapes(name, num_classes, img_size), what=args.ckpt)
-    out = save_weights(args.out, flat, overwrite=args.overwrite, meta=dict(
-        model=name, num_classes=num_classes, img_size=img_size, source=str(Path(args.ckpt).name), ema=bool(args.ema)))
-    print(f"{args.ckpt}: {name}, {num_classes} classes, {img_size}px -> {out}")
-    if args.check:
-        check(sd, name, num_classes, img_size, out)
-
-
-def segmenter_to_jax(sd: dict[str, np.ndarray], args: argparse.Namespace) -> None:
-    from lsnet_jax.checkpoints.weights import save_weights
-    from lsnet_jax.data.segmentation import ADE20K_CLASSES
-    from lsnet_jax.models import semfpn_official
-
-    if args.model:
-        name, num_classes = args.model, int(np.shape(sd.get("decode_head.conv_seg.weight", np.empty(150)))[0])
-    else:
-        name, num_classes = semfpn_official.detect_variant(sd)
-    flat = semfpn_official.torch_to_jax(sd, semfpn_official.expected_jax_shapes(name, num_classes), what=args.ckpt)
-    meta = dict(model=name, num_classes=num_classes, task="segmentation", source=str(Path(args.ckpt).name))
-    if num_classes == len(ADE20K_CLASSES):
+    # every key and shape has been checked against the model, both ways
+    flat, meta = from_official(sd, args.model, args.img_size, what=args.ckpt)
+    name, num_classes = meta["model"], meta["num_classes"]
+    meta |= dict(source=str(Path(args.ckpt).name), ema=bool(args.ema))
+    if meta.get("task") == "segmentation" and num_classes == len(ADE20K_CLASSES):
         meta["class_names"] = list(ADE20K_CLASSES)
-    out = save_weights(args.out, flat, overwrite=args.overwrite, meta=meta)
-    print(f"{args.ckpt}: {name} (Semantic FPN), {num_classes} classes -> {out}")
-    if args.check:
-        check_segmenter(sd, name, num_classes, out)
-
-
-def regnet_to_jax(sd: dict[str, np.ndarray], args: argparse.Namespace) -> None:
-    from lsnet_jax.checkpoints.weights import save_weights
-    from lsnet_jax.models import regnet_official
-
-    if args.model:
-        name = args.model
-        num_classes = int(np.shape(sd["head.fc.weight"])[0]) if "head.fc.weight" in sd else 1000
+    out = save_weights(args.out, flat, meta, overwrite=args.overwrite)
+    if meta.get("task") == "segmentation":
+        print(f"{args.ckpt}: {name} (Semantic FPN), {num_classes} classes -> {out}")
+        if args.check:
+            check_segmenter(sd, name, num_classes, out)
+    elif name.startswith("regnet"):
+        print(f"{args.ckpt}: {name} (RegNet), {num_classes} classes -> {out}")
+        if args.check:
+            check_regnet(sd, name, num_classes, out)
     else:
-        name, num_classes = regnet_official.detect_variant(sd)
-    flat = regnet_official.torch_to_jax(sd, name, num_classes, what=args.ckpt)
-    out = save_weights(args.out, flat, overwrite=args.overwrite, meta=dict(
-        model=name, num_classes=num_classes, img_size=224, source=str(Path(args.ckpt).name), ema=bool(args.ema)))
-    print(f"{args.ckpt}: {name} (RegNet), {num_classes} classes -> {out}")
-    if args.check:
-        check_regnet(sd, name, num_classes, out)
+        print(f"{args.ckpt}: {name}, {num_classes} classes, {meta['img_size']}px -> {out}")
+        if args.check:
+            check(sd, name, num_classes, meta["img_size"], out)
 
 
 def check_regnet(sd: dict[str, np.ndarray], name: str, num_classes: int, out: Path, batch: int = 2,

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = Path(args.checkpoint)
     try:
         spec = inference_spec(ckpt, args.model, args.img_size, args.crop_pct)
-    except ValueError as e:
+    except (FileNotFoundError, ValueError) as e:  # FileNotFoundError: published weights offline, not cached
         print(f"error: {e}", file=sys.stderr)
         return 2
     if spec.name.endswith("_semfpn"):

@@ -11,6 +11,7 @@ from typing import Any
 from flax import nnx
 
 from lsnet_jax.checkpoints.weights import read_meta
+from lsnet_jax.models import hub
 from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from lsnet_jax.models.registry import create_model
 
@@ -36,9 +37,14 @@ def inference_spec(weights: str | os.PathLike | None, model: str | None = None, 
                    crop_pct: float | None = None) -> InferenceSpec:
     """Model name, input size, crop_pct and mean/std: as given, else from the weights' config.json,
     else the ImageNet defaults. Raises ``ValueError`` when nothing names the model."""
+    if weights is not None and str(weights).startswith(hub.PREFIX):
+        weights = hub.weights_dir(hub.HubSpec.parse(str(weights)))
+    elif weights is not None and not Path(weights).exists() and str(weights) in hub.PUBLISHED:
+        weights = hub.weights_dir(hub.published(str(weights)))  # a published model's name
     if weights is not None and not Path(weights).exists():
         raise ValueError(f"no weights at {weights}: give a directory written by lsnet-convert or "
-                         f"lsnet-export-weights, or a .safetensors file")
+                         f"lsnet-export-weights, a .safetensors file, a published model's name "
+                         f"({', '.join(sorted(hub.PUBLISHED))}) or hf-hub:OWNER/REPO[/FILE]")
     meta = read_meta(weights)
     name = model or meta.get("model")
     if name is None:

@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from lsnet_jax.checkpoints.state import JaxPath, flat_state, load_flat
-from lsnet_jax.checkpoints.weights import load_weights
-from lsnet_jax.models import lsnet, regnet, semfpn, semfpn_official
+from lsnet_jax.checkpoints.weights import load_weights, read_meta
+from lsnet_jax.models import hub, lsnet, regnet, semfpn, semfpn_official
 from lsnet_jax.models.fold import fold
 
 log = logging.getLogger(__name__)
@@ -121,21 +121,35 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for f in FAMILIES for n in f.default_cfgs if fnmatch.fnmatchcase(n, pattern))
 
 
-def create_model(name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None,
+def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, num_classes: int | None = None,
                  img_size: int | None = None, dtype: jnp.dtype = jnp.float32, deploy: bool = False,
                  bn_group_size: int | None = None, seed: int = 0, impl: str = "auto",
                  **config: Any) -> nnx.Module:
     """Build ``name`` (see ``list_models()``), optionally with weights, in eval mode.
 
-    pretrained: a directory written by ``lsnet-convert`` / ``save_weights``, or a
-        ``.safetensors`` file. With another ``num_classes`` than the weights the heads are
-        re-initialised; with another ``img_size`` the attention bias tables are resized.
+    pretrained: ``True`` for the published checkpoint of ``name`` (downloaded from the Hugging Face
+        Hub, converted once and cached: ``lsnet_jax.models.hub``), ``"hf-hub:OWNER/REPO[/FILE][@REV]"``,
+        a directory written by ``lsnet-convert`` / ``save_weights``, or a ``.safetensors`` file.
+        With another ``num_classes`` than the weights the heads are re-initialised; with another
+        ``img_size`` the attention bias tables are resized. ``name`` may be ``"hf-hub:..."`` itself:
+        the model is then the one the weights hold.
     deploy: fold BatchNorms and RepVGG branches (``lsnet_jax.models.fold``) for inference.
     dtype: compute dtype (parameters stay float32).
     impl: the array operations (``lsnet_jax.kernels``): "auto", "reference" or "xla_cpu".
     config: any other field of the family's config (for LSNet ``LSNetConfig``: bn_momentum, lks ...).
     Call ``model.train()`` before training.
     """
+    if name.startswith(hub.PREFIX):  # weights from a Hugging Face repository; the model is what they hold
+        if pretrained not in (None, True):
+            raise ValueError(f"{name} names the weights already; pretrained={pretrained!r} is a second source")
+        pretrained = hub.weights_dir(hub.HubSpec.parse(name))
+        name = read_meta(pretrained)["model"]
+    elif pretrained is True:
+        pretrained = hub.weights_dir(hub.published(name))
+    elif pretrained is False:
+        pretrained = None
+    elif isinstance(pretrained, str) and pretrained.startswith(hub.PREFIX):
+        pretrained = hub.weights_dir(hub.HubSpec.parse(pretrained))
     family = _family(name)
     if pretrained is not None and config.get("backbone_pretrained") is not None:
         raise ValueError("pretrained= loads a whole segmenter, backbone_pretrained= only its backbone from a "
