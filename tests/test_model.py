@@ -160,10 +160,13 @@ def test_reference_and_xla_cpu_kernels_give_the_same_model():
     and ``impl="xla_cpu"`` (the CPU formulations): logits, BatchNorm statistics, every parameter's
     gradient and the input's, in training mode, equal in float64. Float64: with random weights a
     training-mode LSNet amplifies float32 rounding to ~0.5% of its gradients."""
+    # two blocks a stage: RepVGGDW and LSConv blocks, RepVGGDW and attention in the last stage,
+    # every downsampling: each kind of layer, at a third of LSNet-T's depth (and compile time)
+    small = dict(img_size=64, num_classes=10, seed=1, dtype=jnp.float64, depth=(0, 2, 2, 2))
     with jax.enable_x64(True):
-        model = create_model("lsnet_t", img_size=64, num_classes=10, seed=1, dtype=jnp.float64, impl="xla_cpu")
+        model = create_model("lsnet_t", impl="xla_cpu", **small)
         model.train()
-        twin = create_model("lsnet_t", img_size=64, num_classes=10, seed=1, dtype=jnp.float64, impl="reference")
+        twin = create_model("lsnet_t", impl="reference", **small)
         twin.train()
         graphs = {"xla_cpu": nnx.graphdef(model), "reference": nnx.graphdef(twin)}
         assert model.impl == "xla_cpu" and twin.impl == "reference" and graphs["xla_cpu"] != graphs["reference"]
@@ -189,7 +192,7 @@ def test_reference_and_xla_cpu_kernels_give_the_same_model():
 
         cpu, ref = run("xla_cpu"), run("reference")
         a, b = jax.tree.leaves(cpu), jax.tree.leaves(ref)
-        assert len(a) == len(b) > 300 and all(u.dtype == jnp.float64 for u in a)
+        assert len(a) == len(b) > 100 and all(u.dtype == jnp.float64 for u in a)
         # each leaf against the largest value of its kind (the gradients of BatchNorm biases that
         # another BatchNorm follows are zero up to rounding, so their own scale says nothing)
         for part_a, part_b in ((cpu[0], ref[0]), (cpu[1], ref[1])):

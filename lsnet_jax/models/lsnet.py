@@ -197,11 +197,13 @@ DEFAULT_CFGS: dict[str, dict] = {
 
 
 def model_config(name: str, num_classes: int = 1000, img_size: int = 224, **overrides) -> LSNetConfig:
-    """The config of variant ``name``; ``overrides`` set any other ``LSNetConfig`` field."""
+    """The config of variant ``name``; ``overrides`` set any other ``LSNetConfig`` field (the
+    variant's ``embed_dim`` and ``depth`` too: a shallower LSNet-T has every kind of layer at
+    ``depth=(0, 2, 2, 2)``)."""
     base = name.removesuffix("_distill")
     if name not in DEFAULT_CFGS:
         raise ValueError(f"unknown model {name!r}; available: {sorted(DEFAULT_CFGS)}")
-    embed_dim, depth = VARIANTS[base]
+    embed_dim, depth = overrides.pop("embed_dim", VARIANTS[base][0]), overrides.pop("depth", VARIANTS[base][1])
     if img_size % 8:
         raise ValueError(f"img_size must be a multiple of 8 (the stem's stride), got {img_size}")
     fields = {f.name for f in dataclasses.fields(LSNetConfig)}
