@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.bn_momentum = 0.1  # PyTorch's BatchNorm momentum (running = 0.9 running + 0.1 batch)
     c.impl = "auto"  # the array operations (lsnet_jax.kernels): "auto" | "reference" | "xla_cpu"
     c.seed = 0
-    c.init_weights = ""  # fine-tuning: a weights directory (lsnet-convert or lsnet-export-weights);
+    c.init_weights = ""  # fine-tuning: a weights directory (lsnet-convert or lsnet-export-weights) or an hf-hub: name;
     # another class count re-initialises the heads, another img_size resizes the attention bias tables
 
     c.batch_size = 2048  # global

@@ -83,9 +83,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if kind == "hard" and config.distillation.teacher_model not in list_models():
         raise ConfigError(f"config.distillation.teacher_model={config.distillation.teacher_model!r} is not a model; "
                           f"choose one of {list_models()}")
-    if config.init_weights and not os.path.exists(config.init_weights):
+    if config.init_weights and not (os.path.exists(config.init_weights) or config.init_weights.startswith("hf-hub:")):
         raise ConfigError(f"config.init_weights={config.init_weights!r} does not exist; give a directory written by "
-                          f"lsnet-convert or lsnet-export-weights")
+                          f"lsnet-convert or lsnet-export-weights, or hf-hub:OWNER/REPO/FILE (e.g. "
+                          f"hf-hub:jameslahm/lsnet/lsnet_t.pth, the published LSNet-T)")
     if config.bn_group_size and (config.batch_size // num_devices) % config.bn_group_size:
         raise ConfigError(f"config.bn_group_size={config.bn_group_size} must divide the per-device batch "
                           f"({config.batch_size // num_devices}); set --config.bn_group_size to a divisor of it, "

@@ -61,7 +61,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if any(c % 32 for c in config.aug.crop):
         raise ConfigError(f"config.aug.crop={tuple(config.aug.crop)}: each side must be a multiple of 32")
     for key in ("backbone_weights", "init_weights"):
-        if config[key] and not os.path.exists(config[key]):
+        if config[key] and not (os.path.exists(config[key]) or config[key].startswith("hf-hub:")):
             raise ConfigError(f"config.{key}={config[key]!r} does not exist; give a weights directory "
                               "(lsnet-convert or lsnet-export-weights)")
 
