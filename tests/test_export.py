@@ -1,4 +1,4 @@
-"""Serving exports (StableHLO, TF SavedModel, TFLite) reproduce the JAX logits, for any batch size."""
+"""Serving exports (StableHLO, TF SavedModel, TFLite, ONNX) reproduce the JAX logits, for any batch size."""
 
 from __future__ import annotations
 
@@ -60,3 +60,40 @@ def test_savedmodel_and_tflite_reproduce_the_logits(served, tmp_path):
     for n in (1, 3):
         _close(E.run_saved_model(saved, x[:n]), ref[:n])
         _close(E.run_tflite(tfl, x[:n]), ref[:n])
+
+
+def test_onnx_reproduces_the_logits_at_any_batch_size(served, tmp_path):
+    import onnx
+
+    model, x, ref = served
+    path = E.save_onnx(model, SIZE, tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "B"  # one file, any batch size
+    assert not any(n.op_type == "XlaCallModule" for n in graph.node) and len(graph.node) > 100
+    for n in (1, 2, 5):
+        _close(E.run_onnx(path, x[:n]), ref[:n])
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_onnx_of_the_segmenter_reproduces_its_logits(tmp_path):
+    """The folded LSNet-T Semantic FPN through jax2onnx and ONNX Runtime, every weight moved off
+    its initial value before folding (a fresh model's zero-initialised residual branches would
+    hide errors)."""
+    import jax
+    from flax import nnx
+
+    from lsnet_jax.models.fold import fold
+
+    model = create_model("lsnet_t_semfpn", num_classes=11)
+    params = nnx.state(model, nnx.Param)
+    leaves, tree = jax.tree.flatten(params)
+    rng = np.random.default_rng(3)
+    nnx.update(model, jax.tree.unflatten(tree, [
+        a + 0.05 * rng.standard_normal(a.shape).astype(a.dtype) for a in leaves]))
+    seg = fold(model)
+    x = _images(3, 7)
+    ref = np.asarray(seg(jnp.asarray(x)))
+    assert ref.shape == (3, SIZE // 8, SIZE // 8, 11) and ref.std() > 0.1, ref.std()
+    path = E.save_onnx(seg, SIZE, tmp_path / "seg.onnx")
+    for n in (1, 3):
+        _close(E.run_onnx(path, x[:n]), ref[:n])

@@ -3,10 +3,12 @@
     lsnet-export --weights weights/lsnet_t --out lsnet_t.jaxexport --deploy
     lsnet-export --weights weights/lsnet_t --out lsnet_t_savedmodel --format savedmodel --deploy
     lsnet-export --weights weights/lsnet_t --out lsnet_t.tflite --format tflite --deploy
+    lsnet-export --weights lsnet_t --out lsnet_t.onnx --format onnx --deploy   # the published weights
     lsnet-export --model lsnet_t --out lsnet_t_random.jaxexport   # random weights
 
 Formats: ``stablehlo`` (``jax.export``, serialized), ``savedmodel`` (TF SavedModel, signature
-``serving_default``) and ``tflite``; the last two go through jax2tf and need the ``[tf]`` extra.
+``serving_default``) and ``tflite``, which go through jax2tf and need the ``[tf]`` extra, and
+``onnx`` (jax2onnx; checked in ONNX Runtime: the ``[onnx]`` extra).
 Inputs are float32 NHWC images normalised as the model expects. The batch dimension is symbolic
 unless ``--batch`` is given. The script reloads the file in its own runtime, runs it on random
 images and prints the largest logit difference against the in-memory model (exit 1 above 1e-4 of
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None, help="fixed batch size (default: symbolic)")
     ap.add_argument("--deploy", action="store_true", help="fold BatchNorms first")
-    ap.add_argument("--format", default="stablehlo", choices=["stablehlo", "savedmodel", "tflite"])
+    ap.add_argument("--format", default="stablehlo", choices=["stablehlo", "savedmodel", "tflite", "onnx"])
     ap.add_argument("--platforms", nargs="+", default=None,
                     help="stablehlo only: e.g. cpu cuda (default: this backend)")
     args = ap.parse_args(argv)
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             path = E.save_exported(E.export_model(model, size, args.batch, platforms), args.out)
         elif args.format == "savedmodel":
             path = E.save_saved_model(model, size, args.out, args.batch)
+        elif args.format == "onnx":
+            path = E.save_onnx(model, size, args.out, args.batch, name=spec.name)
         else:
             path = E.save_tflite(model, size, args.out, args.batch)
     except ImportError as e:
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         got = np.asarray(E.load_exported(path).call(x))
     elif args.format == "savedmodel":
         got = E.run_saved_model(path, np.asarray(x))
+    elif args.format == "onnx":
+        got = E.run_onnx(path, np.asarray(x))
     else:
         got = E.run_tflite(path, np.asarray(x))
     err = float(np.abs(got - ref).max() / max(ref.std(), 1e-12))

@@ -5,6 +5,9 @@
 - a TensorFlow SavedModel and a TFLite flatbuffer, through ``jax2tf`` (JAX's maintained converter,
   which embeds the same StableHLO) and TensorFlow's TFLite converter. These need TensorFlow: the
   ``[tf]`` extra.
+- an ONNX graph, through ``jax2onnx`` (which converts JAX's primitives to ONNX operators directly;
+  jax2tf + tf2onnx cannot, as tf2onnx does not convert the XlaCallModule op that embeds StableHLO),
+  run by ONNX Runtime: the ``[onnx]`` extra.
 
 Inputs are float32 NHWC images normalised as the model expects; outputs float32 logits. The batch
 dimension is symbolic unless a batch size is given, so one file serves every batch size.
@@ -12,6 +15,7 @@ dimension is symbolic unless a batch size is given, so one file serves every bat
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -44,11 +48,21 @@ def export_model(model: nnx.Module, img_size: int, batch: int | None = None,
     return export.export(jax.jit(_serving_fn(model)), platforms=platforms)(spec)
 
 
-def save_exported(exported: export.Exported, path: str | os.PathLike) -> Path:
+def _write(path: str | os.PathLike, data: bytes) -> Path:
+    """``data`` to ``path`` through a temporary name: an interrupted write leaves no partial file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(exported.serialize())
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
     return p
+
+
+def save_exported(exported: export.Exported, path: str | os.PathLike) -> Path:
+    return _write(path, exported.serialize())
 
 
 def load_exported(path: str | os.PathLike) -> export.Exported:
@@ -121,3 +135,32 @@ def run_tflite(path: str | os.PathLike, images) -> np.ndarray:
     interp.set_tensor(inp["index"], x)
     interp.invoke()
     return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+
+def save_onnx(model: nnx.Module, img_size: int, path: str | os.PathLike, batch: int | None = None,
+              name: str = "lsnet") -> Path:
+    """``model`` as an ONNX model (``jax2onnx``): input ``images`` float32 NHWC with a symbolic
+    batch ``B`` unless ``batch`` is given, output float32 logits; the weights are initializers."""
+    try:
+        from jax2onnx import to_onnx
+    except ImportError as e:
+        raise ImportError("the ONNX export needs jax2onnx and onnxruntime: pip install 'lsnet-jax[onnx]'") from e
+    # jax2onnx imports its example plugins, some of which need packages it does not require, and
+    # logs each failed import with a traceback; none of them is used here
+    logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
+    proto = to_onnx(_serving_fn(model), [("B" if batch is None else batch, img_size, img_size, 3)],
+                    model_name=name)
+    return _write(path, proto.SerializeToString())
+
+
+def run_onnx(path: str | os.PathLike, images, threads: int | None = None) -> np.ndarray:
+    """Logits of an ONNX file written by ``save_onnx``, run by ONNX Runtime on the CPU."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError("running ONNX needs onnxruntime: pip install 'lsnet-jax[onnx]'") from e
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: np.asarray(images, np.float32)})[0]
