@@ -31,7 +31,7 @@ def served(tmp_path_factory):
     x = _images(5, 11)
     ref = np.asarray(m(jnp.asarray(x)))  # the JAX logits; the model is per-image, so ref[:n] is x[:n]'s
     assert 3 < ref.std() < 30
-    return m, x, ref
+    return m, x, ref, d / "jax"
 
 
 def _images(n: int, seed: int) -> np.ndarray:
@@ -47,14 +47,14 @@ def _close(got: np.ndarray, ref: np.ndarray) -> None:
 
 
 def test_stablehlo_reproduces_the_logits(served, tmp_path):
-    model, x, ref = served
+    model, x, ref, _ = served
     exported = E.load_exported(E.save_exported(E.export_model(model, SIZE), tmp_path / "m.jaxexport"))
     for n in (1, 5):  # one file, any batch size
         _close(np.asarray(exported.call(jnp.asarray(x[:n]))), ref[:n])
 
 
 def test_savedmodel_and_tflite_reproduce_the_logits(served, tmp_path):
-    model, x, ref = served
+    model, x, ref, _ = served
     saved = E.save_saved_model(model, SIZE, tmp_path / "saved")
     tfl = E.save_tflite(model, SIZE, tmp_path / "m.tflite")
     for n in (1, 3):
@@ -65,7 +65,9 @@ def test_savedmodel_and_tflite_reproduce_the_logits(served, tmp_path):
 def test_onnx_reproduces_the_logits_at_any_batch_size(served, tmp_path):
     import onnx
 
-    model, x, ref = served
+    _, x, ref, weights = served
+    # as lsnet-export --format onnx builds it: the plain lax operations (ONNX Conv / Einsum)
+    model = create_model("lsnet_t", pretrained=weights, img_size=SIZE, deploy=True, impl="reference")
     path = E.save_onnx(model, SIZE, tmp_path / "m.onnx")
     graph = onnx.load(str(path)).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "B"  # one file, any batch size
@@ -84,7 +86,7 @@ def test_onnx_of_the_segmenter_reproduces_its_logits(tmp_path):
 
     from lsnet_jax.models.fold import fold
 
-    model = create_model("lsnet_t_semfpn", num_classes=11)
+    model = create_model("lsnet_t_semfpn", num_classes=11, impl="reference")
     params = nnx.state(model, nnx.Param)
     leaves, tree = jax.tree.flatten(params)
     rng = np.random.default_rng(3)

@@ -28,9 +28,9 @@ class InferenceSpec:
     std: tuple[float, ...]
     meta: dict[str, Any]
 
-    def create(self, deploy: bool = False) -> nnx.Module:
+    def create(self, deploy: bool = False, impl: str = "auto") -> nnx.Module:
         """The model, with the weights, in eval mode (folded with ``deploy``)."""
-        return create_model(self.name, pretrained=self.weights, img_size=self.img_size, deploy=deploy)
+        return create_model(self.name, pretrained=self.weights, img_size=self.img_size, deploy=deploy, impl=impl)
 
 
 def inference_spec(weights: str | os.PathLike | None, model: str | None = None, img_size: int | None = None,

@@ -140,7 +140,9 @@ def run_tflite(path: str | os.PathLike, images) -> np.ndarray:
 def save_onnx(model: nnx.Module, img_size: int, path: str | os.PathLike, batch: int | None = None,
               name: str = "lsnet") -> Path:
     """``model`` as an ONNX model (``jax2onnx``): input ``images`` float32 NHWC with a symbolic
-    batch ``B`` unless ``batch`` is given, output float32 logits; the weights are initializers."""
+    batch ``B`` unless ``batch`` is given, output float32 logits; the weights are initializers.
+    Build ``model`` with ``impl="reference"``: its plain lax operations become ONNX Conv and
+    Einsum nodes, XLA:CPU's tuned forms many more, slower ones (``lsnet-export`` does so)."""
     try:
         from jax2onnx import to_onnx
     except ImportError as e:

@@ -1,0 +1,253 @@
+"""Serving LSNet on a CPU, every way a user can: one table, a PNG and JSON.
+
+    python scripts/bench_serve.py [--model lsnet_t] [--img 224] [--batch 32] [--calls 100]
+        [--min-time 3] [--only jax onnx ...] [--json serve.json] [--plot serve.png]
+
+Runtimes, each on the folded (deploy) model with the same input size: this project's JAX jit
+(float32, bfloat16), its StableHLO export (``jax.export``), its TFLite export (LiteRT's XNNPACK
+delegate), its ONNX export (jax2onnx) in ONNX Runtime; beside them the PyTorch reference
+(``lsnet_jax.torch_reference``, BN folded) eager (float32, bfloat16 autocast), under
+``torch.compile``, and its own ``torch.onnx.export`` in ONNX Runtime. Per runtime: latency at
+batch 1 (median and p90 over ``--calls`` calls) and throughput at ``--batch`` (images/s over
+``--min-time`` seconds), after warm-up; build time (compile / convert) apart. Weights are random:
+speed does not depend on their values. Every runtime uses all cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+Runner = Callable[[np.ndarray], object]  # NHWC float32 images -> outputs (blocked on)
+
+
+def jax_runner(name: str, img: int, dtype: str) -> Callable[[int], Runner]:
+    import jax
+    import jax.numpy as jnp
+
+    from lsnet_jax import create_model
+
+    model = create_model(name, img_size=img, deploy=True, dtype=getattr(jnp, dtype))
+    fn = jax.jit(lambda x: model(x))
+    cache = {}
+
+    def for_batch(b: int) -> Runner:
+        if b not in cache:
+            cache[b] = fn.lower(jax.ShapeDtypeStruct((b, img, img, 3), jnp.float32)).compile()
+        c = cache[b]
+        return lambda x: jax.block_until_ready(c(x))
+    return for_batch
+
+
+def stablehlo_runner(name: str, img: int, tmp: Path) -> Callable[[int], Runner]:
+    import jax
+
+    from lsnet_jax import create_model
+    from lsnet_jax.inference import serving as E
+
+    exported = E.load_exported(E.save_exported(E.export_model(create_model(name, img_size=img, deploy=True), img),
+                                               tmp / "m.jaxexport"))
+    call = jax.jit(exported.call)
+    return lambda b: (lambda x: jax.block_until_ready(call(x)))
+
+
+def tflite_runner(name: str, img: int, tmp: Path) -> Callable[[int], Runner]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from lsnet_jax import create_model
+    from lsnet_jax.inference import serving as E
+
+    path = E.save_tflite(create_model(name, img_size=img, deploy=True), img, tmp / "m.tflite")
+
+    def for_batch(b: int) -> Runner:
+        interp = Interpreter(model_path=str(path), num_threads=os.cpu_count())
+        inp = interp.get_input_details()[0]
+        interp.resize_tensor_input(inp["index"], (b, img, img, 3))
+        interp.allocate_tensors()
+        out = interp.get_output_details()[0]["index"]
+
+        def run(x):
+            interp.set_tensor(inp["index"], x)
+            interp.invoke()
+            return interp.get_tensor(out)
+        return run
+    return for_batch
+
+
+def _ort(path: Path):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda b: (lambda x: sess.run(None, {name: x})[0])
+
+
+def onnx_runner(name: str, img: int, tmp: Path) -> Callable[[int], Runner]:
+    from lsnet_jax import create_model
+    from lsnet_jax.inference import serving as E
+
+    model = create_model(name, img_size=img, deploy=True, impl="reference")  # as lsnet-export --format onnx
+    return _ort(E.save_onnx(model, img, tmp / "m.onnx"))
+
+
+def _torch_model(name: str, img: int):
+    import torch
+
+    from lsnet_jax.torch_reference import create_torch_model, fuse_
+
+    torch.set_num_threads(os.cpu_count())
+    return fuse_(create_torch_model(name, img_size=img).eval())
+
+
+def _nchw(run: Callable) -> Runner:
+    import torch
+
+    def call(x):
+        with torch.inference_mode():
+            return run(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    return call
+
+
+def torch_runner(name: str, img: int, mode: str) -> Callable[[int], Runner]:
+    import torch
+
+    model = _torch_model(name, img)
+    if mode == "compile":
+        model = torch.compile(model)
+    if mode == "bfloat16":
+        def run(t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(t)
+        return lambda b: _nchw(run)
+    return lambda b: _nchw(model)
+
+
+def torch_onnx_runner(name: str, img: int, tmp: Path) -> Callable[[int], Runner]:
+    import torch
+
+    model = _torch_model(name, img)
+    path = tmp / "torch.onnx"
+    import warnings
+
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and constant-folding notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, img, img),), str(path), input_names=["images"],
+                          dynamic_axes={"images": {0: "B"}}, dynamo=False)
+    session = _ort(path)
+    return lambda b: (lambda x: session(b)(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+
+
+def measure(for_batch: Callable[[int], Runner], img: int, batch: int, calls: int, min_time: float) -> dict:
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, img, img, 3)).astype(np.float32)
+    many = rng.standard_normal((batch, img, img, 3)).astype(np.float32)
+    run1, run_b = for_batch(1), for_batch(batch)
+    for _ in range(3):
+        run1(one)
+    lat = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        run1(one)
+        lat.append(time.perf_counter() - t)
+    for _ in range(2):  # torch.compile recompiles for a second shape on a later call
+        run_b(many)
+    n, t0 = 0, time.perf_counter()
+    while (time.perf_counter() - t0) < min_time or n < 2:
+        run_b(many)
+        n += 1
+    return {"batch1_median_ms": 1e3 * statistics.median(lat),
+            "batch1_p90_ms": 1e3 * float(np.percentile(lat, 90)),
+            f"batch{batch}_images_per_s": n * batch / (time.perf_counter() - t0)}
+
+
+RUNTIMES = {  # key: (label, dtype, builder(name, img, tmp))
+    "jax": ("JAX jit", "float32", lambda n, i, t: jax_runner(n, i, "float32")),
+    "jax-bf16": ("JAX jit", "bfloat16", lambda n, i, t: jax_runner(n, i, "bfloat16")),
+    "stablehlo": ("StableHLO export (jax.export)", "float32", stablehlo_runner),
+    "tflite": ("TFLite export (LiteRT, XNNPACK)", "float32", tflite_runner),
+    "onnx": ("ONNX export (jax2onnx) in ONNX Runtime", "float32", onnx_runner),
+    "torch": ("PyTorch reference, eager", "float32", lambda n, i, t: torch_runner(n, i, "eager")),
+    "torch-bf16": ("PyTorch reference, eager (autocast)", "bfloat16", lambda n, i, t: torch_runner(n, i, "bfloat16")),
+    "torch-compile": ("PyTorch reference, torch.compile", "float32", lambda n, i, t: torch_runner(n, i, "compile")),
+    "torch-onnx": ("PyTorch reference, torch.onnx.export in ONNX Runtime", "float32", torch_onnx_runner),
+}
+
+
+def plot(rows: list[dict], batch: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['runtime']} ({r['dtype']})" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(rows) + 1.5), sharey=True)
+    colors = ["tab:blue" if not r["runtime"].startswith("PyTorch") else "tab:gray" for r in rows]
+    axes[0].barh(labels, [r["batch1_median_ms"] for r in rows], color=colors)
+    axes[0].set_xlabel("batch 1 latency, median (ms; lower is better)")
+    axes[1].barh(labels, [r[f"batch{batch}_images_per_s"] for r in rows], color=colors)
+    axes[1].set_xlabel(f"batch {batch} throughput (images/s; higher is better)")
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{rows[0]['model']} at {rows[0]['img']}px on {rows[0]['cpu']} (blue: lsnet-jax, grey: PyTorch)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="lsnet_t")
+    ap.add_argument("--img", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--calls", type=int, default=100, help="batch-1 calls timed")
+    ap.add_argument("--min-time", type=float, default=3.0, help="seconds of batch calls timed")
+    ap.add_argument("--only", nargs="+", choices=list(RUNTIMES), default=list(RUNTIMES))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None)
+    args = ap.parse_args(argv)
+    import platform
+
+    cpu = f"{platform.machine()} x{os.cpu_count()}"
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for key in args.only:
+            label, dtype, build = RUNTIMES[key]
+            t = time.perf_counter()
+            try:
+                for_batch = build(args.model, args.img, Path(d))
+                for_batch(1), for_batch(args.batch)  # compile / convert / load, outside the timing
+                built = time.perf_counter() - t
+                r = measure(for_batch, args.img, args.batch, args.calls, args.min_time)
+            except Exception as e:  # a runtime that is not installed or cannot run this model: say so
+                print(f"{label} ({dtype}): not measured ({type(e).__name__}: {str(e).splitlines()[0][:150]})",
+                      file=sys.stderr)
+                continue
+            rows.append({"runtime": label, "dtype": dtype, "model": args.model, "img": args.img, "cpu": cpu,
+                         "build_s": built, **r})
+            print(f"{label} ({dtype}): {r}", file=sys.stderr, flush=True)
+    tp = f"batch{args.batch}_images_per_s"
+    print(f"{args.model} at {args.img}px, folded, on {cpu}")
+    print(f"| runtime | dtype | batch 1 median ms | batch 1 p90 ms | batch {args.batch} images/s | build s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['runtime']} | {r['dtype']} | {r['batch1_median_ms']:.2f} | {r['batch1_p90_ms']:.2f} | "
+              f"{r[tp]:.1f} | {r['build_s']:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.plot and rows:
+        plot(rows, args.batch, args.plot)
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
