@@ -79,7 +79,7 @@ def test_offline_without_a_copy_says_what_to_download(hf_cache):
     with pytest.raises(hub.PretrainedUnavailable) as e:
         create_model("lsnet_s_distill", pretrained=True)
     msg = str(e.value)
-    assert "download jameslahm/lsnet lsnet_s_distill.pth" in msg and "offline" in msg and "convert_torch.py" in msg
+    assert "download jameslahm/lsnet lsnet_s_distill.pth" in msg and "offline" in msg and "lsnet-convert" in msg
     with pytest.raises(ValueError, match="no published weights for 'regnety_002'"):
         create_model("regnety_002", pretrained=True)
     with pytest.raises(ValueError, match="expected hf-hub:OWNER/REPO"):

@@ -97,7 +97,7 @@ def _download(spec: HubSpec) -> tuple[str, str]:
             f"{spec}: not in the Hugging Face cache ({os.environ.get('HF_HOME') or '~/.cache/huggingface'}) and "
             f"the hub cannot be reached (offline). On a machine with network run: huggingface-cli download "
             f"{spec.repo} {first}{' --revision ' + spec.revision if spec.revision else ''}, and copy its cache "
-            f"here (HF_HOME); or convert a local copy: convert_torch.py {first} OUT, then pretrained=OUT")
+            f"here (HF_HOME); or convert a local copy: lsnet-convert {first} OUT, then pretrained=OUT")
     raise ValueError(f"{spec}: the repository holds none of {names}")
 
 
@@ -122,7 +122,6 @@ def weights_dir(spec: HubSpec) -> Path:
         if not (out / "config.json").is_file():
             raise
     return out
-
 
 
 def _read(path: str) -> tuple[dict, list[str] | None]:
