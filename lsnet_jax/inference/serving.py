@@ -105,10 +105,7 @@ def save_tflite(model: nnx.Module, img_size: int, path: str | os.PathLike, batch
     tf, module = _tf_module(model, img_size, batch)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(converter.convert())
-    return p
+    return _write(path, converter.convert())
 
 
 def run_saved_model(path: str | os.PathLike, images) -> np.ndarray:
