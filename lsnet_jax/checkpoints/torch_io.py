@@ -98,7 +98,7 @@ def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool 
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or not a checkpoint: "
                          f"{type(e).__name__}: {first}); download it again") from e
     sd = unwrap_checkpoint(obj, use_ema)
-    return float32({k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()})
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
 
 
 def float32(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -37,10 +37,9 @@ def inference_spec(weights: str | os.PathLike | None, model: str | None = None, 
                    crop_pct: float | None = None) -> InferenceSpec:
     """Model name, input size, crop_pct and mean/std: as given, else from the weights' config.json,
     else the ImageNet defaults. Raises ``ValueError`` when nothing names the model."""
-    if weights is not None and str(weights).startswith(hub.PREFIX):
-        weights = hub.weights_dir(hub.HubSpec.parse(str(weights)))
-    elif weights is not None and not Path(weights).exists() and str(weights) in hub.PUBLISHED:
-        weights = hub.weights_dir(hub.published(str(weights)))  # a published model's name
+    if weights is not None and not Path(weights).exists() and str(weights) in hub.PUBLISHED:
+        weights = hub.resolve(True, str(weights))  # a published model's name
+    weights = hub.resolve(weights)
     if weights is not None and not Path(weights).exists():
         raise ValueError(f"no weights at {weights}: give a directory written by lsnet-convert or "
                          f"lsnet-export-weights, a .safetensors file, a published model's name "

@@ -101,6 +101,17 @@ def _download(spec: HubSpec) -> tuple[str, str]:
     raise ValueError(f"{spec}: the repository holds none of {names}")
 
 
+def resolve(weights, name: str | None = None):
+    """Where weights named by the user are: ``True`` is ``name``'s published checkpoint, an
+    ``hf-hub:`` string that repository's; both are fetched and converted (``weights_dir``).
+    Anything else is returned as it is (a path)."""
+    if weights is True:
+        return weights_dir(published(name))
+    if isinstance(weights, (str, os.PathLike)) and str(weights).startswith(PREFIX):
+        return weights_dir(HubSpec.parse(str(weights)))
+    return weights
+
+
 def weights_dir(spec: HubSpec) -> Path:
     """The converted weights of ``spec``: from this package's cache, else downloaded (or taken from
     the Hugging Face cache), read without torch, converted and cached."""

@@ -142,14 +142,9 @@ def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, 
     if name.startswith(hub.PREFIX):  # weights from a Hugging Face repository; the model is what they hold
         if pretrained not in (None, True):
             raise ValueError(f"{name} names the weights already; pretrained={pretrained!r} is a second source")
-        pretrained = hub.weights_dir(hub.HubSpec.parse(name))
+        pretrained = hub.resolve(name)
         name = read_meta(pretrained)["model"]
-    elif pretrained is True:
-        pretrained = hub.weights_dir(hub.published(name))
-    elif pretrained is False:
-        pretrained = None
-    elif isinstance(pretrained, str) and pretrained.startswith(hub.PREFIX):
-        pretrained = hub.weights_dir(hub.HubSpec.parse(pretrained))
+    pretrained = None if pretrained is False else hub.resolve(pretrained, name)
     family = _family(name)
     if pretrained is not None and config.get("backbone_pretrained") is not None:
         raise ValueError("pretrained= loads a whole segmenter, backbone_pretrained= only its backbone from a "
