@@ -24,7 +24,7 @@ import numpy as np
 
 from lsnet_jax.checkpoints import run as run_checkpoints
 from lsnet_jax.train import optim
-from lsnet_jax.train.loop import build_model
+from lsnet_jax.tasks.classification import build_model
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -222,7 +222,7 @@ def distill_rows(name: str, teacher: str, batch: int, img: int, dtype: str, min_
 
 
 def _seg_train_setup(model, name: str, batch: int, img: int, dtype: str):
-    """The segmenter's training step (``lsnet_jax.train.segmentation``: Dropout2d, frozen backbone
+    """The segmenter's training step (``lsnet_jax.tasks.segmentation``: Dropout2d, frozen backbone
     BatchNorms, logits resized to the labels, mmseg's loss, AdamW with the poly schedule)."""
     from lsnet_jax.train import seg_steps as seg
 

@@ -1,5 +1,6 @@
 """The package's import graph: no circle between modules, and arrows between packages one way
-(cli -> train / inference -> models / data / checkpoints -> kernels), read from the source."""
+(cli -> tasks -> train / inference -> models / data / checkpoints -> kernels), read from the source;
+the one training loop imports no task, model or evaluation."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ ALLOWED = {
     "models": {"kernels", "checkpoints"},
     "inference": {"models", "data", "checkpoints", "kernels"},
     "train": {"kernels", "models", "data", "checkpoints", "inference"},
-    "cli": {"kernels", "models", "data", "checkpoints", "inference", "train", "runtime", "testing",
+    "tasks": {"kernels", "models", "data", "checkpoints", "inference", "train"},
+    "cli": {"kernels", "models", "data", "checkpoints", "inference", "train", "tasks", "runtime", "testing",
             "torch_reference"},
 }
 
@@ -67,3 +69,22 @@ def test_no_import_circle_and_parts_import_downwards():
     for m in sorted(mods):
         if m not in seen:
             visit(m, [m])
+
+
+def test_the_loop_imports_no_task_and_every_task_uses_it():
+    """``train/loop.py`` knows nothing of labels, pixels or boxes: of the package it imports only the
+    loop's helpers (train's reporting, work directory, checks, preemption), the checkpoints and the
+    host-to-mesh batch (``data.pipeline.to_global``), directly or through them; each task imports the loop."""
+    mods = _modules()
+    edges = _imports(mods)
+    reach, todo = set(), ["lsnet_jax.train.loop"]
+    while todo:
+        for v in edges[todo.pop()] - reach:
+            reach.add(v)
+            todo.append(v)
+    forbidden = sorted(m for m in reach if _part(m) in ("tasks", "models", "inference", "cli")
+                       or m in ("lsnet_jax.train.steps", "lsnet_jax.train.seg_steps", "lsnet_jax.train.optim"))
+    assert not forbidden, forbidden
+    assert "lsnet_jax.train.reporting" in reach and "lsnet_jax.checkpoints.run" in reach  # the graph was read
+    tasks = [m for m in mods if m.startswith("lsnet_jax.tasks.")]
+    assert len(tasks) >= 2 and all("lsnet_jax.train.loop" in edges[m] for m in tasks), tasks

@@ -18,7 +18,7 @@ from lsnet_jax.checkpoints.torch_io import to_torch_layout
 from lsnet_jax.models.lsnet import LSNet, model_config
 from lsnet_jax.models.lsnet_official import torch_key
 from lsnet_jax.train import optim
-from lsnet_jax.train.loop import check_finite
+from lsnet_jax.train.checks import check_finite
 from lsnet_jax.train.steps import hard_distillation_loss, soft_target_cross_entropy
 
 DATA = Path(__file__).parent / "data"

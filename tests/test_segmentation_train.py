@@ -48,7 +48,7 @@ def digits_config(data_dir, **over):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One uninterrupted 6-iteration run, and one stopped at 3 and resumed, on 2 devices."""
-    from lsnet_jax.train.loop import train_and_evaluate
+    from lsnet_jax.tasks import train_and_evaluate
 
     tmp = tmp_path_factory.mktemp("seg")
     devices = jax.devices()[:2]

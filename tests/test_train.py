@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from lsnet_jax.data.source import DatasetNotFoundError
-from lsnet_jax.train.loop import ConfigError, train_and_evaluate, validate_config
+from lsnet_jax.tasks import train_and_evaluate
+from lsnet_jax.tasks.classification import validate_config
+from lsnet_jax.train.checks import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,7 +231,7 @@ def test_a_teacher_of_other_classes_is_refused(data_dir, tmp_path):
     from lsnet_jax.checkpoints.state import flat_state
     from lsnet_jax.checkpoints.weights import save_weights
     from lsnet_jax.models.registry import create_model
-    from lsnet_jax.train.loop import build_teacher
+    from lsnet_jax.tasks.classification import build_teacher
 
     save_weights(tmp_path / "t", flat_state(create_model("regnety_002", num_classes=1000)),
                  dict(model="regnety_002", num_classes=1000))

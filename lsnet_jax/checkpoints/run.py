@@ -39,12 +39,20 @@ from lsnet_jax.checkpoints.weights import check_output, existing_ancestor, save_
 log = logging.getLogger(__name__)
 
 
+def _best_fn(metric: str) -> Callable[[dict], float]:
+    """The saved metrics' value of ``metric`` (a best directory written before the one training loop
+    named classification's ``test_acc1`` ``acc1``)."""
+    return lambda m: m[metric] if metric in m else m["acc1"]
+
+
 def make_manager(directory: str | os.PathLike, keep: int, async_save: bool = True,
-                 best: bool = False) -> ocp.CheckpointManager:
+                 best: str | None = None) -> ocp.CheckpointManager:
+    """``DIR/checkpoints`` keeping ``keep`` steps; with ``best`` (a metric name), a directory that keeps
+    the one step where that metric was highest."""
     opts = ocp.CheckpointManagerOptions(
         max_to_keep=1 if best else keep,
         enable_async_checkpointing=async_save,
-        best_fn=(lambda m: m["acc1"]) if best else None, best_mode="max",
+        best_fn=_best_fn(best) if best else None, best_mode="max",
         create=True, cleanup_tmp_directories=True)  # a save killed midway leaves STEP.orbax-checkpoint-tmp
     return ocp.CheckpointManager(os.path.abspath(directory), options=opts, item_names=("state", "data"))
 

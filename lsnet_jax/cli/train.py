@@ -44,7 +44,8 @@ def main(argv: list[str]) -> None:
             jax.distributed.initialize()
     from lsnet_jax.checkpoints.run import CheckpointSaveError, install_quiet_orbax_errors
     from lsnet_jax.data.source import DatasetNotFoundError
-    from lsnet_jax.train.loop import ConfigError, train_and_evaluate
+    from lsnet_jax.tasks import train_and_evaluate
+    from lsnet_jax.train.checks import ConfigError
 
     install_quiet_orbax_errors()  # a failed save or restore is reported in one line, not Orbax's tracebacks
     try:

@@ -1,180 +1,169 @@
-"""``train_and_evaluate(config, workdir)``: the training run behind ``lsnet-train`` / ``train.py``.
+"""``train_and_evaluate(task_type, config, workdir)``: the one training loop, for every task.
 
-One mesh over every device of every process (axis ``data``); model, optimizer and EMA replicated;
-each step's global batch sharded along ``data``; the state buffers donated to the step. Restarting
-with the same work directory resumes from the newest complete checkpoint, data iterator and the
-loop's running figures (``LoopStats``) included, so the run continues with the batches, losses
-and epoch figures an uninterrupted run would have had.
+The loop owns what every run does the same way: one mesh over every device of every process (axis
+``data``), the state replicated and its buffers donated to the jitted step, each step's global
+batch sharded along ``data``; the work directory (its fingerprint checked before anything in it is
+touched); Orbax checkpoints with the data iterator and the loop's running figures (``LoopStats``),
+so a restart resumes with the batches, losses and figures an uninterrupted run would have had;
+pending losses flushed to ``steps.jsonl`` and the progress line; evaluation and checkpoint cadence
+in steps; graceful preemption; ``log.txt``, TensorBoard and ``curves.png``.
 
-Each part is built from the config section it reads: the data (``build_data``), the model
-(``build_model``), the optimizer (``optim.from_config``), the step (``StepConfig.from_config``).
+What a run trains is a ``Task`` (``lsnet_jax.tasks``: classification, segmentation): its data,
+model, state, step, evaluation and log rows. The loop knows nothing of labels, pixels or boxes,
+and imports no task: ``lsnet_jax.tasks.train_and_evaluate(config, workdir)`` picks the task of
+``config.task`` and hands it here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lsnet_jax import kernels
 from lsnet_jax.checkpoints import run as run_checkpoints
-from lsnet_jax.data import pipeline, source
-from lsnet_jax.data.transforms import EvalTransform, TrainTransform
-from lsnet_jax.inference.evaluate import eval_step, run_eval
-from lsnet_jax.models.registry import DTYPES, create_model, list_models
-from lsnet_jax.train import optim, reporting
+from lsnet_jax.data.pipeline import to_global
+from lsnet_jax.train import reporting
 from lsnet_jax.train import workdir as workdirs
-from lsnet_jax.train.preemption import Preemption, stop_after
 from lsnet_jax.train.checks import ConfigError, check_finite
-from lsnet_jax.train.steps import StepConfig, init_train_state, model_weights, train_step
+from lsnet_jax.train.preemption import Preemption, stop_after
 
 log = logging.getLogger("lsnet_jax.train")
 
+__all__ = ["Cadence", "ConfigError", "Init", "LoopStats", "Task", "train_and_evaluate", "validate_loop_config"]
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Stop before any work on settings that cannot run, saying what to change."""
-    for key in ("batch_size", "epochs", "log_every_steps", "checkpoint_every_steps", "eval_every_epochs"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ConfigError(f"config.{key}={config[key]!r} must be a positive integer")
-    if config.eval_batch_size is not None and config.eval_batch_size < 1:
-        raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r} must be a positive integer (or None: "
-                          f"batch_size)")
-    if config.model not in list_models():
-        raise ConfigError(f"config.model={config.model!r} is not a model; choose one of {list_models()}")
-    if config.batch_size % num_devices:
-        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
-                          f"devices; set --config.batch_size to a multiple of {num_devices}")
-    eval_batch = config.eval_batch_size or config.batch_size
-    if eval_batch % num_devices:
-        raise ConfigError(f"config.eval_batch_size={eval_batch} is not divisible by the {num_devices} devices")
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
-    if config.impl not in kernels.IMPLS:
-        raise ConfigError(f"config.impl={config.impl!r}; use one of {kernels.IMPLS}")
-    if config.distillation.teacher_dtype and config.distillation.teacher_dtype not in DTYPES:
-        raise ConfigError(f"config.distillation.teacher_dtype={config.distillation.teacher_dtype!r}; use one of "
-                          f"{sorted(DTYPES)} or '' (the run's dtype)")
-    if config.lr_schedule not in optim.SCHEDULES:
-        raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}; use one of {optim.SCHEDULES}")
-    if config.img_size % 8:
-        raise ConfigError(f"config.img_size={config.img_size} must be a multiple of 8")
-    kind = config.distillation.type
-    if kind not in ("none", "hard"):
-        raise ConfigError(f"config.distillation.type={kind!r}; use 'none' or 'hard'")
-    if kind == "hard" and not config.model.endswith("_distill"):
-        raise ConfigError(f"hard distillation needs a model with a distillation head, e.g. "
-                          f"{config.model}_distill (config.model={config.model!r})")
-    if kind == "hard" and not (config.distillation.teacher_model and config.distillation.teacher_checkpoint):
-        raise ConfigError("hard distillation needs config.distillation.teacher_model and .teacher_checkpoint "
-                          "(the published teacher: regnety_160 with DeiT's regnety_160-a5fe301d.pth converted by "
-                          "lsnet-convert)")
-    if kind == "hard" and config.distillation.teacher_model not in list_models():
-        raise ConfigError(f"config.distillation.teacher_model={config.distillation.teacher_model!r} is not a model; "
-                          f"choose one of {list_models()}")
-    if config.init_weights and not (os.path.exists(config.init_weights) or config.init_weights.startswith("hf-hub:")):
-        raise ConfigError(f"config.init_weights={config.init_weights!r} does not exist; give a directory written by "
-                          f"lsnet-convert or lsnet-export-weights, or hf-hub:OWNER/REPO/FILE (e.g. "
-                          f"hf-hub:jameslahm/lsnet/lsnet_t.pth, the published LSNet-T)")
-    if config.bn_group_size and (config.batch_size // num_devices) % config.bn_group_size:
-        raise ConfigError(f"config.bn_group_size={config.bn_group_size} must divide the per-device batch "
-                          f"({config.batch_size // num_devices}); set --config.bn_group_size to a divisor of it, "
-                          f"or to 0 for BatchNorm statistics over the global batch")
 
+# ----- what a task gives the loop -----
 
 @dataclasses.dataclass(frozen=True)
-class Data:
-    train: pipeline.Loader
-    eval: pipeline.Loader
-    info: source.SourceInfo
-    eval_info: source.SourceInfo
-    num_classes: int
+class Cadence:
+    """When the loop reports, evaluates and saves, in steps. ``period`` is what the task calls an
+    epoch (classification: the data's epoch; segmentation: ``eval_every_steps``, as mmseg's
+    iteration-based runner): the train figures of a ``log.txt`` row are averaged over one period."""
 
+    total_steps: int  # the schedule's length: the run's end unless config.max_steps stops it earlier
+    steps_per_epoch: int  # the data's epoch (progress lines and messages)
+    period: int
+    eval_every: int = 1  # evaluate after every this many periods, and at total_steps
+    save_at_period_end: bool = True  # also save at the end of every period (besides checkpoint_every_steps)
 
-def sampler_replicas(config: ml_collections.ConfigDict) -> int:
-    """The replicas repeated augmentation deals copies to: the BatchNorm groups (``bn_group_size``,
-    the official per-GPU batch); one without groups, where BatchNorm spans the global batch. From
-    the config alone, so that the data order does not depend on the number of devices."""
-    return config.batch_size // config.bn_group_size if config.bn_group_size else 1
+    def period_end(self, done: int) -> bool:
+        return done % self.period == 0
 
-
-def build_data(config: ml_collections.ConfigDict, replicas: int = 1) -> Data:
-    """The training and evaluation loaders of ``config.data`` with the transforms of ``config.aug``;
-    ``replicas`` (``sampler_replicas``) for repeated augmentation."""
-    d = config.data
-    src, info = source.open_source(d.name, d.train_split, d.data_dir)
-    esrc, einfo = source.open_source(d.name, d.eval_split, d.data_dir)
-    io = dict(workers=d.workers, threads=d.threads, prefetch=d.prefetch)
-    train = pipeline.train_loader(src, info, TrainTransform.from_config(config.aug, config.img_size),
-                                  global_batch=config.batch_size, seed=config.seed, num_epochs=config.epochs,
-                                  repeats=d.repeats, replicas=replicas, **io)
-    evaluation = pipeline.eval_loader(esrc, einfo, EvalTransform.from_config(config.aug, config.img_size),
-                                      global_batch=config.eval_batch_size or config.batch_size, **io)
-    return Data(train, evaluation, info, einfo, config.num_classes or info.num_classes)
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
-    """The model of ``config`` (from ``config.init_weights`` when set), in eval mode."""
-    return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
-                        img_size=config.img_size, dtype=DTYPES[config.dtype],
-                        bn_group_size=config.bn_group_size or None, seed=config.seed, impl=config.impl,
-                        bn_momentum=config.bn_momentum)
-
-
-def _pure(model: nnx.Module, kind) -> dict:
-    return nnx.to_pure_dict(nnx.state(model, kind))
-
-
-def build_teacher(config: ml_collections.ConfigDict,
-                  num_classes: int) -> tuple[dict | None, nnx.GraphDef | None]:
-    """The distillation teacher's state and graph (``None, None`` without hard distillation)."""
-    if config.distillation.type != "hard":
-        return None, None
-    d = config.distillation
-    # folded (deploy form): the teacher only runs forward, and most of a distillation step's
-    # compute is its forward (RegNetY-160: ~16 GMACs at 224 against LSNet-T's 0.3)
-    t = create_model(d.teacher_model, pretrained=d.teacher_checkpoint, img_size=config.img_size,
-                     dtype=DTYPES[d.teacher_dtype or config.dtype], impl=config.impl, deploy=True)
-    classes = t.cfg.num_classes
-    if classes != num_classes:
-        raise ConfigError(f"the teacher {d.teacher_model} ({d.teacher_checkpoint}) predicts {classes} classes, "
-                          f"the dataset has {num_classes}: a teacher must be trained on the same classes")
-    return {"state": nnx.to_pure_dict(nnx.state(t))}, nnx.graphdef(t)
+    def eval_due(self, done: int) -> bool:
+        return (self.period_end(done) and (done // self.period) % self.eval_every == 0) or done == self.total_steps
 
 
 @dataclasses.dataclass
 class LoopStats:
-    """The loop's running figures, saved with every checkpoint: the current epoch's loss and lr
-    sums over its steps so far, its unreadable records, and the best evaluation top-1."""
+    """The loop's running figures, saved with every checkpoint: the current period's loss and lr
+    sums over its steps so far, its unreadable records, and the best value of the task's
+    ``best_metric`` so far."""
 
     loss_sum: float = 0.0
     lr_sum: float = 0.0
     steps: int = 0
     skipped: int = 0
-    best_acc1: float = -1.0
+    best: float = -math.inf
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> LoopStats:
+        """From a checkpoint's ``loop`` item, including those written before the one loop
+        (classification's ``best_acc1``; segmentation's, without ``lr_sum``)."""
+        saved = dict(saved)
+        if "best_acc1" in saved:
+            saved["best"] = saved.pop("best_acc1")
+        return cls(**saved)
 
     def add(self, rows: list[dict]) -> None:
         self.loss_sum += sum(r["loss"] for r in rows)
         self.lr_sum += sum(r["lr"] for r in rows)
         self.steps += len(rows)
 
-    def epoch_means(self) -> dict[str, float | None]:
+    def means(self) -> dict[str, float | None]:
+        """The period's mean training loss and lr (``None`` before its first step)."""
         n = self.steps
         return {"train_lr": self.lr_sum / n if n else None, "train_loss": self.loss_sum / n if n else None}
 
-    def new_epoch(self) -> None:
+    def new_period(self) -> None:
         self.loss_sum, self.lr_sum, self.steps, self.skipped = 0.0, 0.0, 0, 0
+
+
+@dataclasses.dataclass
+class Init:
+    """A task's starting point: the train state (a pytree on the host), the constants every step
+    reads but does not update (a distillation teacher; ``None``), and the pure step
+    ``step(state, batch, constants) -> (state, metrics)`` whose metrics hold ``loss``."""
+
+    state: Any
+    constants: Any
+    step: Callable[[Any, dict, Any], tuple[Any, dict]]
+
+
+class Task(Protocol):
+    """One kind of training run. Built as ``TaskType(config, mesh)``, which validates the task's part
+    of the config and opens its data (cheap: nothing in the work directory is touched, no model
+    built), so that the work directory's fingerprint is checked before the expensive part, ``init``."""
+
+    fingerprint: dict[str, Any]  # what the checkpoints depend on (lsnet_jax.train.workdir)
+    cadence: Cadence
+    global_batch: int
+    best_metric: str | None  # a log row's key: DIR/best keeps the weights where it was highest; None: no DIR/best
+    curves: tuple[reporting.Panel, ...]  # curves.png's panels besides the train loss
+
+    def train_iterator(self) -> Iterator[dict]:
+        """The training batches (host-local numpy, ``skipped`` counting unreadable records), with
+        ``get_state`` / ``set_state`` (a grain iterator)."""
+
+    def init(self) -> Init: ...
+
+    def lr(self, steps: np.ndarray) -> np.ndarray:
+        """The learning rate of each (0-based) step."""
+
+    def evaluate(self, state: Any) -> dict[str, Any]: ...
+
+    def row(self, done: int, stats: LoopStats, ev: dict[str, Any]) -> dict[str, Any]:
+        """The ``log.txt`` row of an evaluation after step ``done`` (holds ``step``)."""
+
+    def summary(self, row: dict[str, Any]) -> str:
+        """The evaluation's log line."""
+
+    def best_state(self, state: Any) -> Any:
+        """What ``DIR/best`` keeps of the state (the weights; not the optimizer's moments)."""
+
+    def where(self, done: int) -> str:
+        """Where step ``done`` is, for messages (``epoch 0, step 6/22``)."""
+
+    def run_info(self) -> dict[str, Any]:
+        """``run.json`` besides the fingerprint: what ``lsnet-export-weights`` needs."""
+
+    def describe(self) -> str:
+        """The run's first line: model, parameters, data, schedule, batch."""
+
+
+# ----- the loop -----
+
+def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """The loop's own settings (every task has them); a task validates its part in its constructor."""
+    for key in ("batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
+            raise ConfigError(f"config.{key}={config[key]!r} must be a positive integer")
+    if config.max_steps is not None and (not isinstance(config.max_steps, int) or config.max_steps < 1):
+        raise ConfigError(f"config.max_steps={config.max_steps!r} must be a positive integer (or None: the whole "
+                          f"schedule)")
+    if config.batch_size % num_devices:
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
+                          f"devices; set --config.batch_size to a multiple of {num_devices}")
 
 
 def _restore(manager, abstract, iterator) -> tuple[int, Any, LoopStats]:
@@ -185,154 +174,132 @@ def _restore(manager, abstract, iterator) -> tuple[int, Any, LoopStats]:
     step, state, data = restored
     data = data or {}
     if "iterator" not in data:  # written before the loop's figures were saved with it
-        log.warning("the checkpoint at step %d holds no loop figures: this epoch's train_loss/train_lr "
+        log.warning("the checkpoint at step %d holds no loop figures: this period's train figures "
                     "average the steps from here on", step)
         data = {"iterator": data or None, "loop": {}}
     if data["iterator"] is not None:
         iterator.set_state(data["iterator"])
-    return step, state, LoopStats(**data["loop"])
+    return step, state, LoopStats.from_saved(data["loop"])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+def train_and_evaluate(task_type: Callable[[ml_collections.ConfigDict, Mesh], Task],
+                       config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        devices: list[jax.Device] | None = None) -> dict[str, Any]:
-    """Train (or resume) in ``workdir`` on ``devices`` (default: all); returns the last epoch's log entry.
-    A segmentation config (``task == "segmentation"``) runs ``lsnet_jax.train.segmentation``.
-    Orbax's own error tracebacks are silenced: a failed save or restore is reported in one line."""
+    """Train (or resume) the task ``task_type(config, mesh)`` in ``workdir`` on ``devices`` (default:
+    all); returns the last evaluation's ``log.txt`` row (``{}`` if none ran). Orbax's own error
+    tracebacks are silenced: a failed save or restore is reported in one line."""
     with run_checkpoints.quiet_orbax_errors():
-        if config.get("task") == "segmentation":
-            from lsnet_jax.train import segmentation
-
-            return segmentation.train_and_evaluate(config, workdir, devices)
-        return _train_classifier(config, workdir, devices)
+        return _train(task_type, config, Path(workdir), jax.devices() if devices is None else list(devices))
 
 
-def _train_classifier(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                      devices: list[jax.Device] | None) -> dict[str, Any]:
-    workdir = Path(workdir)
-    devices = jax.devices() if devices is None else list(devices)
-    validate_config(config, len(devices))
+def _train(task_type, config: ml_collections.ConfigDict, workdir: Path, devices: list[jax.Device]) -> dict[str, Any]:
+    # ----- mesh and task -----
+    validate_loop_config(config, len(devices))
     mesh = Mesh(np.asarray(devices), ("data",))
     rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    task = task_type(config, mesh)
+    cad = task.cadence
+    workdirs.check(workdir, task.fingerprint)  # before anything in it is touched
+    init = task.init()
+    state = jax.device_put(init.state, rep)
+    constants = None if init.constants is None else jax.device_put(init.constants, rep)
 
-    data = build_data(config, sampler_replicas(config))
-    num_classes, spe = data.num_classes, data.train.steps_per_epoch
-    fingerprint = workdirs.fingerprint("classification", config.model, num_classes, config.img_size, config.data.name,
-                                       config.data.train_split)
-    workdirs.check(workdir, fingerprint)  # before anything in it is touched
-    total_steps = config.epochs * spe
-    model = build_model(config, num_classes)
-    n_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_pure(model, nnx.Param)))
-    schedule, tx = optim.from_config(config, spe)
-    state, graphdef, eval_graphdef = init_train_state(model, tx, config.seed)
-    step_cfg = StepConfig.from_config(config, num_classes, model.impl)
-    del model
-    state = jax.device_put(state, rep)
-    teacher, teacher_graphdef = build_teacher(config, num_classes)
-    teacher = None if teacher is None else jax.device_put(teacher, rep)
-
-    keep, async_save = config.keep_checkpoints, config.async_checkpoint
-    manager = run_checkpoints.make_manager(workdir / "checkpoints", keep, async_save)
-    best_manager = run_checkpoints.make_manager(workdir / "best", 1, async_save, best=True)
-    saver, best_saver = run_checkpoints.Saver(manager), run_checkpoints.Saver(best_manager)
+    # ----- checkpoints and restore -----
+    async_save = config.async_checkpoint
+    manager = run_checkpoints.make_manager(workdir / "checkpoints", config.keep_checkpoints, async_save)
+    saver = run_checkpoints.Saver(manager)
+    best_saver = None
+    if task.best_metric is not None:
+        best_saver = run_checkpoints.Saver(run_checkpoints.make_manager(workdir / "best", 1, async_save,
+                                                                        best=task.best_metric))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
-    iterator = iter(data.train.dataset)
+    iterator = task.train_iterator()
     start, restored, stats = _restore(manager, abstract, iterator)
     if restored is not None:
         state = restored
-        log.info("resumed from step %d (epoch %d) in %s", start, start // spe, manager.directory)
+        log.info("resumed from step %d (%s) in %s", start, task.where(start), manager.directory)
 
-    train_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=step_cfg,
-                                         teacher_graphdef=teacher_graphdef),
-                       in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, mean=step_cfg.mean,
-                                        std=step_cfg.std), in_shardings=((rep, rep), dat), out_shardings=rep)
+    # ----- the step -----
+    train_fn = jax.jit(init.step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
 
+    # ----- reports -----
     is_main = jax.process_index() == 0
-    reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main)
-    if is_main:  # what lsnet-export-weights needs to turn a checkpoint into weights
-        workdirs.write_run_file(workdir, fingerprint, {
-            "model": config.model, "num_classes": num_classes, "img_size": config.img_size,
-            "n_parameters": n_parameters, "class_names": list(data.info.class_names)[:num_classes],
-            "config": config.to_dict()})
-    log.info("%s: %d parameters, %d classes, %d train / %d eval images, %d steps/epoch x %d epochs, "
-             "global batch %d on %d devices, peak lr %.3g", config.model, n_parameters, num_classes,
-             data.info.num_examples, data.eval_info.num_examples, spe, config.epochs, config.batch_size,
-             len(devices), optim.scaled_lr(config.lr, config.batch_size))
-    progress = reporting.Progress(total_steps, spe, config.batch_size, start)
-    end = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+    reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main,
+                                  panels=task.curves)
+    if is_main:
+        workdirs.write_run_file(workdir, task.fingerprint, task.run_info())
+    log.info("%s, global batch %d on %d devices", task.describe(), task.global_batch, len(devices))
+    progress = reporting.Progress(cad.total_steps, cad.steps_per_epoch, task.global_batch, start)
+    end = cad.total_steps if config.max_steps is None else min(cad.total_steps, config.max_steps)
     pending: list[tuple[int, jax.Array]] = []
     last: dict[str, Any] = {}
 
     def flush(line: bool) -> None:
-        """Write the pending steps' losses (steps.jsonl, TensorBoard, the epoch sums); with
+        """Write the pending steps' losses (steps.jsonl, TensorBoard, the period's sums); with
         ``line``, the progress line."""
         nonlocal pending
         if not pending:
             return
         losses = jax.device_get([m for _, m in pending])
-        lrs = np.asarray(schedule(np.asarray([s for s, _ in pending])))  # one call per flush, not per step
+        lrs = np.asarray(task.lr(np.asarray([s for s, _ in pending])))  # one call per flush, not per step
         rows = [{"step": s + 1, "loss": float(v), "lr": float(lr)}
                 for (s, _), v, lr in zip(pending, losses, lrs)]
         pending = []
         reporter.steps([r for r in rows if math.isfinite(r["loss"])])
-        check_finite(rows, spe, manager.directory)
+        check_finite(rows, cad.steps_per_epoch, manager.directory)
         stats.add(rows)
         if is_main and line:
             log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], stats.skipped))
 
-    def evaluate(params, batch_stats) -> dict[str, float]:
+    def evaluate(done: int) -> dict[str, Any]:
+        flush(line=False)  # the row's train figures include every step up to it
         t = time.monotonic()
-        out = run_eval(lambda b: eval_fn((params, batch_stats), b), data.eval, dat)
+        ev = task.evaluate(state)
         progress.exclude(time.monotonic() - t)
-        return out
+        row = task.row(done, stats, ev)
+        reporter.epoch(row, done)
+        if is_main:
+            log.info(task.summary(row))
+        if best_saver is not None and row[task.best_metric] > stats.best:
+            stats.best = row[task.best_metric]
+            best_saver.save(done, task.best_state(state), None, {task.best_metric: row[task.best_metric]})
+        return row
 
     def save(done: int) -> None:
         flush(line=False)  # the loop's figures saved with the step include every step up to it
         saver.save(done, state, {"iterator": iterator.get_state(), "loop": dataclasses.asdict(stats)})
 
+    # ----- the loop -----
     preempt = Preemption().__enter__()  # left in the finally below
     try:
         for step in range(start, end):
             saver.poll()  # a save that failed in the background stops the run here, in one line
             batch = next(iterator)
             stats.skipped += int(batch["skipped"])
-            state, metrics = train_fn(state, pipeline.to_global(batch, dat), teacher)
+            state, metrics = train_fn(state, to_global(batch, dat), constants)
             pending.append((step, metrics["loss"]))
             done = step + 1
-            epoch_end = done % spe == 0
-            if done % config.log_every_steps == 0 or epoch_end or done == end:
+            period_end = cad.period_end(done)
+            if done % config.log_every_steps == 0 or period_end or done == end:
                 flush(line=True)
-            if (epoch_end and (done // spe) % config.eval_every_epochs == 0) or done == total_steps:
-                epoch = done // spe - 1
-                ev = evaluate(state.params, state.batch_stats)
-                ev_ema = evaluate(state.ema_params, state.ema_stats)
-                last = stats.epoch_means() | {
-                    "test_loss": ev["loss"], "test_acc1": ev["top1"], "test_acc5": ev["top5"],
-                    "test_ema_loss": ev_ema["loss"], "test_ema_acc1": ev_ema["top1"],
-                    "test_ema_acc5": ev_ema["top5"], "epoch": epoch, "n_parameters": n_parameters,
-                    "steps_per_epoch": spe, "step": done, "train_skipped": stats.skipped}
-                reporter.epoch(last, done)
-                if is_main:
-                    log.info("epoch %d: test top-1 %.2f top-5 %.2f loss %.4f | EMA top-1 %.2f", epoch,
-                             ev["top1"], ev["top5"], ev["loss"], ev_ema["top1"])
-                if ev["top1"] > stats.best_acc1:
-                    stats.best_acc1 = ev["top1"]
-                    best_saver.save(done, model_weights(state), None, {"acc1": ev["top1"]})
-            if epoch_end:
-                stats.new_epoch()
-            saved = epoch_end or done % config.checkpoint_every_steps == 0 or done == end
+            if cad.eval_due(done):
+                last = evaluate(done)
+            if period_end:
+                stats.new_period()
+            saved = (cad.save_at_period_end and period_end) or done % config.checkpoint_every_steps == 0 or done == end
             if saved:
                 save(done)
             if stop_after(preempt, done, end, saved, save, saver):  # SIGTERM / SIGINT: this step is the last
-                log.info("stopped by %s after step %d (epoch %d, step %d/%d); its checkpoint is in %s: run the "
-                         "same command to resume from it", preempt.signal, done, (done - 1) // spe,
-                         (done - 1) % spe + 1, spe, manager.directory)
+                log.info("stopped by %s after step %d (%s); its checkpoint is in %s: run the same command to "
+                         "resume from it", preempt.signal, done, task.where(done), manager.directory)
                 break
         saver.wait()
-        best_saver.wait()
+        if best_saver is not None:
+            best_saver.wait()
     finally:
         preempt.__exit__()
         saver.close()
-        best_saver.close()
+        if best_saver is not None:
+            best_saver.close()
         reporter.close()
     return last

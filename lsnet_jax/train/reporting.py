@@ -4,6 +4,7 @@ ETA, and ``curves.png`` next to the log."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -76,13 +77,29 @@ class Progress:
                 f"lr {lr:.3e} {rate:.1f} img/s ETA {eta}{extra}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One panel of ``curves.png``: ``lines`` (row key, legend label or None, matplotlib style) of
+    the rows of ``source`` (``"log"``: log.txt, one row an evaluation; ``"steps"``: steps.jsonl)
+    against their ``x`` key."""
+
+    title: str
+    source: str
+    x: str
+    xlabel: str
+    lines: tuple[tuple[str, str | None, str], ...]
+
+
 class Reporter:
     """Writes ``log.txt`` (one JSON object per epoch, the official field names), ``steps.jsonl``
     (every step's loss and lr), TensorBoard events and ``curves.png`` into the work directory."""
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int, tensorboard: bool = True, write: bool = True):
-        """``write=False`` (every process but the first of a multi-host run): read-only, no files touched."""
+    def __init__(self, workdir: str | os.PathLike, resume_step: int, tensorboard: bool = True, write: bool = True,
+                 panels: tuple[Panel, ...] = ()):
+        """``write=False`` (every process but the first of a multi-host run): read-only, no files
+        touched. ``panels``: ``curves.png``'s panels after the train loss (the task's)."""
         self.dir = Path(workdir)
+        self.panels = tuple(panels)
         self.log_path, self.steps_path = self.dir / "log.txt", self.dir / "steps.jsonl"
         self.write = write
         self._tb = None
@@ -130,32 +147,29 @@ class Reporter:
         self.plot()
 
     def plot(self) -> None:
-        """``curves.png``: training loss per step; classification: test top-1 (model and EMA) and
-        lr per epoch; segmentation: mIoU per evaluation and lr per iteration."""
+        """``curves.png``: the training loss per step, then the task's panels (``Panel``)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        evals, steps = read_jsonl(self.log_path), read_jsonl(self.steps_path)
-        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        rows = {"log": read_jsonl(self.log_path), "steps": read_jsonl(self.steps_path)}
+        fig, ax = plt.subplots(1, 1 + len(self.panels), figsize=(5 * (1 + len(self.panels)), 4), squeeze=False)
+        ax = ax[0]
+        steps = rows["steps"]
         if steps:
             ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.7)
         ax[0].set(title="train loss", xlabel="step")
-        if evals and "mIoU" in evals[0]:
-            ax[1].plot([r["iter"] for r in evals], [r["mIoU"] for r in evals], "o-")
-            ax[1].set(title="mIoU (%)", xlabel="iteration")
-            ax[2].plot([r["step"] for r in steps], [r["lr"] for r in steps])
-            ax[2].set(title="lr", xlabel="iteration")
-        else:
-            e = [r["epoch"] for r in evals]
-            ax[1].plot(e, [r.get("test_acc1") for r in evals], "o-", label="model")
-            if evals and "test_ema_acc1" in evals[0]:
-                ax[1].plot(e, [r.get("test_ema_acc1") for r in evals], "s--", label="EMA")
-            ax[1].set(title="test top-1 (%)", xlabel="epoch")
-            ax[1].legend()
-            ax[2].plot(e, [r.get("train_lr") for r in evals], "o-")
-            ax[2].set(title="lr (epoch mean)", xlabel="epoch")
+        for a, panel in zip(ax[1:], self.panels):
+            src = rows[panel.source]
+            labelled = False
+            for key, label, style in panel.lines:
+                if src and key in src[0]:
+                    a.plot([r[panel.x] for r in src], [r.get(key) for r in src], style, label=label)
+                    labelled |= label is not None
+            a.set(title=panel.title, xlabel=panel.xlabel)
+            if labelled:
+                a.legend()
         for a in ax:
             a.grid(alpha=0.3)
         fig.tight_layout()

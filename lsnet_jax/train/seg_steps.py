@@ -1,5 +1,5 @@
 """Module-level segmentation training steps (pure functions, jit-compiled by the loop in
-``lsnet_jax.train.segmentation`` and by the benchmark): the state, the poly schedule, mmseg's loss
+``lsnet_jax.tasks.segmentation`` and by the benchmark): the state, the poly schedule, mmseg's loss
 and one optimisation step. Imports neither grain nor TFDS."""
 
 from __future__ import annotations
