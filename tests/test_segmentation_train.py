@@ -30,6 +30,7 @@ def digits_config(data_dir, **over):
     spec.loader.exec_module(mod)
     c = mod.get_config()
     c.data.data_dir = str(data_dir)
+    c.depth = (0, 2, 2, 2)  # every kind of backbone layer, a third of the blocks to trace and compile
     c.aug.crop = (64, 64)
     c.aug.scale = (256, 64)
     c.aug.test_scale = (256, 64)  # the 128x128 test scenes evaluated at 64x64

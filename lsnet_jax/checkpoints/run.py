@@ -359,6 +359,8 @@ def export_weights(workdir: str | os.PathLike, out: str | os.PathLike, ema: bool
     meta |= {k: aug[k] for k in ("mean", "std", "crop_pct", "test_scale", "size_divisor") if k in aug}
     if run.get("task"):
         meta["task"] = run["task"]
+    if run.get("model_config"):  # a changed architecture (config.depth): create_model rebuilds it
+        meta["model_config"] = run["model_config"]
     if len(run.get("class_names") or ()) == run["num_classes"]:
         meta["class_names"] = run["class_names"]
     return save_weights(out, flat, meta, overwrite=overwrite)

@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from lsnet_jax.data.scenes import digit_scene, glyph_split
+
 DIGITS_SIZE = 48
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -231,62 +233,30 @@ def _png(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-SEG_DIGITS_SIZE = 128
 SEG_DIGITS_CLASSES = ("background",) + tuple(str(i) for i in range(10))
 
 
-def seg_digits_scene(glyphs: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                     size: int = SEG_DIGITS_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """One ``size`` x ``size`` scene: a dark textured background (a smooth colour field and noise)
-    with 1-3 scikit-learn digits pasted in bright random colours at random sizes (a third to three
-    quarters of the scene) and places, their strokes thickened (a max filter of 1/8 of the digit's size) so that a stroke
-    spans a cell or more of the segmenter's 1/8 output; each pixel's label is its digit + 1 where
-    the digit's ink covers it more than half, else 0 (background). A later digit covers earlier ones."""
-    from PIL import ImageFilter
-
-    coarse = rng.uniform(0, 110, (4, 4, 3)).astype(np.uint8)
-    bg = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float32)
-    img = np.clip(bg + rng.normal(0, 8, bg.shape), 0, 255)
-    label = np.zeros((size, size), np.uint8)
-    for _ in range(int(rng.integers(1, 4))):
-        k = int(rng.integers(len(glyphs)))
-        s = int(rng.integers(size // 3, 3 * size // 4))
-        ink = Image.fromarray((glyphs[k] * (255 / 16)).astype(np.uint8)).resize((s, s), Image.Resampling.BICUBIC)
-        ink = ink.filter(ImageFilter.MaxFilter(2 * (s // 16) + 1))
-        alpha = np.clip(np.asarray(ink, np.float32)[..., None] / 128.0, 0.0, 1.0)  # solid strokes
-        y, x = (int(v) for v in rng.integers(0, size - s + 1, 2))
-        colour = rng.uniform(170, 255, 3)
-        img[y:y + s, x:x + s] = img[y:y + s, x:x + s] * (1 - alpha) + colour * alpha
-        label[y:y + s, x:x + s][alpha[..., 0] > 0.5] = labels[k] + 1
-    return np.round(img).astype(np.uint8), label
-
-
 class LsnetSegDigits(tfds.core.GeneratorBasedBuilder):
-    """Semantic segmentation without a download: 128x128 scenes of scikit-learn digits (thickened)
-    pasted on textured backgrounds, 11 classes (background, 0-9). 1,200 train scenes from 80% of the digit
-    glyphs, 200 test scenes from the other 20% (glyphs a model has never seen). PNG images."""
+    """Semantic segmentation without a download: the digit scenes of ``lsnet_jax.data.scenes``
+    (128x128, 1-3 thickened scikit-learn digits on a textured background, never overlapping),
+    11 classes (background, 0-9). 1,200 train scenes from 80% of the digit glyphs, 200 test scenes
+    from the other 20% (glyphs a model has never seen). PNG images."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"2.0.0": "the shared scene generator (DETECTION_SPEC.md's draw): digits never overlap"}
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=_seg_features())
 
     def _split_generators(self, dl_manager):
-        from sklearn.datasets import load_digits
+        train, test = glyph_split()
+        return {"train": self._generate_examples(train, 1200, 1), "test": self._generate_examples(test, 200, 2)}
 
-        digits = load_digits()
-        order = np.random.default_rng(0).permutation(len(digits.target))
-        n_test = len(order) // 5
-        return {"train": self._generate_examples(digits, order[n_test:], 1200, 1),
-                "test": self._generate_examples(digits, order[:n_test], 200, 2)}
-
-    def _generate_examples(self, digits, glyph_idx, n, seed):
+    def _generate_examples(self, glyphs, n, seed):
         rng = np.random.default_rng(seed)
-        glyphs, labels = digits.images[glyph_idx], digits.target[glyph_idx]
         for i in range(n):
-            img, label = seg_digits_scene(glyphs, labels, rng)
-            yield i, {"image": _png(img), "label": _png(label),
-                      "file_name": f"scene_{i:05d}.png"}
+            scene = digit_scene(*glyphs, rng)
+            yield i, {"image": _png(scene.image), "label": _png(scene.label), "file_name": f"scene_{i:05d}.png"}
 
 
 def list_ade20k(root: str | os.PathLike, split: str) -> list[tuple[Path, Path]]:

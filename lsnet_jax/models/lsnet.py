@@ -11,10 +11,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lsnet_jax import kernels
 from lsnet_jax.kernels.resize import resize_bicubic_2d
+from lsnet_jax.models.family import Family, Flat, fresh_heads
 from lsnet_jax.models.layers import Block, BNLinear, ConvBN
 
 Array = jax.Array
@@ -227,3 +229,21 @@ def resize_attention_biases(table: Array, new_resolution: int) -> Array:
         return table
     grid = resize_bicubic_2d(table.reshape(heads, r, r).astype(jnp.float32), (new_resolution, new_resolution))
     return grid.reshape(heads, new_resolution * new_resolution).astype(table.dtype)
+
+
+# ----- the family (lsnet_jax.models.registry) -----
+
+def build(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs, **config) -> LSNet:
+    return LSNet(model_config(name, num_classes, img_size, **config), dtype=dtype, rngs=rngs)
+
+
+def adapt(flat: Flat, model: LSNet, ckpt_classes: int | None) -> Flat:
+    """New heads where the class count differs (from ``model``'s fresh initialisation); bias tables
+    resized to the model's last grid."""
+    flat = fresh_heads(flat, model, ckpt_classes, model.cfg.num_classes, lambda p: p[0] in ("head", "head_dist"))
+    res = model.cfg.resolutions()[3]
+    return {p: np.asarray(resize_attention_biases(jnp.asarray(a), res)) if p[-1] == "attention_biases" else a
+            for p, a in flat.items()}
+
+
+FAMILY = Family(DEFAULT_CFGS, build, adapt)

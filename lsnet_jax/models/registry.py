@@ -1,19 +1,19 @@
 """``create_model`` / ``list_models``: every model family by name, as timm users expect.
 
-A family registers its names with a ``Family``: how to build a model from its name, and how to fit
-a checkpoint's arrays to a model built with other settings (another class count, another input
-size). Three families: LSNet (the classifiers), LSNet + Semantic FPN (the ADE20K segmenters) and
-RegNet (DeiT's RegNetY-160 distillation teacher and its design space, as timm 0.5.4).
+Each family is a ``Family`` (``lsnet_jax.models.family``) defined in its own module: how to build a
+model from its name, and how to fit a checkpoint's arrays to a model built with other settings
+(another class count, another input size). Three families, listed in ``FAMILIES``: LSNet (the
+classifiers), LSNet + Semantic FPN (the ADE20K segmenters) and RegNet (DeiT's RegNetY-160
+distillation teacher and its design space, as timm 0.5.4).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import functools
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lsnet_jax.checkpoints.state import JaxPath, flat_state, load_flat
+from lsnet_jax.checkpoints.state import JaxPath, load_flat
 from lsnet_jax.checkpoints.weights import load_weights, read_meta
-from lsnet_jax.models import hub, lsnet, regnet, semfpn, semfpn_official
+from lsnet_jax.models import hub, lsnet, regnet, semfpn
+from lsnet_jax.models.family import Family
 from lsnet_jax.models.fold import fold
 
 log = logging.getLogger(__name__)
@@ -33,80 +34,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute dtypes by
 Flat = dict[JaxPath, np.ndarray]
 
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """``build(name, num_classes, img_size, dtype, rngs, **config) -> module`` and
-    ``adapt(flat, model, ckpt_classes) -> flat``, which fits a checkpoint's arrays to ``model``;
-    ``class_leaf`` is the path of the classifier kernel whose last axis counts the classes."""
-
-    default_cfgs: Mapping[str, dict]
-    build: Callable[..., nnx.Module]
-    adapt: Callable[[Flat, nnx.Module, int | None], Flat]
-    class_leaf: JaxPath = ("head", "l", "kernel")
-
-
-def _build_lsnet(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs,
-                 **config) -> lsnet.LSNet:
-    return lsnet.LSNet(lsnet.model_config(name, num_classes, img_size, **config), dtype=dtype, rngs=rngs)
-
-
-def _adapt_lsnet(flat: Flat, model: lsnet.LSNet, ckpt_classes: int | None) -> Flat:
-    """New heads where the class count differs (from ``model``'s fresh initialisation); bias tables
-    resized to the model's last grid."""
-    if ckpt_classes is not None and ckpt_classes != model.cfg.num_classes:
-        log.info("new %d-class head (weights have %d classes)", model.cfg.num_classes, ckpt_classes)
-        fresh = {p: a for p, a in flat_state(model).items() if p[0] in ("head", "head_dist")}
-        flat = {p: a for p, a in flat.items() if p[0] not in ("head", "head_dist")} | fresh
-    res = model.cfg.resolutions()[3]
-    resize = lsnet.resize_attention_biases
-    return {p: np.asarray(resize(jnp.asarray(a), res)) if p[-1] == "attention_biases" else a
-            for p, a in flat.items()}
-
-
-def _build_semfpn(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs,
-                  backbone_pretrained: str | os.PathLike | None = None, **config) -> semfpn.SemanticFPN:
-    """The segmenter (``img_size`` plays no part: any multiple of 32 runs); ``backbone_pretrained``
-    initialises the backbone from ImageNet classifier weights as the official ``init_weights``."""
-    del img_size
-    model = semfpn.SemanticFPN(semfpn.semfpn_config(name, num_classes, **config), dtype=dtype, rngs=rngs)
-    if backbone_pretrained is not None:
-        flat, meta = load_weights(backbone_pretrained)
-        want = semfpn.VARIANTS[name]
-        if meta.get("model") and meta["model"].removesuffix("_distill") != want:
-            raise ValueError(f"{backbone_pretrained} holds {meta['model']!r} weights; the backbone of {name!r} "
-                             f"is {want!r}")
-        load_flat(model.backbone, semfpn_official.backbone_from_classifier(flat), what=str(backbone_pretrained))
-    return model
-
-
-def _adapt_semfpn(flat: Flat, model: semfpn.SemanticFPN, ckpt_classes: int | None) -> Flat:
-    """A new ``conv_seg`` where the class count differs (from ``model``'s fresh initialisation)."""
-    if ckpt_classes is not None and ckpt_classes != model.cfg.num_classes:
-        log.info("new %d-class conv_seg (weights have %d classes)", model.cfg.num_classes, ckpt_classes)
-        fresh = {p: a for p, a in flat_state(model).items() if p[:2] == ("decode_head", "conv_seg")}
-        flat = {p: a for p, a in flat.items() if p[:2] != ("decode_head", "conv_seg")} | fresh
-    return flat
-
-
-def _build_regnet(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs, **config) -> regnet.RegNet:
-    del img_size  # any size runs
-    return regnet.RegNet(regnet.model_config(name, num_classes, **config), dtype=dtype, rngs=rngs)
-
-
-def _adapt_regnet(flat: Flat, model: regnet.RegNet, ckpt_classes: int | None) -> Flat:
-    """A new head where the class count differs (from ``model``'s fresh initialisation)."""
-    if ckpt_classes is not None and ckpt_classes != model.cfg.num_classes:
-        log.info("new %d-class head (weights have %d classes)", model.cfg.num_classes, ckpt_classes)
-        fresh = {p: a for p, a in flat_state(model).items() if p[0] == "head"}
-        flat = {p: a for p, a in flat.items() if p[0] != "head"} | fresh
-    return flat
-
-
-FAMILIES: tuple[Family, ...] = (
-    Family(lsnet.DEFAULT_CFGS, _build_lsnet, _adapt_lsnet),
-    Family(semfpn.DEFAULT_CFGS, _build_semfpn, _adapt_semfpn, ("decode_head", "conv_seg", "kernel")),
-    Family(regnet.DEFAULT_CFGS, _build_regnet, _adapt_regnet, ("head", "kernel")),
-)
+# The one table of model families, in the order ``list_models`` knows them: each family's module
+# defines its ``FAMILY`` (names, build, checkpoint fitting) beside its model, so a new family is
+# that module plus one line here. A table rather than registration at import time: which names
+# exist does not depend on which modules happen to have been imported, and one line lists them all.
+FAMILIES: tuple[Family, ...] = (lsnet.FAMILY, semfpn.FAMILY, regnet.FAMILY)
 
 
 def _family(name: str) -> Family:
@@ -159,6 +91,8 @@ def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, 
         ckpt_classes = int(flat[family.class_leaf].shape[-1])
     if num_classes is None:
         num_classes = ckpt_classes or family.default_cfgs[name]["num_classes"]
+    for k, v in meta.get("model_config", {}).items():  # the weights' architecture (a run's config.depth)
+        config.setdefault(k, tuple(v) if isinstance(v, list) else v)
     build = functools.partial(family.build, name, num_classes, img_size or 224, dtype,
                               bn_group_size=bn_group_size, impl=impl, **config)
     new_head = flat is not None and ckpt_classes is not None and ckpt_classes != num_classes

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from lsnet_jax import kernels
+from lsnet_jax.models.family import Family, Flat, fresh_heads
 from lsnet_jax.models.layers import Conv, ConvBN, Linear
 from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -234,3 +235,18 @@ def model_config(name: str, num_classes: int = 1000, **overrides) -> RegNetCfg:
     if name not in VARIANTS:
         raise ValueError(f"unknown RegNet {name!r}; available: {sorted(VARIANTS)}")
     return RegNetCfg(**(VARIANTS[name] | dict(num_classes=num_classes) | overrides))
+
+
+# ----- the family (lsnet_jax.models.registry) -----
+
+def build(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs, **config) -> RegNet:
+    del img_size  # any size runs
+    return RegNet(model_config(name, num_classes, **config), dtype=dtype, rngs=rngs)
+
+
+def adapt(flat: Flat, model: RegNet, ckpt_classes: int | None) -> Flat:
+    """A new head where the class count differs (from ``model``'s fresh initialisation)."""
+    return fresh_heads(flat, model, ckpt_classes, model.cfg.num_classes, lambda p: p[0] == "head")
+
+
+FAMILY = Family(DEFAULT_CFGS, build, adapt, ("head", "kernel"))

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lsnet_jax.checkpoints.state import JaxPath, load_flat
+from lsnet_jax.checkpoints.weights import load_weights
+from lsnet_jax.models.family import Family, Flat, fresh_heads
 from lsnet_jax.models.layers import BatchNorm, Conv, ConvBN
-from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, LSNet, LSNetConfig, model_config
+from lsnet_jax.models.lsnet import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, LSNet, LSNetConfig, model_config,
+                                   resize_attention_biases)
 from lsnet_jax.kernels.resize import resize_bilinear, resize_nearest
 
 Array = jax.Array
@@ -201,3 +207,51 @@ def semfpn_config(name: str, num_classes: int = 150, **overrides) -> SemFPNConfi
     backbone_kw.pop("bn_group_size", None)  # frozen backbone BatchNorms have no batch statistics
     backbone = model_config(VARIANTS[name], num_classes=0, attn_resolution=BIAS_RESOLUTION, **backbone_kw)
     return SemFPNConfig(backbone=backbone, num_classes=num_classes, **head)
+
+
+# ----- the family (lsnet_jax.models.registry) -----
+
+def resize_classifier_biases(table: np.ndarray, resolution: int = BIAS_RESOLUTION) -> np.ndarray:
+    """The official ``init_weights`` on one classifier bias table ``(heads, 16)``:
+    ``F.interpolate(t.view(1, heads, 4, 4), size=(14, 14), mode='bicubic')`` -> ``(heads, 196)``.
+    A classifier trained at another size has an r x r table (r = ceil(img / 64)); it is resized
+    from its own grid the same way (the official code knows only 224-pixel classifiers)."""
+    return np.asarray(resize_attention_biases(jnp.asarray(table, jnp.float32), resolution))
+
+
+def backbone_from_classifier(flat: Mapping[JaxPath, np.ndarray]) -> Flat:
+    """A classifier's JAX leaves as the segmenter's backbone leaves (non-strict as the official load:
+    the heads are dropped) with the 4x4 bias tables resized to 14x14."""
+    out = {}
+    for path, a in flat.items():
+        if path[0] in ("head", "head_dist"):
+            continue
+        if path[0] == "backbone":
+            raise ValueError("these weights are a segmenter's, not a classifier's: load them with pretrained=")
+        out[path] = resize_classifier_biases(np.asarray(a)) if path[-1] == "attention_biases" else np.asarray(a)
+    return out
+
+
+def build(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs,
+          backbone_pretrained: str | os.PathLike | None = None, **config) -> SemanticFPN:
+    """The segmenter (``img_size`` plays no part: any multiple of 32 runs); ``backbone_pretrained``
+    initialises the backbone from ImageNet classifier weights as the official ``init_weights``."""
+    del img_size
+    model = SemanticFPN(semfpn_config(name, num_classes, **config), dtype=dtype, rngs=rngs)
+    if backbone_pretrained is not None:
+        flat, meta = load_weights(backbone_pretrained)
+        want = VARIANTS[name]
+        if meta.get("model") and meta["model"].removesuffix("_distill") != want:
+            raise ValueError(f"{backbone_pretrained} holds {meta['model']!r} weights; the backbone of {name!r} "
+                             f"is {want!r}")
+        load_flat(model.backbone, backbone_from_classifier(flat), what=str(backbone_pretrained))
+    return model
+
+
+def adapt(flat: Flat, model: SemanticFPN, ckpt_classes: int | None) -> Flat:
+    """A new ``conv_seg`` where the class count differs (from ``model``'s fresh initialisation)."""
+    return fresh_heads(flat, model, ckpt_classes, model.cfg.num_classes,
+                       lambda p: p[:2] == ("decode_head", "conv_seg"), "conv_seg")
+
+
+FAMILY = Family(DEFAULT_CFGS, build, adapt, ("decode_head", "conv_seg", "kernel"))

@@ -14,15 +14,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
 from lsnet_jax.models import lsnet_official
 from lsnet_jax.models.lsnet_official import LEAF_TO_TORCH
-from lsnet_jax.models.lsnet import resize_attention_biases
-from lsnet_jax.models.semfpn import BIAS_RESOLUTION, VARIANTS, SemanticFPN, semfpn_config
+from lsnet_jax.models.semfpn import VARIANTS, SemanticFPN, semfpn_config
 
 Flat = dict[JaxPath, np.ndarray]
 
@@ -80,22 +78,3 @@ def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int]:
     return name, num_classes
 
 
-def resize_classifier_biases(table: np.ndarray, resolution: int = BIAS_RESOLUTION) -> np.ndarray:
-    """The official ``init_weights`` on one classifier bias table ``(heads, 16)``:
-    ``F.interpolate(t.view(1, heads, 4, 4), size=(14, 14), mode='bicubic')`` -> ``(heads, 196)``.
-    A classifier trained at another size has an r x r table (r = ceil(img / 64)); it is resized
-    from its own grid the same way (the official code knows only 224-pixel classifiers)."""
-    return np.asarray(resize_attention_biases(jnp.asarray(table, jnp.float32), resolution))
-
-
-def backbone_from_classifier(flat: Mapping[JaxPath, np.ndarray]) -> Flat:
-    """A classifier's JAX leaves as the segmenter's backbone leaves (non-strict as the official load:
-    the heads are dropped) with the 4x4 bias tables resized to 14x14."""
-    out = {}
-    for path, a in flat.items():
-        if path[0] in ("head", "head_dist"):
-            continue
-        if path[0] == "backbone":
-            raise ValueError("these weights are a segmenter's, not a classifier's: load them with pretrained=")
-        out[path] = resize_classifier_biases(np.asarray(a)) if path[-1] == "attention_biases" else np.asarray(a)
-    return out

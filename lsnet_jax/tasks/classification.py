@@ -31,6 +31,7 @@ from lsnet_jax.models.registry import DTYPES, create_model, list_models
 from lsnet_jax.train import optim
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError
+from lsnet_jax.train.config import architecture
 from lsnet_jax.train.loop import Cadence, Init, LoopStats
 from lsnet_jax.train.reporting import Panel
 from lsnet_jax.train.steps import StepConfig, init_train_state, model_weights, train_step
@@ -122,7 +123,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Modu
     return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
                         img_size=config.img_size, dtype=DTYPES[config.dtype],
                         bn_group_size=config.bn_group_size or None, seed=config.seed, impl=config.impl,
-                        bn_momentum=config.bn_momentum)
+                        bn_momentum=config.bn_momentum, **architecture(config))
 
 
 def build_teacher(config: ml_collections.ConfigDict,
@@ -156,7 +157,7 @@ class Classification:
         self.data = build_data(config, sampler_replicas(config))
         self.num_classes, spe = self.data.num_classes, self.data.train.steps_per_epoch
         self.fingerprint = workdirs.fingerprint("classification", config.model, self.num_classes, config.img_size,
-                                                config.data.name, config.data.train_split)
+                                                config.data.name, config.data.train_split, architecture(config))
         self.cadence = Cadence(total_steps=config.epochs * spe, steps_per_epoch=spe, period=spe,
                                eval_every=config.eval_every_epochs)
         self.global_batch = config.batch_size
@@ -216,7 +217,8 @@ class Classification:
         c = self.config
         return {"model": c.model, "num_classes": self.num_classes, "img_size": c.img_size,
                 "n_parameters": self.n_parameters,
-                "class_names": list(self.data.info.class_names)[:self.num_classes], "config": c.to_dict()}
+                "class_names": list(self.data.info.class_names)[:self.num_classes], "config": c.to_dict(),
+                **({"model_config": architecture(c)} if architecture(c) else {})}
 
     def describe(self) -> str:
         c, cad = self.config, self.cadence

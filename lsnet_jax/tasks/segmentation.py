@@ -32,6 +32,7 @@ from lsnet_jax.inference.segmentation import evaluate_segmenter, seg_logits
 from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError
+from lsnet_jax.train.config import architecture
 from lsnet_jax.train.loop import Cadence, Init, LoopStats
 from lsnet_jax.train.reporting import Panel
 from lsnet_jax.train.seg_steps import SegTrainState, poly_schedule, seg_train_step
@@ -73,7 +74,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Modu
         kw["backbone_pretrained"] = config.backbone_weights
     return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
                         dtype=DTYPES[config.dtype], seed=config.seed, impl=config.impl,
-                        bn_momentum=config.bn_momentum, freeze_backbone_bn=config.freeze_backbone_bn, **kw)
+                        bn_momentum=config.bn_momentum, freeze_backbone_bn=config.freeze_backbone_bn,
+                        **architecture(config), **kw)
 
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int
@@ -104,7 +106,7 @@ class Segmentation:
         self.esrc, self.einfo = source.open_seg_source(d.name, d.eval_split, d.data_dir)
         self.num_classes = config.num_classes or self.info.num_classes
         self.fingerprint = workdirs.fingerprint("segmentation", config.model, self.num_classes, int(a.crop[0]),
-                                                d.name, d.train_split)
+                                                d.name, d.train_split, architecture(config))
         self.loader = pipeline.seg_train_loader(self.src, self.info, SegTrainTransform.from_config(a),
                                                 config.batch_size, config.seed, config.iterations,
                                                 workers=d.workers, threads=d.threads, prefetch=d.prefetch)
@@ -158,7 +160,8 @@ class Segmentation:
         c = self.config
         return {"model": c.model, "task": "segmentation", "num_classes": self.num_classes,
                 "img_size": int(c.aug.crop[0]), "n_parameters": self.n_parameters,
-                "class_names": list(self.info.class_names)[:self.num_classes], "config": c.to_dict()}
+                "class_names": list(self.info.class_names)[:self.num_classes], "config": c.to_dict(),
+                **({"model_config": architecture(c)} if architecture(c) else {})}
 
     def describe(self) -> str:
         c = self.config

@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.bn_group_size = ml_collections.config_dict.placeholder(int)
     c.bn_momentum = 0.1  # PyTorch's BatchNorm momentum (running = 0.9 running + 0.1 batch)
     c.impl = "auto"  # the array operations (lsnet_jax.kernels): "auto" | "reference" | "xla_cpu"
+    # blocks per stage; (): the variant's (lsnet_t: (0, 2, 8, 10)). A shallower model for smoke runs and
+    # tests, e.g. (0, 2, 2, 2), which still holds every kind of layer; recorded with the weights
+    c.depth = ()
     c.seed = 0
     c.init_weights = ""  # fine-tuning: a weights directory (lsnet-convert or lsnet-export-weights) or an hf-hub: name;
     # another class count re-initialises the heads, another img_size resizes the attention bias tables
@@ -126,6 +129,7 @@ def segmentation_config(model: str = "lsnet_t_semfpn") -> ml_collections.ConfigD
     c.num_classes = 0  # 0: the dataset's class count
     c.dtype = "float32"
     c.impl = "auto"
+    c.depth = ()  # the backbone's blocks per stage ((): the variant's)
     c.seed = 0
     c.backbone_weights = ""  # ImageNet classifier weights (official: lsnet_t.pth through lsnet-convert)
     c.init_weights = ""  # a whole segmenter's weights (fine-tuning); takes precedence over backbone_weights
@@ -171,3 +175,9 @@ def segmentation_config(model: str = "lsnet_t_semfpn") -> ml_collections.ConfigD
     c.max_steps = ml_collections.config_dict.placeholder(int)
     c.tensorboard = True
     return c
+
+
+def architecture(config: ml_collections.ConfigDict) -> dict:
+    """The model settings a run changes from its variant's (``config.depth``), as ``create_model``
+    keyword arguments; ``{}`` for the published architecture."""
+    return {"depth": tuple(int(d) for d in config.depth)} if config.get("depth") else {}

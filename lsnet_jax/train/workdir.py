@@ -18,14 +18,18 @@ from lsnet_jax.checkpoints.weights import unwritable
 from lsnet_jax.train.checks import ConfigError
 
 RUN_FILE = "run.json"
-FINGERPRINT_KEYS = ("task", "model", "num_classes", "img_size", "data")
+FINGERPRINT_KEYS = ("task", "model", "arch", "num_classes", "img_size", "data")
 
 
 def fingerprint(task: str, model: str, num_classes: int, img_size: int, data_name: str,
-                train_split: str) -> dict[str, Any]:
-    """What a run's checkpoints depend on: another value of any of these cannot resume them."""
-    return {"task": task, "model": model, "num_classes": int(num_classes), "img_size": int(img_size),
-            "data": f"{data_name}/{train_split}"}
+                train_split: str, arch: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run's checkpoints depend on: another value of any of these cannot resume them.
+    ``arch``: the model settings changed from the variant's (``config.architecture``), if any."""
+    fp = {"task": task, "model": model, "num_classes": int(num_classes), "img_size": int(img_size),
+          "data": f"{data_name}/{train_split}"}
+    if arch:
+        fp["arch"] = json.loads(json.dumps(arch))  # as run.json holds it (tuples as lists)
+    return fp
 
 
 def recorded_fingerprint(run: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +63,7 @@ def check(workdir: str | os.PathLike, fp: dict[str, Any]) -> None:
     except (ValueError, KeyError) as e:
         raise ConfigError(f"{run_file} is unreadable ({type(e).__name__}: {e}); start elsewhere with --workdir, "
                           f"or repair it") from None
-    diff = [f"{k} {old.get(k)!r} -> {fp[k]!r}" for k in FINGERPRINT_KEYS if old.get(k) != fp[k]]
+    diff = [f"{k} {old.get(k)!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS if old.get(k) != fp.get(k)]
     if diff:
         raise ConfigError(
             f"{workdir} holds another run ({old['model']}, {old['num_classes']} classes, {old['img_size']} px, "
