@@ -1,0 +1,160 @@
+"""The one training loop with a task it has never seen: a toy least-squares task written here against
+``lsnet_jax.train.loop.Task`` alone (as detection will be), run end to end in-process. Cadence,
+rows, best checkpoint, curves and exact resume are the loop's; the two real tasks' runs are in
+test_train.py and test_segmentation_train.py."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from lsnet_jax.train import loop
+from lsnet_jax.train.reporting import Panel, read_jsonl
+
+TRUE_W = np.asarray([1.5, -2.0, 0.5], np.float32)
+
+
+class _Batches:
+    """Deterministic batches of a noisy linear model, with grain's get_state / set_state."""
+
+    def __init__(self, batch: int):
+        self.batch, self.i = batch, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        rng = np.random.default_rng(self.i)
+        self.i += 1
+        x = rng.standard_normal((self.batch, 3)).astype(np.float32)
+        y = x @ TRUE_W + 0.1 * rng.standard_normal(self.batch).astype(np.float32)
+        return {"x": x, "y": y, "skipped": np.int64(self.i % 5 == 0)}
+
+    def get_state(self) -> dict:
+        return {"i": self.i}
+
+    def set_state(self, state: dict) -> None:
+        self.i = state["i"]
+
+
+def _step(state, batch, constants, *, lr):
+    def loss_fn(w):
+        return jnp.mean((batch["x"] @ w - batch["y"]) ** 2)
+
+    loss, g = jax.value_and_grad(loss_fn)(state["w"])
+    return {"w": state["w"] - lr * g * constants["scale"], "step": state["step"] + 1}, {"loss": loss}
+
+
+class LeastSquares:
+    """A task: 'epoch' of 4 steps, evaluation every 2 periods, a best checkpoint by the negated error."""
+
+    best_metric = "neg_error"
+    curves = (Panel("parameter error", "log", "step", "step", (("error", None, "o-"),)),)
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh):
+        self.config = config
+        self.fingerprint = {"task": "least_squares", "model": "linear", "num_classes": 0, "img_size": 0,
+                            "data": "synthetic/train"}
+        self.cadence = loop.Cadence(total_steps=config.steps, steps_per_epoch=4, period=4, eval_every=2)
+        self.global_batch = config.batch_size
+
+    def train_iterator(self):
+        return _Batches(self.config.batch_size)
+
+    def init(self) -> loop.Init:
+        import functools
+
+        state = {"w": jnp.zeros(3, jnp.float32), "step": jnp.zeros((), jnp.int32)}
+        return loop.Init(state, {"scale": jnp.ones((), jnp.float32)}, functools.partial(_step, lr=self.config.lr))
+
+    def lr(self, steps):
+        return np.full(len(steps), self.config.lr)
+
+    def evaluate(self, state) -> dict:
+        return {"error": float(np.linalg.norm(np.asarray(state["w"]) - TRUE_W))}
+
+    def row(self, done, stats, ev) -> dict:
+        return stats.means() | {"step": done, "error": ev["error"], "neg_error": -ev["error"],
+                                "train_skipped": stats.skipped}
+
+    def summary(self, row) -> str:
+        return f"step {row['step']}: error {row['error']:.4f}"
+
+    def best_state(self, state):
+        return {"w": state["w"]}
+
+    def where(self, done) -> str:
+        return f"epoch {(done - 1) // 4}"
+
+    def run_info(self) -> dict:
+        return {"model": "linear", "num_classes": 0, "img_size": 0}
+
+    def describe(self) -> str:
+        return "least squares"
+
+
+def _config(**over) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(steps=10, batch_size=8, lr=0.1, log_every_steps=3, checkpoint_every_steps=3,
+                                          keep_checkpoints=2, async_checkpoint=False, tensorboard=False,
+                                          max_steps=None) | over)
+
+
+def _plain_loop(steps: int) -> list[float]:
+    """The same training as a plain Python loop: the losses the loop must log."""
+    w, out, it = np.zeros(3, np.float32), [], _Batches(8)
+    for _ in range(steps):
+        b = next(it)
+        r = b["x"] @ w - b["y"]
+        out.append(float(np.mean(r ** 2)))
+        w = w - 0.1 * (2 * b["x"].T @ r / len(r))
+    return out
+
+
+def test_a_new_task_runs_on_the_loop_with_its_cadence_rows_and_best(tmp_path):
+    last = loop.train_and_evaluate(LeastSquares, _config(), tmp_path / "w", jax.devices()[:1])
+    steps = read_jsonl(tmp_path / "w" / "steps.jsonl")
+    assert [r["step"] for r in steps] == list(range(1, 11))
+    np.testing.assert_allclose([r["loss"] for r in steps], _plain_loop(10), rtol=1e-5)
+    rows = read_jsonl(tmp_path / "w" / "log.txt")
+    assert [r["step"] for r in rows] == [8, 10]  # every 2 periods of 4, and at the end
+    # a row's train figures are its period's (steps 5-8; steps 9-10), skipped records counted per period
+    assert rows[0]["train_loss"] == pytest.approx(np.mean([r["loss"] for r in steps[4:8]]))
+    assert rows[1]["train_loss"] == pytest.approx(np.mean([r["loss"] for r in steps[8:10]]))
+    assert [r["train_skipped"] for r in rows] == [1, 1]  # batches 5 and 10 (of periods 2 and 3)
+    assert rows[1]["error"] < rows[0]["error"] < 1.0 and last == rows[1]
+    assert (tmp_path / "w" / "curves.png").stat().st_size > 5_000
+    assert sorted(p.name for p in (tmp_path / "w" / "best").iterdir() if p.name.isdigit()) == ["10"]
+    assert sorted(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()) == [9, 10]
+    assert json.loads((tmp_path / "w" / "run.json").read_text())["fingerprint"]["task"] == "least_squares"
+
+
+def test_a_stopped_run_resumes_with_the_same_losses_and_period_figures(tmp_path):
+    loop.train_and_evaluate(LeastSquares, _config(), tmp_path / "full", jax.devices()[:1])
+    loop.train_and_evaluate(LeastSquares, _config(max_steps=7), tmp_path / "part", jax.devices()[:1])
+    assert not read_jsonl(tmp_path / "part" / "log.txt")  # stopped inside the second period
+    loop.train_and_evaluate(LeastSquares, _config(), tmp_path / "part", jax.devices()[:1])
+    full, part = (read_jsonl(tmp_path / d / "steps.jsonl") for d in ("full", "part"))
+    assert full == part
+    assert read_jsonl(tmp_path / "full" / "log.txt") == read_jsonl(tmp_path / "part" / "log.txt")
+
+
+def test_loop_figures_saved_before_the_one_loop_still_resume():
+    classification = {"loss_sum": 3.0, "lr_sum": 0.5, "steps": 2, "skipped": 1, "best_acc1": 41.5}
+    segmentation = {"loss_sum": 1.25, "steps": 5, "skipped": 0}
+    a, b = loop.LoopStats.from_saved(classification), loop.LoopStats.from_saved(segmentation)
+    assert (a.loss_sum, a.lr_sum, a.steps, a.skipped, a.best) == (3.0, 0.5, 2, 1, 41.5)
+    assert (b.loss_sum, b.lr_sum, b.steps, b.skipped, b.best) == (1.25, 0.0, 5, 0, -math.inf)
+
+
+@pytest.mark.parametrize("key,value", [("batch_size", 0), ("log_every_steps", -1), ("checkpoint_every_steps", 1.5),
+                                       ("max_steps", 0)])
+def test_the_loop_refuses_its_own_bad_settings(key, value, tmp_path):
+    with pytest.raises(loop.ConfigError, match=f"config.{key}="):
+        loop.train_and_evaluate(LeastSquares, _config(**{key: value}), tmp_path / "w", jax.devices()[:1])
+    assert not (tmp_path / "w").exists()
