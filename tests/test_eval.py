@@ -24,6 +24,11 @@ from lsnet_jax.cli.evaluate import main as evaluate_main
 from lsnet_jax.inference.metrics import hits
 
 
+# the CLI's bookkeeping is under test, not the network: LSNet-T at depth (0, 2, 2, 2) (every kind of
+# layer), recorded in the weights' config as a training run records config.depth
+SHALLOW = {"depth": [0, 2, 2, 2]}
+
+
 def _naive_hits(logits: np.ndarray, labels: np.ndarray, classes) -> tuple[list[bool], list[bool]]:
     """Top-1/top-5 by a Python loop: rank the allowed classes by logit, look for the label."""
     allowed = list(range(logits.shape[1])) if classes is None else list(classes)
@@ -132,8 +137,9 @@ def test_eval_cli_on_every_set(tmp_path, capsys):
     """Labels are chosen from the model's own predictions (computed here in one batch, from a PIL
     resize + crop), so each set has a known mix of hits; the CLI must report exactly those."""
     size = 64
-    model = create_model("lsnet_t", img_size=size, seed=3)
-    save_weights(tmp_path / "w", flat_state(model), {"model": "lsnet_t", "num_classes": 1000, "img_size": size})
+    model = create_model("lsnet_t", img_size=size, seed=3, **SHALLOW)
+    save_weights(tmp_path / "w", flat_state(model), {"model": "lsnet_t", "num_classes": 1000, "img_size": size,
+                                                    "model_config": SHALLOW})
     rng = np.random.default_rng(0)
     photos = [np.asarray(Image.open(p).convert("RGB")) for p in sample_photos()]
 
@@ -203,9 +209,9 @@ def test_a_head_of_other_classes_is_refused_unless_mapped(tmp_path, capsys):
 
     size = 64
     names = [f"c{i}" for i in (5, 2, 7, 0, 9, 1, 3, 8, 4, 6)]  # the dataset's c0, c1, c2 are head 3, 5, 1
-    model = create_model("lsnet_t", num_classes=10, img_size=size, seed=4)
+    model = create_model("lsnet_t", num_classes=10, img_size=size, seed=4, **SHALLOW)
     save_weights(tmp_path / "w", flat_state(model), {"model": "lsnet_t", "num_classes": 10, "img_size": size,
-                                                    "class_names": names})
+                                                    "class_names": names, "model_config": SHALLOW})
     tree = make_folder_tree(tmp_path / "tree", n_train=1, n_val=3, corrupt=False)
     build_folder_dataset(tree, tmp_path / "tfds")
     capsys.readouterr()  # TFDS's progress bars

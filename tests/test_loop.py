@@ -158,3 +158,22 @@ def test_the_loop_refuses_its_own_bad_settings(key, value, tmp_path):
     with pytest.raises(loop.ConfigError, match=f"config.{key}="):
         loop.train_and_evaluate(LeastSquares, _config(**{key: value}), tmp_path / "w", jax.devices()[:1])
     assert not (tmp_path / "w").exists()
+
+
+def test_a_changed_architecture_is_another_run(tmp_path):
+    """config.depth is in the fingerprint: the checkpoints of one depth cannot resume at another
+    (they would not restore, and would be moved aside as damaged). A run.json written before the
+    fingerprint had ``arch`` matches the published architecture."""
+    from lsnet_jax.train import workdir as workdirs
+
+    published = workdirs.fingerprint("classification", "lsnet_t", 10, 32, "lsnet_digits", "train")
+    shallow = workdirs.fingerprint("classification", "lsnet_t", 10, 32, "lsnet_digits", "train",
+                                   {"depth": (0, 2, 2, 2)})
+    workdirs.write_run_file(tmp_path, shallow, {"model": "lsnet_t", "num_classes": 10, "img_size": 32})
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    workdirs.check(tmp_path, shallow)  # the same run: resumes
+    with pytest.raises(loop.ConfigError, match=r"arch \{'depth': \[0, 2, 2, 2\]\} -> None"):
+        workdirs.check(tmp_path, published)
+    (tmp_path / "run.json").write_text(json.dumps({"model": "lsnet_t", "num_classes": 10, "img_size": 32,
+                                                   "fingerprint": published}))
+    workdirs.check(tmp_path, published)
