@@ -26,9 +26,9 @@ Measured (2026-12-03, this config, 2 CPU cores, a fresh clone: 571 s = 9 min 31 
 dataset build and both evaluations): on the 200 test scenes after 950 iterations mIoU 58.8,
 aAcc 94.1, mAcc 72.3 (mIoU 33.0 at 475); IoU background 97.8, digits 0-9: 71.6, 26.2, 60.2, 52.8,
 70.3, 46.8, 68.9, 56.6, 42.1, 53.3 (the thin "1" is the hardest at the model's 1/8 output).
-Predicting background everywhere scores mIoU 7.5 (aAcc 82.4: the background share of the test scenes). The same config run
-on one core reached mIoU 54.2 (its "1" 22.4): XLA's reductions split differently with the thread
-count, so expect a few points either way.
+Predicting background everywhere scores mIoU 7.5 (aAcc 82.4: the background share of the test
+scenes). The same config run on one core reached mIoU 54.2 (its "1" 22.4): XLA's reductions split
+differently with the thread count, so expect a few points either way.
 """
 
 from lsnet_jax.train.config import segmentation_config

@@ -40,7 +40,8 @@ from lsnet_jax.train.preemption import Preemption, stop_after
 
 log = logging.getLogger("lsnet_jax.train")
 
-__all__ = ["Cadence", "ConfigError", "Init", "LoopStats", "Task", "train_and_evaluate", "validate_loop_config"]
+__all__ = ["Cadence", "ConfigError", "Init", "LoopStats", "Task", "train_and_evaluate",
+           "validate_loop_config"]
 
 
 # ----- what a task gives the loop -----
@@ -61,7 +62,8 @@ class Cadence:
         return done % self.period == 0
 
     def eval_due(self, done: int) -> bool:
-        return (self.period_end(done) and (done // self.period) % self.eval_every == 0) or done == self.total_steps
+        every = self.period_end(done) and (done // self.period) % self.eval_every == 0
+        return every or done == self.total_steps
 
 
 @dataclasses.dataclass
@@ -118,7 +120,8 @@ class Task(Protocol):
     fingerprint: dict[str, Any]  # what the checkpoints depend on (lsnet_jax.train.workdir)
     cadence: Cadence
     global_batch: int
-    best_metric: str | None  # a log row's key: DIR/best keeps the weights where it was highest; None: no DIR/best
+    # a log row's key: DIR/best keeps the weights where it was highest; None: no DIR/best
+    best_metric: str | None
     curves: tuple[reporting.Panel, ...]  # curves.png's panels besides the train loss
 
     def train_iterator(self) -> Iterator[dict]:
@@ -159,8 +162,8 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
         if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
             raise ConfigError(f"config.{key}={config[key]!r} must be a positive integer")
     if config.max_steps is not None and (not isinstance(config.max_steps, int) or config.max_steps < 1):
-        raise ConfigError(f"config.max_steps={config.max_steps!r} must be a positive integer (or None: the whole "
-                          f"schedule)")
+        raise ConfigError(f"config.max_steps={config.max_steps!r} must be a positive integer (or None: the "
+                          f"whole schedule)")
     if config.batch_size % num_devices:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
                           f"devices; set --config.batch_size to a multiple of {num_devices}")
@@ -192,7 +195,8 @@ def train_and_evaluate(task_type: Callable[[ml_collections.ConfigDict, Mesh], Ta
         return _train(task_type, config, Path(workdir), jax.devices() if devices is None else list(devices))
 
 
-def _train(task_type, config: ml_collections.ConfigDict, workdir: Path, devices: list[jax.Device]) -> dict[str, Any]:
+def _train(task_type, config: ml_collections.ConfigDict, workdir: Path,
+           devices: list[jax.Device]) -> dict[str, Any]:
     # ----- mesh and task -----
     validate_loop_config(config, len(devices))
     mesh = Mesh(np.asarray(devices), ("data",))
@@ -286,7 +290,8 @@ def _train(task_type, config: ml_collections.ConfigDict, workdir: Path, devices:
                 last = evaluate(done)
             if period_end:
                 stats.new_period()
-            saved = (cad.save_at_period_end and period_end) or done % config.checkpoint_every_steps == 0 or done == end
+            saved = ((cad.save_at_period_end and period_end) or done % config.checkpoint_every_steps == 0
+                     or done == end)
             if saved:
                 save(done)
             if stop_after(preempt, done, end, saved, save, saver):  # SIGTERM / SIGINT: this step is the last
