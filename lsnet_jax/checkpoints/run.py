@@ -57,6 +57,14 @@ def make_manager(directory: str | os.PathLike, keep: int, async_save: bool = Tru
     return ocp.CheckpointManager(os.path.abspath(directory), options=opts, item_names=("state", "data"))
 
 
+# One caller of Orbax's save and wait at a time in a process. Each Saver calls Orbax from its own
+# thread, and a run has two (DIR/checkpoints and DIR/best, both saved at an epoch's end): called
+# from both threads at once, an asynchronous save once never started its writes (its futures
+# "completed 0/4" after Orbax's 300 s timeout, a CI run of test_train's preemption test). The
+# writes themselves still run in Orbax's background threads, as before.
+_ORBAX_CALLS = threading.RLock()
+
+
 class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the message says where, why, and what to do."""
 
@@ -130,17 +138,19 @@ class Saver:
             self._job_step = step
 
     def _write(self, step: int, prev: int | None, args: ocp.args.Composite, metrics: dict | None) -> None:
-        if prev is not None:  # a failure of the previous write is that step's, not this one's
-            self._finish(prev)
-        try:
-            self.manager.save(step, args=args, metrics=metrics)
-        except Exception as e:
-            raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.previous) from None
+        with _ORBAX_CALLS:
+            if prev is not None:  # a failure of the previous write is that step's, not this one's
+                self._finish(prev)
+            try:
+                self.manager.save(step, args=args, metrics=metrics)
+            except Exception as e:
+                raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.previous) from None
 
     def _finish(self, step: int) -> None:
         """Wait for Orbax's write of ``step``; raise if it failed."""
         try:
-            self.manager.wait_until_finished()
+            with _ORBAX_CALLS:
+                self.manager.wait_until_finished()
         except Exception as e:
             raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.previous) from None
         if not (Path(self.manager.directory) / str(step)).is_dir():
