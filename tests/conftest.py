@@ -16,12 +16,3 @@ sys.path.insert(0, str(Path(__file__).parent))
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
-
-# The longest test files (minutes each, mostly compiling) go first. `--dist loadfile` hands files to
-# the two workers in collection order, alphabetical by default, which put test_train.py last: its
-# ~6 minutes then ran on one worker while the other had nothing left (the suite's tail).
-_FIRST = ("test_train.py", "test_notebooks.py", "test_segmentation_train.py", "test_model.py", "test_export.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: _FIRST.index(item.path.name) if item.path.name in _FIRST else len(_FIRST))
