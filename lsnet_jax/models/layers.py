@@ -34,6 +34,26 @@ class Buffer(nnx.Variable):
     """A constant array carried with the model (the deploy form's precomputed attention bias)."""
 
 
+class ShapeRngs:
+    """The ``rngs`` of a model built only for its shapes (``abstract``): every stream gives one
+    fixed key. ``nnx.Rngs`` under ``nnx.eval_shape`` costs ~2 s for LSNet-B: each draw updates a
+    traced counter, and that update asks the tracer for its sharding, whose error message prints
+    the jaxpr built so far (quadratic in the number of layers)."""
+
+    def __init__(self) -> None:
+        self._key = jax.random.key(0)
+
+    def __getattr__(self, stream: str):
+        if stream.startswith("_"):
+            raise AttributeError(stream)
+        return lambda: self._key
+
+
+def abstract(build):
+    """``build(rngs=...)``'s module with ``jax.ShapeDtypeStruct`` leaves, no array computed."""
+    return nnx.eval_shape(lambda: build(rngs=ShapeRngs()))
+
+
 def torch_uniform_init(key: Array, shape: tuple[int, ...], fan_in: int) -> Array:
     """PyTorch's default Conv2d weight/bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 

@@ -8,6 +8,7 @@ Ordered as timm's model files: stage -> model -> variant table -> default config
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from flax import nnx
 from lsnet_jax import kernels
 from lsnet_jax.kernels.resize import resize_bicubic_2d
 from lsnet_jax.models.family import Family, Flat, fresh_heads
-from lsnet_jax.models.layers import Block, BNLinear, ConvBN
+from lsnet_jax.models.layers import Block, BNLinear, ConvBN, abstract
 
 Array = jax.Array
 
@@ -122,7 +123,7 @@ class LSNet(nnx.Module):
     def deploy_twin(self) -> LSNet:
         """The abstract (``nnx.eval_shape``) deploy form of this model, for ``models.fold``."""
         cfg = dataclasses.replace(self.cfg, impl=self.impl)
-        return nnx.eval_shape(lambda: LSNet(cfg, deploy=True, dtype=self.dtype, rngs=nnx.Rngs(0)))
+        return abstract(functools.partial(LSNet, cfg, deploy=True, dtype=self.dtype))
 
     @property
     def feature_info(self) -> list[dict]:

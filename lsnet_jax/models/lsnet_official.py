@@ -10,14 +10,14 @@ layouts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from flax import nnx
 
 from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
 from lsnet_jax.checkpoints.torch_io import to_jax_layout, to_torch_layout, torch_shape
-from lsnet_jax.models.layers import attention_bias_idxs
+from lsnet_jax.models.layers import abstract, attention_bias_idxs
 from lsnet_jax.models.lsnet import VARIANTS, LSNet, model_config
 
 _ATTN = ("qkv", "dw", "proj", "attention_biases")
@@ -108,9 +108,11 @@ def jax_to_torch(params: Mapping[JaxPath, np.ndarray],
     return sd
 
 
+@functools.lru_cache(maxsize=32)
 def expected_jax_shapes(name: str, num_classes: int = 1000, img_size: int = 224) -> dict[JaxPath, tuple]:
-    """Leaf shapes of the training-form JAX model, without initialising it."""
-    return state_shapes(nnx.eval_shape(lambda: LSNet(model_config(name, num_classes, img_size), rngs=nnx.Rngs(0))))
+    """Leaf shapes of the training-form JAX model, without initialising it (cached: detection tries
+    every variant, ~2 s of tracing each for LSNet-B). Do not modify the returned dict."""
+    return state_shapes(abstract(functools.partial(LSNet, model_config(name, num_classes, img_size))))
 
 
 def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int, int]:
@@ -128,6 +130,9 @@ def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int, int]
     res = int(round(max(set(sizes), key=sizes.count) ** 0.5)) if sizes else 4
     img_size = 224 if res == 4 else res * 64  # the last grid is ceil(img / 64)
     names = [base + ("_distill" if distill else "") for base in VARIANTS]
+    if "head.l.weight" in state_dict and np.ndim(state_dict["head.l.weight"]) == 2:  # the likely one first
+        width = np.shape(state_dict["head.l.weight"])[1]
+        names.sort(key=lambda n: VARIANTS[n.removesuffix("_distill")][0][-1] != width)
     name = first_fit(state_dict, names, lambda n: expected_jax_shapes(n, num_classes, img_size), torch_key,
                      "No LSNet variant fits these keys", "Is this an LSNet checkpoint? ")
     return name, num_classes, img_size

@@ -24,6 +24,7 @@ from flax import nnx
 from lsnet_jax.checkpoints.state import JaxPath, load_flat
 from lsnet_jax.checkpoints.weights import load_weights, read_meta
 from lsnet_jax.models import hub, lsnet, regnet, semfpn
+from lsnet_jax.models.layers import abstract
 from lsnet_jax.models.family import Family
 from lsnet_jax.models.fold import fold
 
@@ -99,7 +100,7 @@ def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, 
     if flat is None or new_head:
         model = build(rngs=nnx.Rngs(seed))
     else:  # every array comes from the weights: skip the random initialisation
-        model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
+        model = abstract(build)
     if flat is not None:
         load_flat(model, family.adapt(flat, model, ckpt_classes), what=str(pretrained))
     if deploy:

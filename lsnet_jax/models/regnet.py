@@ -15,6 +15,7 @@ and ``adjust_widths_groups_comp``). Module names follow timm's state dict (``ste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -24,7 +25,7 @@ from flax import nnx
 
 from lsnet_jax import kernels
 from lsnet_jax.models.family import Family, Flat, fresh_heads
-from lsnet_jax.models.layers import Conv, ConvBN, Linear
+from lsnet_jax.models.layers import Conv, ConvBN, Linear, abstract
 from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 Array = jax.Array
@@ -155,7 +156,7 @@ class RegNet(nnx.Module):
     def deploy_twin(self) -> RegNet:
         """The abstract (``nnx.eval_shape``) deploy form of this model, for ``models.fold``."""
         cfg = dataclasses.replace(self.cfg, impl=self.impl)
-        return nnx.eval_shape(lambda: RegNet(cfg, deploy=True, dtype=self.dtype, rngs=nnx.Rngs(0)))
+        return abstract(functools.partial(RegNet, cfg, deploy=True, dtype=self.dtype))
 
     @property
     def feature_info(self) -> list[dict]:

@@ -8,13 +8,14 @@ names; timm's own ``regnety_160.deit_in1k`` weights use the same names. Pure num
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
-from flax import nnx
 
 from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
 from lsnet_jax.models import lsnet_official
+from lsnet_jax.models.layers import abstract
 from lsnet_jax.models.regnet import VARIANTS, RegNet, model_config
 
 
@@ -39,8 +40,11 @@ def is_regnet(state_dict: Mapping[str, np.ndarray]) -> bool:
     return "stem.conv.weight" in state_dict and "s1.b1.conv1.conv.weight" in state_dict
 
 
+@functools.lru_cache(maxsize=32)
 def expected_jax_shapes(name: str, num_classes: int = 1000) -> dict[JaxPath, tuple]:
-    return state_shapes(nnx.eval_shape(lambda: RegNet(model_config(name, num_classes), rngs=nnx.Rngs(0))))
+    """Leaf shapes of the training-form RegNet, without initialising it (cached: detection may try
+    several variants). Do not modify the returned dict."""
+    return state_shapes(abstract(functools.partial(RegNet, model_config(name, num_classes))))
 
 
 def _layout(state_dict: Mapping[str, np.ndarray]) -> tuple[int, list[tuple[int, int, int]], bool]:

@@ -12,6 +12,7 @@ official state-dict names are in ``lsnet_jax.models.semfpn_official``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from flax import nnx
 from lsnet_jax.checkpoints.state import JaxPath, load_flat
 from lsnet_jax.checkpoints.weights import load_weights
 from lsnet_jax.models.family import Family, Flat, fresh_heads
-from lsnet_jax.models.layers import BatchNorm, Conv, ConvBN
+from lsnet_jax.models.layers import BatchNorm, Conv, ConvBN, abstract
 from lsnet_jax.models.lsnet import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, LSNet, LSNetConfig, model_config,
                                    resize_attention_biases)
 from lsnet_jax.kernels.resize import resize_bilinear, resize_nearest
@@ -161,7 +162,7 @@ class SemanticFPN(nnx.Module):
     def deploy_twin(self) -> SemanticFPN:
         """The abstract deploy form of this model, for ``models.fold``."""
         cfg = dataclasses.replace(self.cfg, backbone=dataclasses.replace(self.cfg.backbone, impl=self.impl))
-        return nnx.eval_shape(lambda: SemanticFPN(cfg, deploy=True, dtype=self.dtype, rngs=nnx.Rngs(0)))
+        return abstract(functools.partial(SemanticFPN, cfg, deploy=True, dtype=self.dtype))
 
     def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
         h, w = x.shape[1:3]

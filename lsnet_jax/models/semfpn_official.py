@@ -15,10 +15,10 @@ import functools
 from collections.abc import Mapping
 
 import numpy as np
-from flax import nnx
 
 from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
 from lsnet_jax.models import lsnet_official
+from lsnet_jax.models.layers import abstract
 from lsnet_jax.models.lsnet_official import LEAF_TO_TORCH
 from lsnet_jax.models.semfpn import VARIANTS, SemanticFPN, semfpn_config
 
@@ -64,7 +64,7 @@ def expected_jax_shapes(name: str, num_classes: int = 150) -> dict[JaxPath, tupl
     """Leaf shapes of the training-form segmenter, without initialising it (cached: detection
     tries every variant). Do not modify the returned dict."""
     cfg = semfpn_config(name, num_classes)
-    return state_shapes(nnx.eval_shape(lambda: SemanticFPN(cfg, rngs=nnx.Rngs(0))))
+    return state_shapes(abstract(functools.partial(SemanticFPN, cfg)))
 
 
 def detect_variant(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int]:
