@@ -47,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     pairs = {split: list_ade20k(args.root, split) for split in ("training", "validation")}
     fingerprint = {split: tree_fingerprint([f for pair in pairs[split] for f in pair], args.root)
                    for split in pairs}
-    builder = builder_to_prepare(lambda: Ade20k(root=args.root, data_dir=args.data_dir, file_format="array_record"),
-                                 fingerprint)
+    try:
+        builder = builder_to_prepare(lambda: Ade20k(root=args.root, data_dir=args.data_dir,
+                                                    file_format="array_record"), fingerprint, sources=(args.root,))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if builder is None:
         return 0
     builder.download_and_prepare()

@@ -62,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.val_dir:
         fingerprint["validation"] = tree_fingerprint([p for p, _ in val], args.val_dir, classes)
 
-    b = builder_to_prepare(lambda: ImagenetFolder(train_dir=args.train_dir, val_dir=args.val_dir,
-                                                  data_dir=args.data_dir, file_format="array_record"), fingerprint)
-    if b is None:
-        return 0
     try:
+        b = builder_to_prepare(lambda: ImagenetFolder(train_dir=args.train_dir, val_dir=args.val_dir,
+                                                      data_dir=args.data_dir, file_format="array_record"),
+                               fingerprint, sources=tuple(d for d in (args.train_dir, args.val_dir) if d))
+        if b is None:
+            return 0
         b.download_and_prepare()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

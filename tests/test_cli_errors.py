@@ -133,7 +133,7 @@ def test_train_answers_bad_command_lines_in_one_line(tmp_path):
         "negative batch": (["--config.batch_size=-8"], "batch_size"),
         "zero epochs": (["--config.epochs=0"], "epochs"),
         "missing config file": (["--config", str(tmp_path / "nope.py")], "nope.py"),
-        "unknown dataset": (["--config.data.name=no_such_dataset"], "no_such_dataset"),
+        "unknown dataset": (["--config.data.name=lsnet_digit"], "'lsnet_digit' not found"),
         "workdir not writable": (["--workdir", str(tmp_path / "a_file" / "w")], "a_file"),
     }
     procs = {case: subprocess.Popen([sys.executable, str(ROOT / "train.py"), *base, *argv], env=env, text=True,
@@ -143,4 +143,65 @@ def test_train_answers_bad_command_lines_in_one_line(tmp_path):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 2, (case, out[-2000:], err[-2000:])
         assert cases[case][1] in _one_error(err), case
+        if "dataset" in case:  # not the 464 lines of TFDS's catalogue, but the names nearest
+            assert len(_one_error(err).splitlines()) == 1 and "did you mean lsnet_digits" in err, (case, err[-2000:])
     assert not (tmp_path / "w").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("tool,argv,flag", [
+    ("predict", ["x.png", "--checkpoint", "w", "--topk", "-3"], "--topk"),
+    ("predict", ["x.png", "--checkpoint", "w", "--img-size", "0"], "--img-size"),
+    ("predict", ["x.png", "--checkpoint", "w", "--crop-pct", "1.5"], "--crop-pct"),
+    ("predict", ["x.png", "--checkpoint", "w", "--overlay", "2"], "--overlay"),
+    ("predict", ["x.png", "--checkpoint", "w", "--overlay", "nan"], "--overlay"),
+    ("predict", ["x.png", "--checkpoint", "w", "--test-scale", "512", "0"], "--test-scale"),
+    ("evaluate", ["--weights", "w", "--batch", "-5"], "--batch"),
+    ("evaluate", ["--weights", "w", "--batch", "2.5"], "--batch"),
+    ("evaluate", ["--weights", "w", "--workers", "-1"], "--workers"),
+    ("evaluate", ["--weights", "w", "--img-size", "-224"], "--img-size"),
+    ("evaluate", ["--weights", "w", "--crop-pct", "0"], "--crop-pct"),
+    ("evaluate", ["--weights", "w", "--test-scale", "-1", "512"], "--test-scale"),
+    ("export", ["--model", "lsnet_t", "--out", "x", "--batch", "-5"], "--batch"),
+    ("export", ["--model", "lsnet_t", "--out", "x", "--img-size", "0"], "--img-size"),
+    ("export_weights", ["--workdir", "w", "--out", "x", "--step", "-1"], "--step"),
+    ("convert", ["a.pth", "out", "--img-size", "0"], "--img-size"),
+])
+def test_every_number_flag_is_checked_in_one_line(tool, argv, flag, capsys):
+    """``lsnet-predict --topk -3`` and ``lsnet-eval --batch -5`` printed tracebacks from deep inside."""
+    import importlib
+
+    main = importlib.import_module(f"lsnet_jax.cli.{tool}").main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"error: argument {flag}" in err.strip().splitlines()[-1], err
+
+
+def test_every_path_flag_is_checked_in_one_line(weights, tmp_path, capsys):
+    """Paths that do not exist, are files where folders are wanted, or cannot be written."""
+    from lsnet_jax.cli.evaluate import main as evaluate
+    from lsnet_jax.cli.export import main as export
+    from lsnet_jax.cli.export_weights import main as export_weights
+    from lsnet_jax.cli.predict import main as predict
+
+    (tmp_path / "a_file").write_text("x")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    cases = {
+        "predict --checkpoint missing": (predict, [str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "no")], "no"),
+        "predict --json over the image": (predict, [str(tmp_path / "x.png"), "--checkpoint", str(weights), "--json",
+                                                    str(tmp_path / "x.png")], "x.png"),
+        "evaluate --weights missing": (evaluate, ["--weights", str(tmp_path / "no"), "--data", "lsnet_digits"], "no"),
+        "evaluate --class_map missing": (evaluate, ["--weights", str(weights), "--data", "lsnet_digits", "--split",
+                                                    "test", "--data_dir", str(tmp_path / "tfds"), "--class_map",
+                                                    str(tmp_path / "no.json")], "no.json"),
+        "export --out below a file": (export, ["--weights", str(weights), "--out", str(tmp_path / "a_file" / "x")],
+                                      "a_file"),
+        "export_weights --workdir missing": (export_weights, ["--workdir", str(tmp_path / "no"), "--out",
+                                                              str(tmp_path / "o")], "run.json"),
+        "export_weights --out below a file": (export_weights, ["--workdir", str(tmp_path), "--out",
+                                                               str(tmp_path / "a_file" / "o")], "a_file"),
+    }
+    for case, (main, argv, what) in cases.items():
+        assert main(argv) == 2, case
+        assert what in _one_error(capsys.readouterr().err), case

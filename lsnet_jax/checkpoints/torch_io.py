@@ -8,7 +8,6 @@ reads any pickle with ``torch.load`` (the ``[torch]`` extra). Writing a ``.pth``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -111,14 +110,16 @@ def _floating(dtype: np.dtype) -> bool:
 
 
 def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, wrap: str = "model",
-                     meta: Mapping | None = None, overwrite: bool = False) -> Path:
+                     meta: Mapping | None = None, overwrite: bool = False, inputs: tuple = ()) -> Path:
     """An official-layout state dict as ``{wrap: sd}`` (``'model'`` for the classifiers,
-    ``'state_dict'`` with ``meta`` for MMSegmentation) in a ``.pth`` (torch), or a ``.safetensors`` file."""
-    from lsnet_jax.checkpoints.weights import check_output, publish
+    ``'state_dict'`` with ``meta`` for MMSegmentation) in a ``.pth`` (torch), or a ``.safetensors`` file;
+    never over one of ``inputs`` (``check_output``)."""
+    from lsnet_jax.checkpoints.weights import check_output, publish, remove_dead_temporaries, temporary
 
     path = Path(path).absolute()
-    check_output(path, overwrite)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # renamed when complete
+    check_output(path, overwrite, inputs)
+    remove_dead_temporaries(path)
+    tmp = temporary(path)  # renamed when complete
     try:
         if path.suffix == ".safetensors":
             from safetensors.numpy import save_file

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import tempfile
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,35 @@ class OutputError(ValueError):
     """An output path that cannot or must not be written: says why and what to do."""
 
 
-def check_output(path: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse to replace an existing file or non-empty directory unless ``overwrite``, and an output
-    that cannot be written (below a file, in a read-only directory), before any work is done."""
+def overlap(output: str | os.PathLike, input_: str | os.PathLike) -> str | None:
+    """How writing ``output`` would touch ``input_`` ("is", "contains", "lies inside"), or None;
+    symbolic links are followed, so another name of the same place is the same place."""
+    o, i = Path(os.path.realpath(output)), Path(os.path.realpath(input_))
+    if o == i:
+        return "is"
+    if o in i.parents:
+        return "contains"
+    if i in o.parents:
+        return "lies inside"
+    return None
+
+
+def check_inputs_kept(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output that is, contains or lies inside one of ``inputs``, with or without
+    --overwrite: writing it would replace (or, as a directory, delete) what the command reads."""
+    p = Path(path).absolute()
+    for i in inputs:
+        how = overlap(p, i)
+        if how:
+            raise OutputError(f"the output {p} {how} {Path(i).absolute()}, which this command reads: writing "
+                              f"it would destroy its input. Choose an output outside {Path(i).absolute()}")
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse to replace an existing file or non-empty directory unless ``overwrite``, an output
+    that is, contains or lies inside one of ``inputs`` (always), and an output that cannot be
+    written (below a file, in a read-only directory), before any work is done."""
+    check_inputs_kept(path, inputs)
     p = Path(path).absolute()
     if not overwrite and (p.is_file() or (p.is_dir() and any(p.iterdir()))):
         raise OutputError(f"{p} already exists{' and is not empty' if p.is_dir() else ''}; choose another "
@@ -63,6 +90,43 @@ def unwritable(path: str | os.PathLike) -> str | None:
     return None
 
 
+def temporary(target: str | os.PathLike, kind: str = "tmp") -> Path:
+    """The hidden name beside ``target`` that a writer fills before renaming it to ``target``: it
+    names this host and process, so that a later write can tell a dead writer's leftovers."""
+    t = Path(target).absolute()
+    return t.with_name(f".{t.name}.{kind}-{socket.gethostname()}-{os.getpid()}")
+
+
+def remove_dead_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers of ``target`` left beside it (``temporary`` names of this host
+    whose process is gone); returns them. Another host's, or a live process's, are left alone."""
+    t = Path(target).absolute()
+    if not t.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(t.name)}\.(tmp|old)-(.+)-(\d+)")
+    removed = []
+    for f in t.parent.iterdir():
+        m = pattern.fullmatch(f.name)
+        if not m or m.group(2) != socket.gethostname() or process_alive(m.group(3)):
+            continue
+        shutil.rmtree(f, ignore_errors=True) if f.is_dir() and not f.is_symlink() else f.unlink(missing_ok=True)
+        removed.append(f)
+    return removed
+
+
+def process_alive(pid) -> bool:
+    """Whether process ``pid`` of this host is running (another user's counts as running)."""
+    try:
+        if int(pid) <= 0:  # os.kill(0, ...) would signal this process group
+            return False
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def publish(tmp: Path, target: Path) -> None:
     """Move the finished ``tmp`` (a file or a directory next to ``target``) to ``target``, replacing
     what is there only now; files get the modes a plain write would give (0644 under umask 022),
@@ -71,7 +135,7 @@ def publish(tmp: Path, target: Path) -> None:
     for f in [tmp, *tmp.rglob("*")] if tmp.is_dir() else [tmp]:
         os.chmod(f, (mode | 0o111 & ~_umask()) if f.is_dir() else mode)
     if target.is_dir() and not target.is_symlink():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = temporary(target, "old")
         os.rename(target, old)
         os.rename(tmp, target)
         shutil.rmtree(old)
@@ -80,18 +144,21 @@ def publish(tmp: Path, target: Path) -> None:
 
 
 def save_weights(directory: str | os.PathLike, state: Mapping[JaxPath, Any], meta: Mapping[str, Any],
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write a flat state (``flat_state(model)``) to ``directory`` (Orbax + safetensors + config.json).
     It is written as a temporary directory beside it and renamed when complete, so an interrupted
     write leaves nothing that looks like weights; an existing non-empty ``directory`` is refused
-    unless ``overwrite``."""
+    unless ``overwrite``, and one that is, contains or lies inside one of ``inputs`` always."""
     import orbax.checkpoint as ocp
     from safetensors.numpy import save_file
 
     d = Path(directory).absolute()
-    check_output(d, overwrite)
+    check_output(d, overwrite, inputs)
     d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.tmp-", dir=d.parent))
+    remove_dead_temporaries(d)
+    tmp = temporary(d)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         flat = {path_str(p): np.ascontiguousarray(a) for p, a in state.items()}
         save_file(flat, str(tmp / SAFETENSORS_FILE))

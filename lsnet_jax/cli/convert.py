@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lsnet_jax.cli.args import positive_int
+
 
 def to_jax(args: argparse.Namespace) -> None:
     from lsnet_jax.checkpoints.torch_io import read_checkpoint
@@ -42,7 +44,7 @@ def to_jax(args: argparse.Namespace) -> None:
     meta |= dict(source=str(Path(args.ckpt).name), ema=bool(args.ema))
     if meta.get("task") == "segmentation" and num_classes == len(ADE20K_CLASSES):
         meta["class_names"] = list(ADE20K_CLASSES)
-    out = save_weights(args.out, flat, meta, overwrite=args.overwrite)
+    out = save_weights(args.out, flat, meta, overwrite=args.overwrite, inputs=[args.ckpt])
     if meta.get("task") == "segmentation":
         print(f"{args.ckpt}: {name} (Semantic FPN), {num_classes} classes -> {out}")
         if args.check:
@@ -153,7 +155,8 @@ def to_torch(args: argparse.Namespace) -> None:
     if str(meta.get("model", "")).startswith("regnet") or any(p[:2] == ("stem", "c") for p in flat):
         from lsnet_jax.models import regnet_official
 
-        out = write_state_dict(regnet_official.jax_to_torch(flat), args.out, wrap="model", overwrite=args.overwrite)
+        out = write_state_dict(regnet_official.jax_to_torch(flat), args.out, wrap="model", overwrite=args.overwrite,
+                               inputs=[args.ckpt])
         print(f"{args.ckpt} ({meta.get('model', 'RegNet')}) -> {out} (timm / DeiT layout)")
         return
     if meta.get("task") == "segmentation" or any(p[0] == "decode_head" for p in flat):
@@ -161,10 +164,11 @@ def to_torch(args: argparse.Namespace) -> None:
 
         classes = meta.get("class_names") or (list(ADE20K_CLASSES) if meta.get("num_classes") == 150 else None)
         out = write_state_dict(semfpn_official.jax_to_torch(flat), args.out, wrap="state_dict",
-                               meta={"CLASSES": tuple(classes)} if classes else {}, overwrite=args.overwrite)
+                               meta={"CLASSES": tuple(classes)} if classes else {}, overwrite=args.overwrite,
+                               inputs=[args.ckpt])
         print(f"{args.ckpt} ({meta.get('model', 'LSNet Semantic FPN')}) -> {out} (MMSegmentation layout)")
         return
-    out = write_state_dict(jax_to_torch(flat), args.out, overwrite=args.overwrite)
+    out = write_state_dict(jax_to_torch(flat), args.out, overwrite=args.overwrite, inputs=[args.ckpt])
     print(f"{args.ckpt} ({meta.get('model', 'LSNet')}) -> {out} (official state-dict layout)")
 
 
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("ckpt", help="official checkpoint (.pth/.safetensors); with --to-torch, JAX weights")
     p.add_argument("out", help="output weights directory; with --to-torch, a .pth or .safetensors file")
     p.add_argument("--model", help="variant name (default: detected from the keys)")
-    p.add_argument("--img-size", type=int, default=224, help="input size, with --model (classifiers)")
+    p.add_argument("--img-size", type=positive_int, default=224, help="input size, with --model (classifiers)")
     p.add_argument("--ema", action="store_true", help="convert the 'model_ema' weights of a training checkpoint")
     p.add_argument("--check", action="store_true", help="compare logits with the PyTorch reference")
     p.add_argument("--to-torch", action="store_true", help="JAX weights -> official PyTorch state dict")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from lsnet_jax.checkpoints.weights import check_output
 
     try:
-        check_output(args.out, args.overwrite)  # before the checkpoint is read
+        check_output(args.out, args.overwrite, inputs=[args.ckpt])  # before the checkpoint is read
         (to_torch if args.to_torch else to_jax)(args)
     except (ValueError, FileNotFoundError) as e:  # bad arguments or data; the message names the file
         msg = str(e)

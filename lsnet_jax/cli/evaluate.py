@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from lsnet_jax.cli.args import crop_fraction, nonnegative_int, positive_int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lsnet-eval", description=__doc__,
@@ -45,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="any other TFDS dataset (instead of --sets)")
     ap.add_argument("--split", default="validation")
     ap.add_argument("--data_dir", default=None)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--img-size", type=int, default=None)
-    ap.add_argument("--crop-pct", type=float, default=None)
+    ap.add_argument("--batch", type=positive_int, default=256)
+    ap.add_argument("--img-size", type=positive_int, default=None)
+    ap.add_argument("--crop-pct", type=crop_fraction, default=None)
     ap.add_argument("--deploy", action="store_true", help="fold BatchNorms first")
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--workers", type=nonnegative_int, default=0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--class_map", default=None,
                     help="with --data, when the head's classes are not the dataset's: 'names' (each dataset class "
@@ -57,10 +58,19 @@ def main(argv: list[str] | None = None) -> int:
                          "with the head index of each dataset label; scored among those head classes only")
     ap.add_argument("--task", choices=("classification", "segmentation"), default=None,
                     help="default: segmentation for *_semfpn weights, else classification")
-    ap.add_argument("--test-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+    ap.add_argument("--test-scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                     help="segmentation: the keep-ratio test resize (default: the weights' own, else "
                          "ADE20K's 2048 512)")
     args = ap.parse_args(argv)
+    from lsnet_jax.checkpoints.weights import OutputError, check_inputs_kept
+
+    try:  # the report never replaces what is read (the weights, the data, a class map)
+        if args.json:
+            check_inputs_kept(args.json, [p for p in (args.weights, args.data_dir, args.class_map)
+                                          if p and Path(p).exists()])
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         from lsnet_jax.checkpoints.weights import read_meta
 

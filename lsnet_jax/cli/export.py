@@ -12,7 +12,8 @@ Formats: ``stablehlo`` (``jax.export``, serialized), ``savedmodel`` (TF SavedMod
 Inputs are float32 NHWC images normalised as the model expects. The batch dimension is symbolic
 unless ``--batch`` is given. The script reloads the file in its own runtime, runs it on random
 images and prints the largest logit difference against the in-memory model (exit 1 above 1e-4 of
-the logits' std).
+the logits' std). An existing ``--out`` is refused unless ``--overwrite``, and an output that is,
+contains or lies inside ``--weights`` always; both are checked before the model is built.
 """
 
 from __future__ import annotations
@@ -20,19 +21,32 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lsnet_jax.cli.args import positive_int
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lsnet-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help="weights directory (lsnet-convert / lsnet-export-weights)")
     ap.add_argument("--model", default=None, help="model name (default: from the weights' config.json)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--img-size", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=None, help="fixed batch size (default: symbolic)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ap.add_argument("--img-size", type=positive_int, default=None)
+    ap.add_argument("--batch", type=positive_int, default=None, help="fixed batch size (default: symbolic)")
     ap.add_argument("--deploy", action="store_true", help="fold BatchNorms first")
     ap.add_argument("--format", default="stablehlo", choices=["stablehlo", "savedmodel", "tflite", "onnx"])
     ap.add_argument("--platforms", nargs="+", default=None,
                     help="stablehlo only: e.g. cpu cuda (default: this backend)")
     args = ap.parse_args(argv)
+
+    from pathlib import Path
+
+    from lsnet_jax.checkpoints.weights import OutputError, check_output
+
+    try:  # before any work: the export takes minutes
+        check_output(args.out, args.overwrite, [args.weights] if args.weights and Path(args.weights).exists() else [])
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import jax.numpy as jnp
     import numpy as np
@@ -63,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the disk filled, or the folder became unwritable, during the export
+        print(f"error: writing {args.out} failed: {e}", file=sys.stderr)
+        return 1
     x = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch or 3, size, size, 3)), jnp.float32)
     ref = np.asarray(model(x))
     if args.format == "stablehlo":

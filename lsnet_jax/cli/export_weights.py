@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lsnet_jax.cli.args import nonnegative_int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lsnet-export-weights", description=__doc__,
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--ema", action="store_true", help="the EMA weights (and EMA BatchNorm statistics)")
     ap.add_argument("--best", action="store_true", help="the best checkpoint instead of the newest")
-    ap.add_argument("--step", type=int, default=None)
+    ap.add_argument("--step", type=nonnegative_int, default=None)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     args = ap.parse_args(argv)
 

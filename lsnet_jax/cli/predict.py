@@ -15,17 +15,23 @@ Segmentation weights (``*_semfpn``) write a coloured label map per image instead
 
 ``seg/room.png`` (one colour per class, ``lsnet_jax.data.segmentation.palette``), with
 ``--overlay A`` also ``seg/room_overlay.png`` (the colours blended over the photo with opacity A),
-and the classes found with their pixel shares printed (and in ``--json``).
+and the classes found with their pixel shares printed (and in ``--json``). Images of one name in
+several folders (``a/x.jpg b/x.png``) keep their folders under ``--out-dir`` (``seg/a/x.png``,
+``seg/b/x.png``). Existing label maps are refused unless ``--overwrite``; an output that would
+replace an input image or lie in the weights is refused always, before any image is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from lsnet_jax.cli.args import crop_fraction, fraction, positive_int
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,30 +39,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     ap.add_argument("--checkpoint", required=True, help="weights directory or .safetensors file")
     ap.add_argument("--model", default=None, help="variant, if the weights do not name it")
-    ap.add_argument("--topk", type=int, default=5)
-    ap.add_argument("--img-size", type=int, default=None)
-    ap.add_argument("--crop-pct", type=float, default=None)
+    ap.add_argument("--topk", type=positive_int, default=5)
+    ap.add_argument("--img-size", type=positive_int, default=None)
+    ap.add_argument("--crop-pct", type=crop_fraction, default=None)
     ap.add_argument("--json", default=None, help="also write the predictions to this file")
     ap.add_argument("--out-dir", default="predictions", help="segmentation: where the label PNGs go")
-    ap.add_argument("--overlay", type=float, default=0.0,
+    ap.add_argument("--overwrite", action="store_true", help="segmentation: replace existing label PNGs")
+    ap.add_argument("--overlay", type=fraction, default=0.0,
                     help="segmentation: also write the labels over the image with this opacity (0-1)")
-    ap.add_argument("--test-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+    ap.add_argument("--test-scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                     help="segmentation: the keep-ratio test resize (default: the weights' own, else "
                          "ADE20K's 2048 512)")
     args = ap.parse_args(argv)
 
+    from lsnet_jax.checkpoints.weights import check_inputs_kept
     from lsnet_jax.data.transforms import EvalTransform
     from lsnet_jax.inference.loading import inference_spec, num_classes
     from lsnet_jax.inference.predict import class_names, predict
 
     ckpt = Path(args.checkpoint)
+    args.images = list(dict.fromkeys(args.images))  # an image named twice is predicted once
+    inputs = [*args.images, *([ckpt] if ckpt.exists() else [])]
     try:
+        if args.json:
+            check_inputs_kept(args.json, inputs)
         spec = inference_spec(ckpt, args.model, args.img_size, args.crop_pct)
     except (FileNotFoundError, ValueError) as e:  # FileNotFoundError: published weights offline, not cached
         print(f"error: {e}", file=sys.stderr)
         return 2
     if spec.name.endswith("_semfpn"):
-        return segment_files(args, spec)
+        return segment_files(args, spec, inputs)
     transform = EvalTransform(spec.img_size, spec.crop_pct)
     batch, ok, failed = [], [], []
     for f in args.images:
@@ -91,14 +103,41 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def segment_files(args: argparse.Namespace, spec) -> int:
+def label_paths(images: list[str], out_dir: Path) -> list[Path]:
+    """Where each image's label map goes: ``out_dir/<stem>.png``; where two images share a stem,
+    their paths below the folder that holds them all (``a/x.jpg``, ``b/x.png`` -> ``a/x.png``,
+    ``b/x.png``; ``x.jpg``, ``x.png`` -> ``x_jpg.png``, ``x_png.png``). Never two images on one file."""
+    stems = [Path(f).stem for f in images]
+    if len(set(stems)) == len(stems):
+        return [out_dir / f"{s}.png" for s in stems]
+    real = [Path(os.path.realpath(f)) for f in images]
+    root = Path(os.path.commonpath([p.parent for p in real]))
+    rel = [p.relative_to(root).with_suffix("") for p in real]
+    if len(set(rel)) < len(rel):  # one folder, one stem, two suffixes
+        rel = [p.relative_to(root).with_name(p.name.replace(".", "_")) for p in real]
+    return [out_dir / f"{r}.png" for r in rel]
+
+
+def segment_files(args: argparse.Namespace, spec, inputs: list) -> int:
     from PIL import Image
 
+    from lsnet_jax.checkpoints.weights import OutputError, check_inputs_kept
     from lsnet_jax.data.segmentation import ADE20K_CLASSES, SegTestTransform, colorize, decode_image
     from lsnet_jax.inference.segmentation import logits_fn, predict_labels
 
-    if not 0.0 <= args.overlay <= 1.0:
-        print(f"error: --overlay must be in [0, 1], got {args.overlay}", file=sys.stderr)
+    out = Path(args.out_dir)
+    targets = label_paths(args.images, out)
+    overlays = [t.with_name(f"{t.stem}_overlay.png") for t in targets] if args.overlay else []
+    try:  # before any image is read: no output may replace an input, nor an earlier prediction unasked
+        for t in [*targets, *overlays]:
+            check_inputs_kept(t, inputs)
+        existing = [t for t in [*targets, *overlays] if t.exists()]
+        if existing and not args.overwrite:
+            raise OutputError(f"{len(existing)} of the label maps exist already ({existing[0]}"
+                              f"{' ...' if len(existing) > 1 else ''}); give another --out-dir, or pass "
+                              f"--overwrite to replace them")
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         model = spec.create()
@@ -110,10 +149,8 @@ def segment_files(args: argparse.Namespace, spec) -> int:
     scale = tuple(args.test_scale or spec.meta.get("test_scale") or (2048, 512))
     fn = logits_fn(model, spec.mean, spec.std)
     transform = SegTestTransform(scale, int(spec.meta.get("size_divisor", 32)))
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results, failed = [], []
-    for f in args.images:
+    for f, target in zip(args.images, targets):
         try:
             image = decode_image(Path(f).read_bytes())
         except Exception as e:  # unreadable, truncated, not an image, missing
@@ -122,18 +159,18 @@ def segment_files(args: argparse.Namespace, spec) -> int:
             continue
         labels = predict_labels(fn, image, transform)
         colours = colorize(labels, classes)
-        stem = Path(f).stem
-        Image.fromarray(colours).save(out / f"{stem}.png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(colours).save(target)
         if args.overlay:
             blend = (1 - args.overlay) * image.astype(np.float32) + args.overlay * colours
-            Image.fromarray(np.round(blend).astype(np.uint8)).save(out / f"{stem}_overlay.png")
+            Image.fromarray(np.round(blend).astype(np.uint8)).save(target.with_name(f"{target.stem}_overlay.png"))
         ids, counts = np.unique(labels, return_counts=True)
         found = sorted(({"class": int(i), "name": names[i], "share": float(c / labels.size)}
                         for i, c in zip(ids, counts)), key=lambda r: -r["share"])
-        print(f"{f} -> {out / (stem + '.png')}")
+        print(f"{f} -> {target}")
         for r in found[:args.topk]:
             print(f"  {100 * r['share']:6.2f}%  {r['name']} ({r['class']})")
-        results.append({"file": f, "labels": str(out / f"{stem}.png"), "classes": found})
+        results.append({"file": f, "labels": str(target), "classes": found})
     if args.json:
         Path(args.json).write_text(json.dumps({"model": spec.name, "checkpoint": str(args.checkpoint),
                                                "predictions": results, "skipped": failed}, indent=2))

@@ -123,10 +123,19 @@ def record_source(data_dir: str | os.PathLike, fingerprint: dict, **extra) -> No
     (Path(data_dir) / SOURCE_FILE).write_text(json.dumps({"fingerprint": fingerprint, **extra}, indent=2) + "\n")
 
 
-def builder_to_prepare(make, fingerprint: dict[str, dict]):
+def builder_to_prepare(make, fingerprint: dict[str, dict], sources: tuple = ()):
     """``make()``'s builder, ready for ``download_and_prepare``: ``None`` if it is prepared from
-    this very source (said in a line); a prepared dataset of another source is removed first."""
+    this very source (said in a line); a prepared dataset of another source is removed first.
+    A dataset directory that is, holds or lies inside one of ``sources`` is refused (ValueError)
+    before anything is written or removed: rebuilding it would delete the source."""
     b = make()
+    out = Path(os.path.realpath(b.data_dir))
+    for s in sources:
+        src = Path(os.path.realpath(s))
+        if out == src or out in src.parents or src in out.parents:
+            raise ValueError(f"the dataset directory {out} {'is' if out == src else 'holds' if out in src.parents else 'lies inside'} "
+                             f"the source {src}: preparing it there could delete the source. Give a --data_dir "
+                             f"outside {src}")
     if not b.is_prepared():
         return b
     why = source_changed(b.data_dir, fingerprint)

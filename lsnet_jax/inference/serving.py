@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -24,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import export
+
+from lsnet_jax.checkpoints.weights import publish, remove_dead_temporaries, temporary
 
 SERVING_SIGNATURE = "serving_default"
 
@@ -49,10 +52,12 @@ def export_model(model: nnx.Module, img_size: int, batch: int | None = None,
 
 
 def _write(path: str | os.PathLike, data: bytes) -> Path:
-    """``data`` to ``path`` through a temporary name: an interrupted write leaves no partial file."""
+    """``data`` to ``path`` through a temporary name: an interrupted write leaves no partial file
+    (and a killed writer's temporary is removed by the next write)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    remove_dead_temporaries(p)
+    tmp = temporary(p)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, p)
@@ -95,8 +100,15 @@ def _tf_module(model: nnx.Module, img_size: int, batch: int | None):
 def save_saved_model(model: nnx.Module, img_size: int, path: str | os.PathLike, batch: int | None = None) -> Path:
     """Write a TF SavedModel with one signature, ``serving_default``: images -> logits."""
     tf, module = _tf_module(model, img_size, batch)
-    p = Path(path)
-    tf.saved_model.save(module, str(p), signatures={SERVING_SIGNATURE: module.serve.get_concrete_function()})
+    p = Path(path).absolute()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(p)
+    tmp = temporary(p)
+    try:  # written beside it, renamed when complete
+        tf.saved_model.save(module, str(tmp), signatures={SERVING_SIGNATURE: module.serve.get_concrete_function()})
+        publish(tmp, p)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return p
 
 
