@@ -43,12 +43,14 @@ class _Batches:
         self.i = state["i"]
 
 
-def _step(state, batch, constants, *, lr):
+def _step(state, batch, constants, *, lr, explode_at=0):
     def loss_fn(w):
         return jnp.mean((batch["x"] @ w - batch["y"]) ** 2)
 
     loss, g = jax.value_and_grad(loss_fn)(state["w"])
-    return {"w": state["w"] - lr * g * constants["scale"], "step": state["step"] + 1}, {"loss": loss}
+    w = state["w"] - lr * g * constants["scale"]
+    w = jnp.where(state["step"] + 1 == explode_at, jnp.inf, w)  # an update that overflows at that step
+    return {"w": w, "step": state["step"] + 1}, {"loss": loss}
 
 
 class LeastSquares:
@@ -71,7 +73,8 @@ class LeastSquares:
         import functools
 
         state = {"w": jnp.zeros(3, jnp.float32), "step": jnp.zeros((), jnp.int32)}
-        return loop.Init(state, {"scale": jnp.ones((), jnp.float32)}, functools.partial(_step, lr=self.config.lr))
+        return loop.Init(state, {"scale": jnp.ones((), jnp.float32)},
+                         functools.partial(_step, lr=self.config.lr, explode_at=self.config.explode_at))
 
     def lr(self, steps):
         return np.full(len(steps), self.config.lr)
@@ -102,7 +105,7 @@ class LeastSquares:
 def _config(**over) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(steps=10, batch_size=8, lr=0.1, log_every_steps=3, checkpoint_every_steps=3,
                                           keep_checkpoints=2, async_checkpoint=False, tensorboard=False,
-                                          max_steps=None) | over)
+                                          max_steps=None, divergence_factor=10.0, explode_at=0) | over)
 
 
 def _plain_loop(steps: int) -> list[float]:
@@ -177,3 +180,110 @@ def test_a_changed_architecture_is_another_run(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"model": "lsnet_t", "num_classes": 10, "img_size": 32,
                                                    "fingerprint": published}))
     workdirs.check(tmp_path, published)
+
+
+def _steps(d) -> list[int]:
+    return sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_a_diverging_run_keeps_its_last_good_checkpoint_and_resumes_there(tmp_path):
+    """A good run continued with a learning rate that diverges, saving every step: the diverging
+    states stay finite for several steps (the loss grows ~1e4x a step) and rotation (keep 2) used
+    to drop every good checkpoint before the loss became inf. The last checkpoint before the
+    first loss spike is kept, the later ones are moved aside, and the same command with a sane
+    learning rate resumes from it: the log is then that of a run that never diverged."""
+    w = tmp_path / "w"
+    loop.train_and_evaluate(LeastSquares, _config(steps=12, checkpoint_every_steps=1), w, jax.devices()[:1])
+    assert _steps(w) == [11, 12]
+    with pytest.raises(FloatingPointError) as err:
+        loop.train_and_evaluate(LeastSquares, _config(steps=60, lr=40.0, checkpoint_every_steps=1), w,
+                                jax.devices()[:1])
+    msg = str(err.value)
+    assert "\n" not in msg and "the run diverged: non-finite loss" in msg and "resumes from step 12" in msg, msg
+    losses = {r["step"]: r["loss"] for r in read_jsonl(w / "steps.jsonl")}
+    assert losses[14] > 1000 * losses[13] and max(losses) > 16  # finite, diverged states were saved, then:
+    # step 12's state gave a good loss at step 13 (computed before the update); step 13's, the first
+    # of lr 40, the spike at step 14 (step 11 was rotated out: the newest 2 and the good one are kept)
+    assert _steps(w) == [12]
+    diverged = sorted(int(p.name.split(".")[0]) for p in (w / "checkpoints").iterdir() if ".diverged" in p.name)
+    assert diverged and diverged[0] >= 13, diverged
+    loop.train_and_evaluate(LeastSquares, _config(steps=20, checkpoint_every_steps=1), w, jax.devices()[:1])
+    full = tmp_path / "full"
+    loop.train_and_evaluate(LeastSquares, _config(steps=20, checkpoint_every_steps=1), full, jax.devices()[:1])
+    assert read_jsonl(w / "steps.jsonl") == read_jsonl(full / "steps.jsonl")
+
+
+def test_a_state_that_overflows_is_never_saved(tmp_path):
+    """The update of step 5 overflows (its loss, computed before it, is finite): step 5 is not
+    saved, the run stops there in one line, and step 4, whose next loss was good, is where the
+    same command resumes."""
+    w = tmp_path / "w"
+    with pytest.raises(FloatingPointError) as err:
+        loop.train_and_evaluate(LeastSquares, _config(explode_at=5, checkpoint_every_steps=1), w, jax.devices()[:1])
+    msg = str(err.value)
+    assert "the state after step 5 (epoch 1) is not finite" in msg and "resumes from step 4" in msg, msg
+    assert _steps(w) == [3, 4] and not [p for p in (w / "checkpoints").iterdir() if "diverged" in p.name]
+    loop.train_and_evaluate(LeastSquares, _config(checkpoint_every_steps=1), w, jax.devices()[:1])
+    full = tmp_path / "full"
+    loop.train_and_evaluate(LeastSquares, _config(checkpoint_every_steps=1), full, jax.devices()[:1])
+    assert read_jsonl(w / "steps.jsonl") == read_jsonl(full / "steps.jsonl")
+
+
+def test_a_second_run_on_a_work_directory_in_use_is_refused_naming_the_first(tmp_path, caplog):
+    """Two runs on one directory (a requeued job while the old one still runs) both died at their
+    first save, and steps.jsonl got duplicate rows. The second is refused at start, naming the
+    first; a killed run's lock is stale and taken over, with a line naming it."""
+    import subprocess
+    import sys
+
+    w = tmp_path / "w"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from lsnet_jax.train.workdir import Lock; "
+        f"Lock({str(w)!r}).acquire(); print('locked', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(loop.ConfigError) as err:
+            loop.train_and_evaluate(LeastSquares, _config(), w, jax.devices()[:1])
+        msg = str(err.value)
+        assert f"pid {holder.pid} on" in msg and "started" in msg and "--workdir NEW_DIR" in msg, msg
+        assert not (w / "checkpoints").exists() and not (w / "steps.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed: its lock is stale
+    with caplog.at_level("WARNING"):
+        loop.train_and_evaluate(LeastSquares, _config(max_steps=4), w, jax.devices()[:1])
+    assert f"took over the stale lock of pid {holder.pid}" in caplog.text
+    assert max(r["step"] for r in read_jsonl(w / "steps.jsonl")) == 4
+    # ended cleanly: the lock is free for the next run, which resumes
+    loop.train_and_evaluate(LeastSquares, _config(), w, jax.devices()[:1])
+    assert [r["step"] for r in read_jsonl(w / "steps.jsonl")] == list(range(1, 11))
+
+
+def test_a_second_ctrl_c_while_the_stop_is_saved_keeps_that_checkpoint(tmp_path, capsys, monkeypatch):
+    """Ctrl-C at step 5 asks for a stop there; a second one while its checkpoint is written used to
+    interrupt the write (KeyboardInterrupt, a traceback, no checkpoint of step 5)."""
+    import os
+    import signal
+
+    from lsnet_jax.checkpoints import run as run_checkpoints
+
+    class Interrupted(LeastSquares):
+        def lr(self, steps):
+            if 4 in steps:  # the loop's thread, at the flush after step 5 (steps are 0-based here)
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().lr(steps)
+
+    wait = run_checkpoints.Saver.wait
+
+    def second_ctrl_c(self):
+        if self.writing is not None or self._job is not None:  # the stop's save, in flight
+            os.kill(os.getpid(), signal.SIGINT)
+        return wait(self)
+
+    monkeypatch.setattr(run_checkpoints.Saver, "wait", second_ctrl_c)
+    w = tmp_path / "w"
+    loop.train_and_evaluate(Interrupted, _config(log_every_steps=1, checkpoint_every_steps=100), w, jax.devices()[:1])
+    assert _steps(w) == [4, 5]  # the period's end, and the stop's
+    assert "a second Ctrl-C: the checkpoint of this step is being written" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from lsnet_jax.checkpoints.torch_io import to_torch_layout
 from lsnet_jax.models.lsnet import LSNet, model_config
 from lsnet_jax.models.lsnet_official import torch_key
 from lsnet_jax.train import optim
-from lsnet_jax.train.checks import check_finite
+from lsnet_jax.train.checks import Health, first_non_finite
 from lsnet_jax.train.steps import hard_distillation_loss, soft_target_cross_entropy
 
 DATA = Path(__file__).parent / "data"
@@ -182,11 +182,23 @@ def test_losses_against_numpy():
     assert float(got) == pytest.approx(ref_kd, rel=1e-5)
 
 
-def test_non_finite_loss_names_the_step():
-    check_finite([{"step": 1, "loss": 2.0}], 10, "ckpt")
-    with pytest.raises(FloatingPointError, match=r"at step 13 \(epoch 1\)"):
-        check_finite([{"step": 12, "loss": 2.0}, {"step": 13, "loss": float("nan")},
-                      {"step": 14, "loss": float("inf")}], 10, "ckpt")
+def test_a_saved_state_is_good_when_the_loss_after_it_is_finite_and_no_spike():
+    rows = [{"step": s, "loss": v} for s, v in [(12, 2.0), (13, float("nan")), (14, float("inf"))]]
+    assert first_non_finite(rows[:1]) is None and first_non_finite(rows)["step"] == 13
+    h = Health(factor=10.0, warmup=3)
+    h.judge([{"step": s, "loss": 2.0 + 0.1 * s} for s in range(1, 6)])
+    h.saved(5)  # judged by step 6's loss
+    h.judge([{"step": 6, "loss": 2.5}])
+    assert h.good == 5 and h.suspects() == []
+    h.saved(6)
+    h.saved(8)
+    h.judge([{"step": 7, "loss": 30.0}, {"step": 8, "loss": 2.4}])  # a spike (12x the median) judges step 6
+    assert h.good == 5 and h.suspects() == [6, 8] and 30.0 not in h.recent  # a spike stays out of the median
+    h.judge([{"step": 9, "loss": 2.3}])
+    assert h.good == 8 and h.suspects() == []
+    h.saved(9)
+    h.judge([{"step": 10, "loss": float("nan")}])
+    assert h.good == 8 and h.suspects() == [9] and len(h.recent) == 8
 
 
 @pytest.mark.parametrize("name,wd", [("lsnet_t", 0.025), ("lsnet_s", 0.025), ("lsnet_b", 0.05)])

@@ -187,18 +187,21 @@ def test_preempted_then_killed_mid_epoch_then_resumed_gives_the_same_losses(data
     assert ev["images"] == 359 and ev["top1"] == pytest.approx(log[0]["test_acc1"], abs=1e-6)
 
     # the finished run's directory, restarted with another model or image size: refused in one line
-    # (exit 2) before anything in it is touched
+    # (exit 2: the command line's path of a ConfigError is in test_cli_errors) before anything in it
+    # is touched
     def snapshot():
         return {str(f.relative_to(work)): (f.stat().st_size, f.stat().st_mtime_ns) for f in work.rglob("*")}
 
     before = snapshot()
-    for override, what in (("--config.model=lsnet_s_distill", "model 'lsnet_t_distill' -> 'lsnet_s_distill'"),
-                           ("--config.img_size=48", "img_size 32 -> 48")):
-        p = _run_train(work, data_dir, [*extra, override, "--config.epochs=2"], env)
-        out, _ = p.communicate(timeout=300)
-        errors = [x for x in out.splitlines() if x.startswith("error:")]
-        assert p.returncode == 2 and len(errors) == 1 and what in errors[0], out[-3000:]
-        assert "--workdir NEW_DIR" in errors[0] and "init_weights" in errors[0] and "Traceback" not in out
+    same = {"epochs": 2, "eval_batch_size": 120, "model": "lsnet_t_distill", "distillation.type": "hard",
+            "distillation.teacher_model": "regnety_002", "distillation.teacher_checkpoint": teacher,
+            "depth": (0, 2, 2, 2)}
+    for override, what in (({"model": "lsnet_s_distill"}, "model 'lsnet_t_distill' -> 'lsnet_s_distill'"),
+                           ({"img_size": 48}, "img_size 32 -> 48")):
+        with pytest.raises(ConfigError) as e:
+            train_and_evaluate(digits_config(data_dir, **(same | override)), work, devices=jax.devices()[:1])
+        assert what in str(e.value) and "--workdir NEW_DIR" in str(e.value) and "init_weights" in str(e.value)
+        assert "\n" not in str(e.value)
     assert snapshot() == before
 
 
@@ -250,6 +253,9 @@ def test_bad_configs_stop_at_start(data_dir, tmp_path):
         validate_config(digits_config(data_dir, model="resnet50"), 1)
     with pytest.raises(ConfigError, match="teacher"):
         validate_config(digits_config(data_dir, model="lsnet_t_distill", **{"distillation.type": "hard"}), 1)
+    with pytest.raises(ConfigError, match="config.num_classes=1 is smaller than the 10 classes of lsnet_digits/train"):
+        train_and_evaluate(digits_config(data_dir, num_classes=1), tmp_path / "w1")  # trained to loss 0, exit 0
+    assert not (tmp_path / "w1").exists()
     with pytest.raises(DatasetNotFoundError, match="prepare_imagenet.py"):
         train_and_evaluate(digits_config(str(tmp_path), **{"data.name": "imagenet_folder"}), tmp_path / "w")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}

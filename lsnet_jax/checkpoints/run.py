@@ -45,12 +45,25 @@ def _best_fn(metric: str) -> Callable[[dict], float]:
     return lambda m: m[metric] if metric in m else m["acc1"]
 
 
+class KeepGood:
+    """An Orbax preservation policy: the newest ``keep`` steps, and ``good`` (set by the training
+    loop: the newest step known good) however many newer ones were saved since."""
+
+    def __init__(self, keep: int):
+        self.latest, self.good = ocp.checkpoint_managers.LatestN(keep), None
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        latest = self.latest.should_preserve(checkpoints, context=context)
+        return [bool(k) or c.step == self.good for k, c in zip(latest, checkpoints)]
+
+
 def make_manager(directory: str | os.PathLike, keep: int, async_save: bool = True,
-                 best: str | None = None) -> ocp.CheckpointManager:
-    """``DIR/checkpoints`` keeping ``keep`` steps; with ``best`` (a metric name), a directory that keeps
-    the one step where that metric was highest."""
+                 best: str | None = None, good: KeepGood | None = None) -> ocp.CheckpointManager:
+    """``DIR/checkpoints`` keeping ``keep`` steps (with ``good``, also its ``good`` step); with ``best``
+    (a metric name), a directory that keeps the one step where that metric was highest."""
+    rotation = dict(preservation_policy=good) if good is not None else dict(max_to_keep=1 if best else keep)
     opts = ocp.CheckpointManagerOptions(
-        max_to_keep=1 if best else keep,
+        **rotation,
         enable_async_checkpointing=async_save,
         best_fn=_best_fn(best) if best else None, best_mode="max",
         create=True, cleanup_tmp_directories=True)  # a save killed midway leaves STEP.orbax-checkpoint-tmp
@@ -284,12 +297,13 @@ def install_quiet_orbax_errors() -> None:
     _install_quiet()
 
 
-def move_aside(path: Path) -> Path:
-    """Rename ``path`` to ``path.corrupt`` (``.corrupt1``, ... if taken); returns the new name."""
-    target, i = path.with_name(path.name + ".corrupt"), 0
+def move_aside(path: Path, why: str = "corrupt") -> Path:
+    """Rename ``path`` to ``path.corrupt`` (``.corrupt1``, ... if taken; or another ``why``); returns
+    the new name."""
+    target, i = path.with_name(f"{path.name}.{why}"), 0
     while target.exists():
         i += 1
-        target = path.with_name(f"{path.name}.corrupt{i}")
+        target = path.with_name(f"{path.name}.{why}{i}")
     os.rename(path, target)
     return target
 
@@ -329,13 +343,19 @@ def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+# what a training run keeps in its work directory: no output of another command may replace them
+RUN_ENTRIES = ("run.json", "run.lock", "checkpoints", "best", "log.txt", "steps.jsonl", "curves.png", "tensorboard")
+
+
 def export_weights(workdir: str | os.PathLike, out: str | os.PathLike, ema: bool = False, best: bool = False,
                    step: int | None = None, overwrite: bool = False) -> Path:
     """Write the model (or its EMA) of the newest checkpoint in ``workdir/checkpoints`` (or of
     ``workdir/best``) as a weights directory that ``create_model(name, pretrained=out)``, the
-    converter's way back to PyTorch and a distillation teacher read."""
+    converter's way back to PyTorch and a distillation teacher read. ``out`` may lie in the work
+    directory (``DIR/weights``) but never be, contain or lie inside what the run keeps there."""
     workdir = Path(workdir).absolute()
-    check_output(out, overwrite)
+    run_entries = [workdir / e for e in RUN_ENTRIES]
+    check_output(out, overwrite, run_entries)
     run_file = workdir / "run.json"
     if not run_file.exists():
         raise FileNotFoundError(f"{run_file} not found: is {workdir} a train.py work directory?")
@@ -373,4 +393,4 @@ def export_weights(workdir: str | os.PathLike, out: str | os.PathLike, ema: bool
         meta["model_config"] = run["model_config"]
     if len(run.get("class_names") or ()) == run["num_classes"]:
         meta["class_names"] = run["class_names"]
-    return save_weights(out, flat, meta, overwrite=overwrite)
+    return save_weights(out, flat, meta, overwrite=overwrite, inputs=run_entries)

@@ -59,6 +59,10 @@ def main(argv: list[str]) -> None:
     except CheckpointSaveError as e:  # disk full, permissions: the message names the step and the space
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # a second Ctrl-C between saves: at once, without a traceback
+        print(f"error: stopped at once by a second Ctrl-C; the same command resumes from the newest checkpoint "
+              f"in {Path(flags.FLAGS.workdir) / 'checkpoints'}", file=sys.stderr)
+        sys.exit(130)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -91,7 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3  # the newest; besides them, the newest judged good is never rotated out
+    # a loss above this many times the median of the last 50 is a divergence: the checkpoint before
+    # it is not judged good (a non-finite loss or state stops the run; see train.checks.Health)
+    c.divergence_factor = 10.0
     c.async_checkpoint = True
     c.eval_every_epochs = 1
     c.max_steps = ml_collections.config_dict.placeholder(int)  # stop early (tests, smoke runs)
@@ -170,7 +173,10 @@ def segmentation_config(model: str = "lsnet_t_semfpn") -> ml_collections.ConfigD
     c.log_every_steps = 50
     c.eval_every_steps = 4000
     c.checkpoint_every_steps = 4000
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3  # the newest; besides them, the newest judged good is never rotated out
+    # a loss above this many times the median of the last 50 is a divergence: the checkpoint before
+    # it is not judged good (a non-finite loss or state stops the run; see train.checks.Health)
+    c.divergence_factor = 10.0
     c.async_checkpoint = True
     c.max_steps = ml_collections.config_dict.placeholder(int)
     c.tensorboard = True

@@ -16,6 +16,7 @@ and imports no task: ``lsnet_jax.tasks.train_and_evaluate(config, workdir)`` pic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -35,7 +36,7 @@ from lsnet_jax.checkpoints import run as run_checkpoints
 from lsnet_jax.data.pipeline import to_global
 from lsnet_jax.train import reporting
 from lsnet_jax.train import workdir as workdirs
-from lsnet_jax.train.checks import ConfigError, check_finite
+from lsnet_jax.train.checks import ConfigError, Health, first_non_finite
 from lsnet_jax.train.preemption import Preemption, stop_after
 
 log = logging.getLogger("lsnet_jax.train")
@@ -69,14 +70,16 @@ class Cadence:
 @dataclasses.dataclass
 class LoopStats:
     """The loop's running figures, saved with every checkpoint: the current period's loss and lr
-    sums over its steps so far, its unreadable records, and the best value of the task's
-    ``best_metric`` so far."""
+    sums over its steps so far, its unreadable records, the best value of the task's
+    ``best_metric`` so far, and the last good losses (``Health``'s median: a resumed run judges
+    its first steps against the run it continues)."""
 
     loss_sum: float = 0.0
     lr_sum: float = 0.0
     steps: int = 0
     skipped: int = 0
     best: float = -math.inf
+    recent: list[float] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_saved(cls, saved: dict) -> LoopStats:
@@ -161,12 +164,21 @@ def validate_loop_config(config: ml_collections.ConfigDict, num_devices: int) ->
     for key in ("batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
             raise ConfigError(f"config.{key}={config[key]!r} must be a positive integer")
+    if not isinstance(config.divergence_factor, (int, float)) or not 1 < config.divergence_factor < math.inf:
+        raise ConfigError(f"config.divergence_factor={config.divergence_factor!r} must be a number above 1")
     if config.max_steps is not None and (not isinstance(config.max_steps, int) or config.max_steps < 1):
         raise ConfigError(f"config.max_steps={config.max_steps!r} must be a positive integer (or None: the "
                           f"whole schedule)")
     if config.batch_size % num_devices:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
                           f"devices; set --config.batch_size to a multiple of {num_devices}")
+
+
+@jax.jit
+def all_finite(state: Any) -> jax.Array:
+    """Whether every floating-point leaf of ``state`` is finite (one reduction, at each save)."""
+    leaves = [x for x in jax.tree.leaves(state) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+    return jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))
 
 
 def _restore(manager, abstract, iterator) -> tuple[int, Any, LoopStats]:
@@ -200,17 +212,31 @@ def _train(task_type, config: ml_collections.ConfigDict, workdir: Path,
     # ----- mesh and task -----
     validate_loop_config(config, len(devices))
     mesh = Mesh(np.asarray(devices), ("data",))
-    rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     task = task_type(config, mesh)
-    cad = task.cadence
     workdirs.check(workdir, task.fingerprint)  # before anything in it is touched
+    lock = workdirs.Lock(workdir) if jax.process_index() == 0 else None  # one run at a time in it
+    taken_over = lock.acquire() if lock is not None else None
+    try:
+        if taken_over:
+            log.warning("%s", taken_over)
+        return _run(task, config, workdir, devices, mesh)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: list[jax.Device],
+         mesh: Mesh) -> dict[str, Any]:
+    rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    cad = task.cadence
     init = task.init()
     state = jax.device_put(init.state, rep)
     constants = None if init.constants is None else jax.device_put(init.constants, rep)
 
     # ----- checkpoints and restore -----
     async_save = config.async_checkpoint
-    manager = run_checkpoints.make_manager(workdir / "checkpoints", config.keep_checkpoints, async_save)
+    keep = run_checkpoints.KeepGood(config.keep_checkpoints)  # rotation never drops the newest good step
+    manager = run_checkpoints.make_manager(workdir / "checkpoints", config.keep_checkpoints, async_save, good=keep)
     saver = run_checkpoints.Saver(manager)
     best_saver = None
     if task.best_metric is not None:
@@ -219,8 +245,10 @@ def _train(task_type, config: ml_collections.ConfigDict, workdir: Path,
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
     iterator = task.train_iterator()
     start, restored, stats = _restore(manager, abstract, iterator)
+    health = Health(config.divergence_factor, stats.recent)
     if restored is not None:
         state = restored
+        health.saved(start)  # the first loss from here judges it
         log.info("resumed from step %d (%s) in %s", start, task.where(start), manager.directory)
 
     # ----- the step -----
@@ -250,7 +278,11 @@ def _train(task_type, config: ml_collections.ConfigDict, workdir: Path,
                 for (s, _), v, lr in zip(pending, losses, lrs)]
         pending = []
         reporter.steps([r for r in rows if math.isfinite(r["loss"])])
-        check_finite(rows, cad.steps_per_epoch, manager.directory)
+        health.judge(rows)
+        keep.good = health.good
+        bad = first_non_finite(rows)
+        if bad is not None:
+            diverged(f"non-finite loss {bad['loss']} at step {bad['step']} ({task.where(bad['step'])})")
         stats.add(rows)
         if is_main and line:
             log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], stats.skipped))
@@ -271,7 +303,29 @@ def _train(task_type, config: ml_collections.ConfigDict, workdir: Path,
 
     def save(done: int) -> None:
         flush(line=False)  # the loop's figures saved with the step include every step up to it
+        if not bool(all_finite(state)):  # the loss was computed before the update that overflowed
+            diverged(f"the state after step {done} ({task.where(done)}) is not finite: an update overflowed")
         saver.save(done, state, {"iterator": iterator.get_state(), "loop": dataclasses.asdict(stats)})
+        health.saved(done)
+
+    def diverged(what: str) -> None:
+        """Stop: move the checkpoints this run saved (or resumed from) after its newest good step
+        aside, so that the same command resumes from a good one; raise ``FloatingPointError``."""
+        with contextlib.suppress(Exception):  # a failed save is not what is reported here
+            saver.wait()
+        suspects = [s for s in health.suspects() if (Path(manager.directory) / str(s)).is_dir()]
+        if is_main:
+            for s in suspects:
+                run_checkpoints.move_aside(Path(manager.directory) / str(s), "diverged")
+        manager.reload()
+        left = manager.latest_step()
+        moved = (f"the checkpoints of steps {suspects}, saved after the newest good step, were moved aside to "
+                 f"STEP.diverged; " if suspects else "")
+        then = (f"the same command resumes from step {left}" + (" (judged good: the loss after it was finite and "
+                f"within {health.factor:g}x the recent median)" if left == health.good else "")
+                if left is not None else "no checkpoint is left: the same command starts again")
+        raise FloatingPointError(f"the run diverged: {what}. Nothing of it was saved; {moved}{then}. Lower "
+                                 f"config.lr (or check the data) before running it again. ({manager.directory})")
 
     # ----- the loop -----
     preempt = Preemption().__enter__()  # left in the finally below

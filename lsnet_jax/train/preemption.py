@@ -3,7 +3,8 @@
 step, says where it stopped and how to resume, and returns normally (exit 0).
 
 One process: a Python signal handler sets a flag the loop reads after every step; a second
-Ctrl-C interrupts at once. Several processes (``jax.distributed``): every process must stop at
+Ctrl-C interrupts at once, except while that last checkpoint is being written (it would be lost):
+then it is said to be coming, and the run stops as soon as it is written. Several processes (``jax.distributed``): every process must stop at
 the same step, so JAX's preemption service (its own SIGTERM handler, installed by
 ``jax.distributed.initialize``) agrees on one; ``reached(step)`` asks it every step.
 """
@@ -11,6 +12,7 @@ the same step, so JAX's preemption service (its own SIGTERM handler, installed b
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -25,11 +27,16 @@ class Preemption:
 
     def __init__(self):
         self.signal: str | None = None
+        self.saving = False  # the stop's checkpoint is being written: a second Ctrl-C waits for it
         self._previous: dict[int, object] = {}
         self._distributed = jax.process_count() > 1
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            if self.saving:
+                print("a second Ctrl-C: the checkpoint of this step is being written; the run stops as soon "
+                      "as it is", file=sys.stderr, flush=True)
+                return
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
 
@@ -59,7 +66,11 @@ def stop_after(preempt: Preemption, done: int, end: int, saved: bool, save, save
     checkpoint is written (``save(done)`` unless ``saved`` already) and waited for."""
     if not (preempt.reached(done) and done < end):
         return False
-    if not saved:
-        save(done)
-    saver.wait()
+    preempt.saving = True
+    try:
+        if not saved:
+            save(done)
+        saver.wait()
+    finally:
+        preempt.saving = False
     return True

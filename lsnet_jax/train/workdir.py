@@ -9,12 +9,13 @@ written by a rename, so a kill mid-write leaves the old one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from lsnet_jax.checkpoints.weights import unwritable
+from lsnet_jax.checkpoints.weights import process_alive, unwritable
 from lsnet_jax.train.checks import ConfigError
 
 RUN_FILE = "run.json"
@@ -79,3 +80,81 @@ def write_run_file(workdir: str | os.PathLike, fp: dict[str, Any], info: dict[st
     tmp = workdir / f".{RUN_FILE}.tmp"
     tmp.write_text(json.dumps({**info, "fingerprint": fp}, indent=2, default=str) + "\n")
     os.replace(tmp, workdir / RUN_FILE)
+
+
+LOCK_FILE = "run.lock"
+
+
+class WorkdirLocked(ConfigError):
+    """Another run is using the work directory."""
+
+
+class Lock:
+    """``DIR/run.lock``, held by the run's first process while it runs: an advisory ``flock`` that
+    the system releases when the process dies (so a killed run's lock is stale at once), with
+    the holder (pid, host, start time, command) written in it for the message that refuses a
+    second run. On a file system without ``flock`` a lock of this host whose process is gone
+    is taken over as well."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = Path(workdir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock, or raise ``WorkdirLocked`` naming its holder. Returns a line about a
+        stale lock taken over (its holder), or None."""
+        import fcntl
+        import socket
+        import sys
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        holder = _read_holder(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
+        except BlockingIOError:
+            held = True
+        except OSError:  # no flock here (some network file systems): judge by the holder's pid
+            held = bool(holder) and (holder.get("host") != socket.gethostname() or process_alive(holder.get("pid")))
+        if held:
+            os.close(fd)
+            raise WorkdirLocked(
+                f"{self.path.parent} is in use by another run ({_describe(holder)}); two runs on one work "
+                f"directory would overwrite each other's checkpoints and logs. Wait for it to end (or stop "
+                f"it), or start this run elsewhere with --workdir NEW_DIR") from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "command": " ".join(sys.argv)[:500]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        self._fd = fd
+        return f"took over the stale lock of {_describe(holder)}: that run is gone" if holder else None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)  # released: no holder to name (a killed run's stays, as stale)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_holder(fd: int) -> dict | None:
+    """The holder a lock file names (at most 4 KiB read), or None if it is empty or unreadable."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "a holder that did not name itself"
+    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}: "
+            f"{holder.get('command', '?')}")
+
