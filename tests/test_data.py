@@ -180,15 +180,37 @@ def test_resume_from_iterator_state_mid_epoch(folder):
         np.testing.assert_array_equal(x["label"], y["label"])
 
 
+def _resume(loader, state, n):
+    it = loader.iterator()
+    it.set_state(state)
+    return [next(it) for _ in range(n)]
+
+
 def test_worker_processes_give_the_same_batches_and_resume(folder):
+    """The same batches with or without worker processes; a position saved with one worker count
+    resumes with another (``data.workers`` is a throughput knob: grain's own iterator state names
+    each worker, and resuming it with another count crashed with ``KeyError: 'next_index'``); the
+    grain states older checkpoints hold resume too."""
     _, data_dir = folder
     ref = _take(_train(data_dir), 5)
-    it = iter(_train(data_dir, workers=2).dataset)
+    it = _train(data_dir, workers=2).iterator()
     got = [next(it) for _ in range(3)]
     state = it.get_state()
-    got += _take(_train(data_dir, workers=2), 2, state=state)
+    assert state == {"batches": 3}
+    got += _resume(_train(data_dir, workers=2), state, 2)
     for x, y in zip(ref, got):
         np.testing.assert_array_equal(x["image"], y["image"])
+    in_process = _resume(_train(data_dir), state, 2)  # saved with 2 workers, resumed with none
+    with_workers = _resume(_train(data_dir, workers=3), {"batches": 2}, 1)  # and the other way
+    legacy = _resume(_train(data_dir), {"next_index": 3}, 1)  # grain's in-process state
+    grain_mp = iter(_train(data_dir, workers=2).dataset)  # grain's state with worker processes
+    for _ in range(3):
+        next(grain_mp)
+    legacy_mp = _resume(_train(data_dir), grain_mp.get_state(), 1)
+    for x, y in [(ref[3], in_process[0]), (ref[4], in_process[1]), (ref[2], with_workers[0]), (ref[3], legacy[0]),
+                 (ref[3], legacy_mp[0])]:
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
 
 
 def test_corrupt_records_are_skipped_and_counted_labels_stay_right(folder, caplog):

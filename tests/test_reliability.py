@@ -179,13 +179,16 @@ def test_a_save_without_the_space_it_needs_stops_before_writing(tmp_path, monkey
 
 def test_torn_log_lines_are_dropped_with_a_warning_and_do_not_block_a_resume(tmp_path, caplog):
     rows = [{"step": s, "loss": 1.0 / s, "lr": 0.1} for s in range(1, 8)]
-    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 8, "loss": 1.9')
-    (tmp_path / "log.txt").write_text(json.dumps({"epoch": 0, "step": 4}) + "\n" + '{"epoch": 1, "st')
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + "{}\n"
+                                          + "".join(json.dumps(r) + "\n" for r in rows[3:]) + '{"step": 8, "loss": 1.9')
+    (tmp_path / "log.txt").write_text(json.dumps({"epoch": 0, "step": 4}) + "\n" + '{"epoch": 0, "step": "5"}\n'
+                                      + '{"epoch": 1, "st')
     with caplog.at_level(logging.WARNING):
-        Reporter(tmp_path, resume_step=5, tensorboard=False)
+        Reporter(tmp_path, resume_step=5, tensorboard=False)  # a {} line stopped it with KeyError: 'step'
     assert read_jsonl(tmp_path / "steps.jsonl") == rows[:5]  # torn line dropped, rows after step 5 too
     assert read_jsonl(tmp_path / "log.txt") == [{"epoch": 0, "step": 4}]
     assert sum("not a whole JSON object" in r.getMessage() for r in caplog.records) == 2
+    assert sum("no integer 'step'" in r.getMessage() for r in caplog.records) == 2
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -208,3 +208,14 @@ def test_predict_writes_label_maps_and_overlays(weights, tmp_path):
     assert np.abs(overlay - (0.5 * photo + 0.5 * labels)).max() <= 1.0
     p = json.loads((tmp_path / "p.json").read_text())
     assert p["skipped"] == [str(junk)] and abs(sum(c["share"] for c in p["predictions"][0]["classes"]) - 1) < 1e-6
+
+
+def test_a_head_smaller_than_the_labels_is_refused(runs, tmp_path):
+    """``num_classes=1`` on 10 labels trained to a loss of 0 and exited 0 (classification: test_train)."""
+    from lsnet_jax.tasks import train_and_evaluate
+    from lsnet_jax.train.checks import ConfigError
+
+    tmp, _, _ = runs
+    with pytest.raises(ConfigError, match=r"config.num_classes=3 is smaller than the \d+ classes of lsnet_seg_digits"):
+        train_and_evaluate(digits_config(tmp / "tfds", num_classes=3), tmp_path / "w", jax.devices()[:1])
+    assert not (tmp_path / "w").exists()

@@ -41,6 +41,33 @@ class CheckpointMismatchError(ValueError):
         super().__init__("\n".join(lines))
 
 
+class CheckpointValueError(ValueError):
+    """A checkpoint's weights are of the right keys and shapes but not usable values: not floating
+    point (a quantised or integer tensor), or not finite."""
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    import ml_dtypes
+
+    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
+
+
+def check_values(items: Mapping[str, Any], what: str) -> None:
+    """Every array of ``items`` (name -> weights of a float leaf) is floating point and finite, or
+    a ``CheckpointValueError`` names the offending ones (at most 10, with their count)."""
+    wrong = [f"{k} ({np.asarray(a).dtype})" for k, a in items.items() if not _is_float(np.asarray(a).dtype)]
+    if wrong:
+        raise CheckpointValueError(
+            f"{what}: {len(wrong)} weights are not floating point: {', '.join(wrong[:10])}"
+            f"{' ...' if len(wrong) > 10 else ''}. These models' weights are float16, bfloat16, float32 or "
+            f"float64 (a quantised checkpoint cannot be read as them: give the float one)")
+    bad = [k for k, a in items.items() if not np.isfinite(np.asarray(a, np.float32)).all()]
+    if bad:
+        raise CheckpointValueError(
+            f"{what}: {len(bad)} weights hold NaN or inf: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. "
+            f"The file was saved from a diverged run or is damaged; use an earlier checkpoint")
+
+
 def path_str(path: JaxPath) -> str:
     return ".".join(str(p) for p in path)
 
@@ -68,6 +95,8 @@ def load_flat(model: nnx.Module, flat: Mapping[JaxPath, Any], what: str = "weigh
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(what, missing, unexpected, mismatched)
     state = nnx.state(model)
+    check_values({path_str(tuple(p)): flat[tuple(p)] for p, v in nnx.to_flat_state(state)
+                  if _is_float(np.dtype(v.get_value().dtype))}, what)
     for path, var in nnx.to_flat_state(state):
         var.set_value(jax.numpy.asarray(flat[tuple(path)], var.get_value().dtype))
     nnx.update(model, state)

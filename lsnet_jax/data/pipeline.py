@@ -88,10 +88,65 @@ class _CollateEval:
 
 @dataclasses.dataclass(frozen=True)
 class Loader:
-    """A grain dataset of this process's batches and its steps per epoch."""
+    """This process's batches (a grain ``MapDataset``, read as ``finish`` says: threads, worker
+    processes, prefetch) and its steps per epoch. ``dataset`` reads them all; ``iterator()`` reads
+    them with a resumable position that does not depend on the reading (``Batches``)."""
 
-    dataset: grain.IterDataset
+    batches: grain.MapDataset
+    finish: Callable[[grain.MapDataset], grain.IterDataset]
     steps_per_epoch: int
+
+    @property
+    def dataset(self) -> grain.IterDataset:
+        return self.finish(self.batches)
+
+    def iterator(self) -> Batches:
+        return Batches(self.batches, self.finish)
+
+
+class Batches:
+    """An iterator over a loader's batches whose state is the number of batches it has given,
+    ``{"batches": n}``. Grain's own state depends on how the batches are read (in this process:
+    ``next_index``; by worker processes: each worker's), so a run could not resume after
+    ``data.workers`` changed; this one starts reading at batch ``n`` (each batch is a pure function
+    of its position), whatever the reading was and is. The states of grain's iterators that older
+    checkpoints hold are read as well."""
+
+    def __init__(self, batches: grain.MapDataset, finish: Callable[[grain.MapDataset], grain.IterDataset]):
+        self._batches, self._finish = batches, finish
+        self._done, self._it = 0, None
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            self._it = iter(self._finish(self._batches[self._done:]))
+        batch = next(self._it)
+        self._done += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"batches": self._done}
+
+    def set_state(self, state: dict) -> None:
+        n = batches_given(state)
+        if not 0 <= n <= len(self._batches):
+            raise ValueError(f"the saved data position ({n} batches) is outside this data's {len(self._batches)} "
+                             f"batches: the dataset changed since the checkpoint was saved")
+        self._done, self._it = n, None
+
+
+def batches_given(state: dict) -> int:
+    """The batches an iterator with ``state`` had given: ``Batches``' state, or grain's (in-process
+    ``{"next_index": n}``; with worker processes, each worker's ``next_index`` summed)."""
+    if "batches" in state:
+        return int(state["batches"])
+    if "next_index" in state:
+        return int(state["next_index"])
+    if "iterators_in_use_states" in state:
+        return sum(int(w["next_index"]) for w in state["iterators_in_use_states"])
+    raise ValueError(f"unknown data iterator state (keys {sorted(state)}): not written by lsnet_jax")
 
 
 def _watch_parent(parent: int, interval: float) -> None:
@@ -110,7 +165,7 @@ def die_with_parent(worker_index: int = 0, worker_count: int = 0, *, parent: int
                      name="lsnet-die-with-parent").start()
 
 
-def _finish(ds: grain.MapDataset, workers: int, threads: int, prefetch: int) -> grain.IterDataset:
+def _finish(ds: grain.MapDataset, *, workers: int, threads: int, prefetch: int) -> grain.IterDataset:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
     if workers > 0:
         from absl import flags
@@ -145,7 +200,7 @@ def train_loader(source: Sequence[dict], info: SourceInfo, transform: Callable, 
     ds = grain.MapDataset.range((num_epochs + 1) * steps * local).map(pos)
     ds = ds.map(_Load(source, transform, seed, info.num_examples))
     ds = ds.batch(local, drop_remainder=True, batch_fn=collate_train)
-    return Loader(_finish(ds, workers, threads, prefetch), steps)
+    return Loader(ds, functools.partial(_finish, workers=workers, threads=threads, prefetch=prefetch), steps)
 
 
 def eval_loader(source: Sequence[dict], info: SourceInfo, transform: T.EvalTransform, global_batch: int,
@@ -157,7 +212,7 @@ def eval_loader(source: Sequence[dict], info: SourceInfo, transform: T.EvalTrans
     ds = grain.MapDataset.range(steps * local).map(pos)
     ds = ds.map(_Load(source, transform, 0, info.num_examples))
     ds = ds.batch(local, drop_remainder=True, batch_fn=_CollateEval((transform.size, transform.size, 3)))
-    return Loader(_finish(ds, workers, threads, prefetch), steps)
+    return Loader(ds, functools.partial(_finish, workers=workers, threads=threads, prefetch=prefetch), steps)
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
@@ -216,7 +271,7 @@ def seg_train_loader(source: Sequence[dict], info: SourceInfo, transform: Callab
     ds = grain.MapDataset.range(epochs * steps * local).map(pos)
     ds = ds.map(_LoadSeg(source, transform, seed))
     ds = ds.batch(local, drop_remainder=True, batch_fn=collate_seg)
-    return Loader(_finish(ds, workers, threads, prefetch), steps)
+    return Loader(ds, functools.partial(_finish, workers=workers, threads=threads, prefetch=prefetch), steps)
 
 
 @dataclasses.dataclass

@@ -43,14 +43,28 @@ def _how_to_prepare(name: str, data_dir: str | None) -> str:
             f"point data_dir at the directory that holds it")
 
 
+def _close_names(name: str) -> str:
+    """"; did you mean ..." with the known datasets nearest to ``name``, or ""."""
+    import difflib
+
+    try:
+        known = sorted(set(tfds.list_builders()) | set(_BUILT_HERE))
+    except Exception:  # the catalogue itself unreadable: no suggestion
+        return ""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder of ``name``; datasets built here are prepared on first use.
     Raises ``DatasetNotFoundError`` saying how to prepare anything else."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # unknown name, unreadable directory
+    except Exception as e:  # unknown name (TFDS's message lists its whole catalogue), unreadable directory
+        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise DatasetNotFoundError(f"TFDS dataset {name!r} not found in {data_dir or 'the default data_dir'}"
-                                   f" ({type(e).__name__}: {e}); {_how_to_prepare(name, data_dir)}") from e
+                                   f" ({type(e).__name__}: {first}){_close_names(name)}; "
+                                   f"{_how_to_prepare(name, data_dir)}") from None
     if not builder.is_prepared():
         if name in _BUILT_HERE:
             log.info("preparing %s in %s", name, builder.data_dir)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, state_shapes
+from lsnet_jax.checkpoints.state import CheckpointMismatchError, JaxPath, check_values, state_shapes
 from lsnet_jax.checkpoints.torch_io import to_jax_layout, to_torch_layout, torch_shape
 from lsnet_jax.models.layers import abstract, attention_bias_idxs
 from lsnet_jax.models.lsnet import VARIANTS, LSNet, model_config
@@ -90,6 +90,7 @@ def torch_to_jax(state_dict: Mapping[str, np.ndarray], jax_shapes: Mapping[JaxPa
         unexpected.append(key)
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(what, sorted(missing), sorted(unexpected), mismatched)
+    check_values({key_fn(p): state_dict[key_fn(p)] for p in jax_shapes}, what)  # before the float32 cast
     return out
 
 

@@ -30,7 +30,7 @@ from lsnet_jax.inference.evaluate import eval_step, run_eval
 from lsnet_jax.models.registry import DTYPES, create_model, list_models
 from lsnet_jax.train import optim
 from lsnet_jax.train import workdir as workdirs
-from lsnet_jax.train.checks import ConfigError
+from lsnet_jax.train.checks import ConfigError, check_head
 from lsnet_jax.train.config import architecture
 from lsnet_jax.train.loop import Cadence, Init, LoopStats
 from lsnet_jax.train.reporting import Panel
@@ -156,6 +156,7 @@ class Classification:
         self.config, self.mesh = config, mesh
         self.data = build_data(config, sampler_replicas(config))
         self.num_classes, spe = self.data.num_classes, self.data.train.steps_per_epoch
+        check_head(self.num_classes, self.data.info.num_classes, f"{config.data.name}/{config.data.train_split}")
         self.fingerprint = workdirs.fingerprint("classification", config.model, self.num_classes, config.img_size,
                                                 config.data.name, config.data.train_split, architecture(config))
         self.cadence = Cadence(total_steps=config.epochs * spe, steps_per_epoch=spe, period=spe,
@@ -164,7 +165,7 @@ class Classification:
         self.schedule, self.tx = optim.from_config(config, spe)
 
     def train_iterator(self) -> Iterator[dict]:
-        return iter(self.data.train.dataset)
+        return self.data.train.iterator()
 
     def init(self) -> Init:
         config = self.config

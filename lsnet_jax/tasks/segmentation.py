@@ -31,7 +31,7 @@ from lsnet_jax.data.segmentation import SegTestTransform, SegTrainTransform
 from lsnet_jax.inference.segmentation import evaluate_segmenter, seg_logits
 from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import workdir as workdirs
-from lsnet_jax.train.checks import ConfigError
+from lsnet_jax.train.checks import ConfigError, check_head
 from lsnet_jax.train.config import architecture
 from lsnet_jax.train.loop import Cadence, Init, LoopStats
 from lsnet_jax.train.reporting import Panel
@@ -105,6 +105,7 @@ class Segmentation:
         self.src, self.info = source.open_seg_source(d.name, d.train_split, d.data_dir)
         self.esrc, self.einfo = source.open_seg_source(d.name, d.eval_split, d.data_dir)
         self.num_classes = config.num_classes or self.info.num_classes
+        check_head(self.num_classes, self.info.num_classes, f"{d.name}/{d.train_split}")
         self.fingerprint = workdirs.fingerprint("segmentation", config.model, self.num_classes, int(a.crop[0]),
                                                 d.name, d.train_split, architecture(config))
         self.loader = pipeline.seg_train_loader(self.src, self.info, SegTrainTransform.from_config(a),
@@ -117,7 +118,7 @@ class Segmentation:
         self.schedule, self.tx = make_optimizer(config)
 
     def train_iterator(self) -> Iterator[dict]:
-        return iter(self.loader.dataset)
+        return self.loader.iterator()
 
     def init(self) -> Init:
         config = self.config

@@ -14,9 +14,10 @@ from pathlib import Path
 log = logging.getLogger("lsnet_jax.train")
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, step: bool = False) -> list[dict]:
     """The JSON objects of a JSON-lines file, one a line; ``[]`` if there is no file. A line that is
-    not a whole JSON object (torn by a kill or a full disk mid-write) is dropped with a warning."""
+    not a whole JSON object (torn by a kill or a full disk mid-write) is dropped with a warning, and
+    so, with ``step``, is an object without an integer ``step`` (``{}``: not a row of a run's log)."""
     if not path.exists():
         return []
     rows = []
@@ -29,6 +30,9 @@ def read_jsonl(path: Path) -> list[dict]:
             row = None
         if not isinstance(row, dict):
             log.warning("%s line %d is not a whole JSON object (a write cut short?); dropped: %.80s", path, i, line)
+            continue
+        if step and (not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool)):
+            log.warning("%s line %d is not a row of a run's log (no integer 'step'); dropped: %.80s", path, i, line)
             continue
         rows.append(row)
     return rows
@@ -118,7 +122,7 @@ class Reporter:
         rewritten by a rename, so a kill now leaves the old file."""
         if not path.exists():
             return
-        rows = read_jsonl(path)
+        rows = read_jsonl(path, step=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
         os.replace(tmp, path)
@@ -153,7 +157,7 @@ class Reporter:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = {"log": read_jsonl(self.log_path), "steps": read_jsonl(self.steps_path)}
+        rows = {"log": read_jsonl(self.log_path, step=True), "steps": read_jsonl(self.steps_path, step=True)}
         fig, ax = plt.subplots(1, 1 + len(self.panels), figsize=(5 * (1 + len(self.panels)), 4), squeeze=False)
         ax = ax[0]
         steps = rows["steps"]
