@@ -9,7 +9,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # start as subprocesses: a run and its resumption compile the same step once, not twice.
 _CACHE = tempfile.mkdtemp(prefix="lsnet_jax_xla_cache_")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+# every program, however quick to compile: each process (a CLI run, a notebook kernel) compiles a
+# few hundred small ones (eager ops, ~25 ms each) that the processes after it then read (~1 ms)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 sys.path.insert(0, str(Path(__file__).parent))
 
 
