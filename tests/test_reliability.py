@@ -310,3 +310,21 @@ def test_a_newest_checkpoint_without_its_metadata(tmp_path, caplog):
         step, state, data = rc.restore_latest(rc.make_manager(tmp_path / "c", keep=5), _abstract(_state(0)))
     assert (step, data) == (1, {"iterator": 1})
     assert [r.getMessage() for r in caplog.records if "moved aside to 2.corrupt" in r.getMessage()]
+
+
+def test_a_failed_best_save_names_itself_and_the_checkpoint_a_rerun_resumes_from(tmp_path, file_size_limit):
+    """A full disk at an epoch's end, where the best and the periodic checkpoints are saved: the
+    message named DIR/best and said "no earlier checkpoint exists" while DIR/checkpoints held an
+    intact step 1, the one a rerun resumes from."""
+    checkpoints = rc.Saver(rc.make_manager(tmp_path / "checkpoints", keep=5, async_save=False))
+    checkpoints.save(1, _state(1), {"iterator": 1})
+    checkpoints.wait()
+    best = rc.Saver(rc.make_manager(tmp_path / "best", 1, async_save=False, best="acc1"), label="best checkpoint",
+                    resume_dir=tmp_path / "checkpoints")
+    file_size_limit()
+    with rc.quiet_orbax_errors(), pytest.raises(rc.CheckpointSaveError) as err:
+        best.save(2, _state(2), None, {"acc1": 50.0})
+        best.wait()
+    msg = str(err.value)
+    assert f"could not save the best checkpoint at step 2 in {tmp_path / 'best'}" in msg, msg
+    assert f"the checkpoint at step 1 is intact in {tmp_path / 'checkpoints'} and the same command resumes" in msg

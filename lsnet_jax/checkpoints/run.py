@@ -81,14 +81,24 @@ _ORBAX_CALLS = threading.RLock()
 class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the message says where, why, and what to do."""
 
-    def __init__(self, step: int, directory: str | os.PathLike, reason: str, previous: int | None):
+    def __init__(self, step: int, directory: str | os.PathLike, reason: str, resume_dir: str | os.PathLike,
+                 label: str = "checkpoint"):
         free = _free_bytes(directory)
-        kept = (f"the checkpoint at step {previous} is intact and the same command resumes from it"
-                if previous is not None else "no earlier checkpoint exists")
-        super().__init__(f"could not save the checkpoint at step {step} in {directory} ({reason}); "
+        newest = max((s for s in complete_steps(resume_dir) if s != step), default=None)
+        kept = (f"the checkpoint at step {newest} is intact in {resume_dir} and the same command resumes from it"
+                if newest is not None else f"no complete checkpoint is in {resume_dir}: the same command starts "
+                                           f"from the beginning")
+        super().__init__(f"could not save the {label} at step {step} in {directory} ({reason}); "
                          f"{free / 2**30:.2f} GiB free there. Free space (or fix the permissions) or start "
                          f"elsewhere with --workdir; {kept}.")
         self.step = step
+
+
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps whose checkpoint Orbax finalised in ``directory`` (one being written, or whose
+    write failed, is still under a temporary name)."""
+    d = Path(directory)
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir()) if d.is_dir() else []
 
 
 def _free_bytes(directory: str | os.PathLike) -> int:
@@ -123,8 +133,12 @@ class Saver:
     A save asked for while the thread is still handing the previous one to Orbax waits for it, so
     at most two snapshots exist."""
 
-    def __init__(self, manager: ocp.CheckpointManager, background: bool | None = None):
+    def __init__(self, manager: ocp.CheckpointManager, background: bool | None = None, label: str = "checkpoint",
+                 resume_dir: str | os.PathLike | None = None):
+        """``label``: what a failure names (``"best checkpoint"``); ``resume_dir``: where the run
+        resumes from, which a failure names the newest complete step of (default: this one's)."""
         self.manager = manager
+        self.label, self.resume_dir = label, resume_dir or manager.directory
         self.previous: int | None = manager.latest_step()  # the newest complete checkpoint
         self.writing: int | None = None  # the step Orbax may be writing in the background
         self._job: Future | None = None  # the thread's call of Orbax for ``self._job_step``
@@ -138,7 +152,7 @@ class Saver:
         need, free = tree_bytes(state), _free_bytes(self.manager.directory)
         if free < need:
             raise CheckpointSaveError(step, self.manager.directory, f"it needs {need / 2**30:.2f} GiB",
-                                      self.previous)
+                                      self.resume_dir, self.label)
         args = {"state": ocp.args.StandardSave(_snapshot(state) if self._pool else state)}
         if data_state is not None:
             args["data"] = ocp.args.JsonSave(data_state)
@@ -157,7 +171,8 @@ class Saver:
             try:
                 self.manager.save(step, args=args, metrics=metrics)
             except Exception as e:
-                raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.previous) from None
+                raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.resume_dir,
+                                          self.label) from None
 
     def _finish(self, step: int) -> None:
         """Wait for Orbax's write of ``step``; raise if it failed."""
@@ -165,9 +180,11 @@ class Saver:
             with _ORBAX_CALLS:
                 self.manager.wait_until_finished()
         except Exception as e:
-            raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.previous) from None
+            raise CheckpointSaveError(step, self.manager.directory, _first_line(e), self.resume_dir,
+                                          self.label) from None
         if not (Path(self.manager.directory) / str(step)).is_dir():
-            raise CheckpointSaveError(step, self.manager.directory, "Orbax did not finalise it", self.previous)
+            raise CheckpointSaveError(step, self.manager.directory, "Orbax did not finalise it", self.resume_dir,
+                                      self.label)
         self.previous = step
 
     def _collect(self) -> None:

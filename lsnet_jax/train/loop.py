@@ -241,7 +241,8 @@ def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: 
     best_saver = None
     if task.best_metric is not None:
         best_saver = run_checkpoints.Saver(run_checkpoints.make_manager(workdir / "best", 1, async_save,
-                                                                        best=task.best_metric))
+                                                                        best=task.best_metric),
+                                           label="best checkpoint", resume_dir=manager.directory)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
     iterator = task.train_iterator()
     start, restored, stats = _restore(manager, abstract, iterator)
