@@ -6,6 +6,7 @@ from __future__ import annotations
 import colorsys
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,14 +182,19 @@ def test_prepare_ade20k_leaves_out_and_counts_unreadable_pairs(tmp_path):
             Image.fromarray(label).save(root / "annotations" / split / f"ADE_{split}_{i}.png")
     (root / "images" / "training" / "ADE_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"junk" * 50)
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "annotations" / "training" / "ADE_bad.png")
+    image, label = block_scene(60, 80, 9)  # a label value above ADE20K's 150: made the loss NaN
+    label[:3, :4] = 200
+    Image.fromarray(image).save(root / "images" / "training" / "ADE_high.jpg")
+    Image.fromarray(label).save(root / "annotations" / "training" / "ADE_high.png")
     out = subprocess.run([sys.executable, "scripts/prepare_ade20k.py", "--root", str(root), "--data_dir",
                           str(tmp_path / "tfds")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "1 unreadable pairs left out" in out.stdout and "ADE_bad.jpg" in out.stdout
+    assert "2 unreadable pairs left out" in out.stdout and "ADE_bad.jpg" in out.stdout
+    assert "ADE_high.jpg: label map holds values 200 above 150 (12 pixels)" in out.stdout
     src, info = source.open_seg_source("ade20k", "train", str(tmp_path / "tfds"))
     assert info.num_examples == 4 and info.num_classes == 150
     left = json.loads(next((tmp_path / "tfds").rglob("left_out.json")).read_text())
-    assert [r["path"].endswith("ADE_bad.jpg") for r in left] == [True]
+    assert sorted(Path(r["path"]).name for r in left) == ["ADE_bad.jpg", "ADE_high.jpg"]
     sample = SegTestTransform()(src[0])
     assert sample["label"].max() <= 7 or sample["label"].max() == 255
     # run again: unchanged, nothing is done; after a pair was added, the dataset is rebuilt with it

@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from lsnet_jax.data.scenes import digit_scene, glyph_split
+from lsnet_jax.data.segmentation import ADE20K_CLASSES
 
 DIGITS_SIZE = 48
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -286,9 +287,9 @@ def list_ade20k(root: str | os.PathLike, split: str) -> list[tuple[Path, Path]]:
     return [(p, ann_dir / (p.stem + ".png")) for p in images]
 
 
-def unreadable_pair(image: Path, label: Path) -> str | None:
+def unreadable_pair(image: Path, label: Path, max_label: int | None = None) -> str | None:
     """Why an (image, label map) pair cannot be used, or None: each must decode, the label map be
-    single-channel, and both have one size."""
+    single-channel with values up to ``max_label``, and both have one size."""
     try:
         with Image.open(image) as im:
             im.load()
@@ -302,6 +303,13 @@ def unreadable_pair(image: Path, label: Path) -> str | None:
                 return f"label map is {lb.mode}, not a single-channel PNG"
             if lb.size != size:
                 return f"label map is {lb.size[0]}x{lb.size[1]}, the image {size[0]}x{size[1]}"
+            if max_label is not None:
+                values = np.asarray(lb)
+                if values.max() > max_label:
+                    high = np.unique(values[values > max_label])
+                    return (f"label map holds values {', '.join(map(str, high[:5]))}{' ...' if len(high) > 5 else ''} "
+                            f"above {max_label} ({int((values > max_label).sum())} pixels): not a class of this "
+                            f"dataset")
     except Exception as e:
         return f"label map does not decode ({type(e).__name__}: {e})"
     return None
@@ -311,8 +319,8 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
     """ADE20K as the official segmentation code reads it (ADEChallengeData2016, 150 classes: labels
     1..150, 0 = other, reduced at load time); ``train`` / ``validation``. The files' bytes are
     stored as they are. Each pair is decoded once while it is stored: one that does not decode
-    (or whose label map is not single-channel or not the image's size) is reported with its path,
-    left out and counted in ``self.left_out``."""
+    (or whose label map is not single-channel, not the image's size, or holds values above 150)
+    is reported with its path, left out and counted in ``self.left_out``."""
 
     VERSION = tfds.core.Version("1.0.0")
 
@@ -330,7 +338,7 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, pairs):
         for img, ann in pairs:
-            why = unreadable_pair(img, ann)
+            why = unreadable_pair(img, ann, max_label=len(ADE20K_CLASSES))
             if why is not None:
                 self.left_out.append((str(img), why))
                 print(f"left out {img}: {why}", flush=True)

@@ -37,9 +37,11 @@ def poly_schedule(lr: float, min_lr: float, power: float, total: int) -> optax.S
 
 def seg_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     """(loss, pixel accuracy in percent): softmax cross-entropy at the labels' resolution, pixels
-    labelled 255 contributing 0 but counted in the mean (mmseg 0.30); accuracy over the others."""
+    labelled 255 contributing 0 but counted in the mean (mmseg 0.30); accuracy over the others.
+    A label beyond the logits' classes (a dataset prepared without its range checked) is ignored
+    as 255 is, never indexed: it would make the loss NaN."""
     logits = logits.astype(jnp.float32)
-    valid = labels != IGNORE_INDEX
+    valid = (labels != IGNORE_INDEX) & (labels < logits.shape[-1])
     safe = jnp.where(valid, labels, 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     loss = jnp.sum(jnp.where(valid, ce, 0.0)) / labels.size
