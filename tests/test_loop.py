@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -287,3 +288,35 @@ def test_a_second_ctrl_c_while_the_stop_is_saved_keeps_that_checkpoint(tmp_path,
     loop.train_and_evaluate(Interrupted, _config(log_every_steps=1, checkpoint_every_steps=100), w, jax.devices()[:1])
     assert _steps(w) == [4, 5]  # the period's end, and the stop's
     assert "a second Ctrl-C: the checkpoint of this step is being written" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_dataset_or_data_order_and_records_what_may_change(tmp_path):
+    """A rebuilt dataset (700 -> 300 images: the saved position applied to another epoch length)
+    and another batch size were accepted without a word, and run.json was overwritten. What gives
+    the saved data position its meaning is refused; what may change (a fine-tune's lr, the epochs)
+    is recorded in run.json's history; a run.json written before these keys resumes."""
+    from lsnet_jax.train import workdir as workdirs
+
+    def fp(**over):
+        order = dict(data_version="1.0.0", data_examples=700, batch_size=64, seed=0) | over
+        return workdirs.fingerprint("classification", "lsnet_t", 10, 32, "imagenet_folder", "train", **order)
+
+    info = {"model": "lsnet_t", "num_classes": 10, "img_size": 32, "config": {"lr": 0.1, "epochs": 5,
+                                                                             "data": {"workers": 8}}}
+    workdirs.write_run_file(tmp_path, fp(), info)
+    (tmp_path / "checkpoints" / "40").mkdir(parents=True)
+    workdirs.check(tmp_path, fp())
+    for over, what in (({"data_examples": 300}, "data_examples 700 -> 300"), ({"batch_size": 32}, "batch_size 64 -> 32"),
+                       ({"seed": 1}, "seed 0 -> 1"), ({"data_version": "1.0.1"}, "data_version '1.0.0' -> '1.0.1'")):
+        with pytest.raises(loop.ConfigError, match=re.escape(what)) as e:
+            workdirs.check(tmp_path, fp(**over))
+        assert "--config.init_weights=W" in str(e.value)
+    workdirs.write_run_file(tmp_path, fp(), info | {"config": {"lr": 0.5, "epochs": 8, "data": {"workers": 0}}}, 40)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert [h["step"] for h in run["history"]] == [0, 40] and "changed" not in run["history"][0]
+    assert run["history"][1]["changed"] == {"lr": [0.1, 0.5], "epochs": [5, 8], "data.workers": [8, 0]}
+    assert run["config"]["lr"] == 0.5 and run["fingerprint"] == fp()
+    # a run.json of before: its fingerprint has none of these keys, and resumes
+    (tmp_path / "run.json").write_text(json.dumps(info | {"fingerprint": workdirs.fingerprint(
+        "classification", "lsnet_t", 10, 32, "imagenet_folder", "train")}))
+    workdirs.check(tmp_path, fp())

@@ -162,6 +162,8 @@ def test_preempted_then_killed_mid_epoch_then_resumed_gives_the_same_losses(data
                                rtol=1e-5)
     log = [json.loads(x) for x in (work / "log.txt").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0]
+    history = json.loads((work / "run.json").read_text())["history"]  # every start, kept
+    assert len(history) == 3 and [h["step"] for h in history[:2]] == [0, stopped], history
     assert {"train_lr", "train_loss", "test_loss", "test_acc1", "test_acc5", "epoch", "n_parameters",
             "test_ema_acc1"} <= set(log[0])
     assert (work / "curves.png").stat().st_size > 10_000

@@ -80,6 +80,7 @@ class SourceInfo:
     num_examples: int
     num_classes: int
     class_names: tuple[str, ...] = ()
+    version: str = ""  # the prepared dataset's (TFDS builder) version
 
 
 def open_source(name: str, split: str, data_dir: str | None) -> tuple[Sequence[dict], SourceInfo]:
@@ -93,7 +94,7 @@ def open_source(name: str, split: str, data_dir: str | None) -> tuple[Sequence[d
                          f"needs random access: rebuild it with `--file_format=array_record`")
     source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     label = builder.info.features["label"]
-    return source, SourceInfo(len(source), label.num_classes, tuple(label.names))
+    return source, SourceInfo(len(source), label.num_classes, tuple(label.names), str(builder.info.version))
 
 
 # whether a segmentation dataset's label 0 means "unlabelled" (mmseg's reduce_zero_label)
@@ -118,4 +119,4 @@ def open_seg_source(name: str, split: str, data_dir: str | None) -> tuple[Sequen
         raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")
     skip = tfds.decode.SkipDecoding()
     source = builder.as_data_source(split=split, decoders={"image": skip, "label": skip})
-    return source, SourceInfo(len(source), len(classes), classes)
+    return source, SourceInfo(len(source), len(classes), classes, str(builder.info.version))

@@ -157,8 +157,12 @@ class Classification:
         self.data = build_data(config, sampler_replicas(config))
         self.num_classes, spe = self.data.num_classes, self.data.train.steps_per_epoch
         check_head(self.num_classes, self.data.info.num_classes, f"{config.data.name}/{config.data.train_split}")
-        self.fingerprint = workdirs.fingerprint("classification", config.model, self.num_classes, config.img_size,
-                                                config.data.name, config.data.train_split, architecture(config))
+        info = self.data.info
+        self.fingerprint = workdirs.fingerprint(
+            "classification", config.model, self.num_classes, config.img_size, config.data.name,
+            config.data.train_split, architecture(config), data_version=info.version,
+            data_examples=info.num_examples, batch_size=config.batch_size, seed=config.seed,
+            repeats=config.data.repeats, bn_group_size=config.bn_group_size)
         self.cadence = Cadence(total_steps=config.epochs * spe, steps_per_epoch=spe, period=spe,
                                eval_every=config.eval_every_epochs)
         self.global_batch = config.batch_size

@@ -106,8 +106,10 @@ class Segmentation:
         self.esrc, self.einfo = source.open_seg_source(d.name, d.eval_split, d.data_dir)
         self.num_classes = config.num_classes or self.info.num_classes
         check_head(self.num_classes, self.info.num_classes, f"{d.name}/{d.train_split}")
-        self.fingerprint = workdirs.fingerprint("segmentation", config.model, self.num_classes, int(a.crop[0]),
-                                                d.name, d.train_split, architecture(config))
+        self.fingerprint = workdirs.fingerprint(
+            "segmentation", config.model, self.num_classes, int(a.crop[0]), d.name, d.train_split,
+            architecture(config), data_version=self.info.version, data_examples=self.info.num_examples,
+            batch_size=config.batch_size, seed=config.seed)
         self.loader = pipeline.seg_train_loader(self.src, self.info, SegTrainTransform.from_config(a),
                                                 config.batch_size, config.seed, config.iterations,
                                                 workers=d.workers, threads=d.threads, prefetch=d.prefetch)

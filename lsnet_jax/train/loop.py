@@ -260,7 +260,7 @@ def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: 
     reporter = reporting.Reporter(workdir, start, tensorboard=config.tensorboard, write=is_main,
                                   panels=task.curves)
     if is_main:
-        workdirs.write_run_file(workdir, task.fingerprint, task.run_info())
+        workdirs.write_run_file(workdir, task.fingerprint, task.run_info(), start)
     log.info("%s, global batch %d on %d devices", task.describe(), task.global_batch, len(devices))
     progress = reporting.Progress(cad.total_steps, cad.steps_per_epoch, task.global_batch, start)
     end = cad.total_steps if config.max_steps is None else min(cad.total_steps, config.max_steps)

@@ -20,17 +20,26 @@ from lsnet_jax.train.checks import ConfigError
 
 RUN_FILE = "run.json"
 FINGERPRINT_KEYS = ("task", "model", "arch", "num_classes", "img_size", "data")
+# compared only where the run.json of the run being resumed records them (older ones do not)
+RECORDED_KEYS = ("data_version", "data_examples", "batch_size", "seed", "repeats", "bn_group_size")
 
 
 def fingerprint(task: str, model: str, num_classes: int, img_size: int, data_name: str,
-                train_split: str, arch: dict[str, Any] | None = None) -> dict[str, Any]:
+                train_split: str, arch: dict[str, Any] | None = None, **order: Any) -> dict[str, Any]:
     """What a run's checkpoints depend on: another value of any of these cannot resume them.
-    ``arch``: the model settings changed from the variant's (``config.architecture``), if any."""
+    ``arch``: the model settings changed from the variant's (``config.architecture``), if any;
+    ``order``: what the saved data position means (``data_version``, ``data_examples``: the
+    prepared dataset; ``batch_size``, ``seed`` and the sampler's settings: which records the
+    position's next batches hold). Everything else may change on resume (the learning rate of a
+    fine-tune, the epochs, logging, workers) and is recorded in ``run.json``'s history."""
     fp = {"task": task, "model": model, "num_classes": int(num_classes), "img_size": int(img_size),
           "data": f"{data_name}/{train_split}"}
     if arch:
         fp["arch"] = json.loads(json.dumps(arch))  # as run.json holds it (tuples as lists)
-    return fp
+    unknown = set(order) - set(RECORDED_KEYS)
+    if unknown:
+        raise ValueError(f"not fingerprint keys: {sorted(unknown)}")
+    return fp | json.loads(json.dumps(order))
 
 
 def recorded_fingerprint(run: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +73,8 @@ def check(workdir: str | os.PathLike, fp: dict[str, Any]) -> None:
     except (ValueError, KeyError) as e:
         raise ConfigError(f"{run_file} is unreadable ({type(e).__name__}: {e}); start elsewhere with --workdir, "
                           f"or repair it") from None
-    diff = [f"{k} {old.get(k)!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS if old.get(k) != fp.get(k)]
+    keys = [*FINGERPRINT_KEYS, *(k for k in RECORDED_KEYS if k in old)]
+    diff = [f"{k} {old.get(k)!r} -> {fp.get(k)!r}" for k in keys if old.get(k) != fp.get(k)]
     if diff:
         raise ConfigError(
             f"{workdir} holds another run ({old['model']}, {old['num_classes']} classes, {old['img_size']} px, "
@@ -73,12 +83,37 @@ def check(workdir: str | os.PathLike, fp: dict[str, Any]) -> None:
             f"then --workdir NEW_DIR --config.init_weights=W.")
 
 
-def write_run_file(workdir: str | os.PathLike, fp: dict[str, Any], info: dict[str, Any]) -> None:
-    """``run.json``: the fingerprint and what ``lsnet-export-weights`` needs, written by a rename."""
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+def write_run_file(workdir: str | os.PathLike, fp: dict[str, Any], info: dict[str, Any], step: int = 0) -> None:
+    """``run.json``: the fingerprint and what ``lsnet-export-weights`` needs, written by a rename.
+    Its ``history`` keeps, for every start of the run (``step``: where it resumed), the settings
+    that changed since the start before (``config.lr`` of a fine-tune, ``config.epochs``): the
+    record of what the checkpoints were trained with is kept, not overwritten."""
+    import time
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        old = json.loads((workdir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        old = {}
+    history = list(old.get("history", [])) if isinstance(old, dict) else []
+    new_cfg = json.loads(json.dumps(info.get("config", {}), default=str))
+    old_cfg = _flat(old.get("config", {})) if isinstance(old, dict) else {}
+    changes = {k: [old_cfg.get(k), v] for k, v in _flat(new_cfg).items() if k in old_cfg and old_cfg[k] != v}
+    changes |= {k: [v, None] for k, v in old_cfg.items() if k not in _flat(new_cfg)}
+    history.append({"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "step": int(step)}
+                   | ({"changed": changes} if changes else {}))
     tmp = workdir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps({**info, "fingerprint": fp}, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps({**info, "fingerprint": fp, "history": history}, indent=2, default=str) + "\n")
     os.replace(tmp, workdir / RUN_FILE)
 
 
