@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="the ADEChallengeData2016 directory")
     ap.add_argument("--data_dir", required=True, help="TFDS data directory to write into")
+    ap.add_argument("--verify", action="store_true",
+                    help="also hash every source file's bytes, so that an edit keeping a file's size and "
+                         "modification time is seen (by default: paths, sizes, modification times)")
     args = ap.parse_args(argv)
 
     from lsnet_jax.data.builders import (
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{counts['training']} training and {counts['validation']} validation pairs -> {args.data_dir}")
     pairs = {split: list_ade20k(args.root, split) for split in ("training", "validation")}
-    fingerprint = {split: tree_fingerprint([f for pair in pairs[split] for f in pair], args.root)
+    fingerprint = {split: tree_fingerprint([f for pair in pairs[split] for f in pair], args.root,
+                                           content=args.verify)
                    for split in pairs}
     try:
         builder = builder_to_prepare(lambda: Ade20k(root=args.root, data_dir=args.data_dir,

@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow_empty_classes", action="store_true",
                     help="keep class folders without images as labels (by default they are refused: a label "
                          "no image has changes every later class index)")
+    ap.add_argument("--verify", action="store_true",
+                    help="also hash every source file's bytes: an edit that keeps a file's size and "
+                         "modification time (cp -p, rsync -t, tar x) is then seen (by default a rerun "
+                         "compares each file's path, size and modification time)")
     args = ap.parse_args(argv)
 
     from lsnet_jax.data.builders import (
@@ -58,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if empty:
         print(f"warning: {len(empty)} class folders hold no image and are kept as labels: {', '.join(empty[:10])}")
     print(f"{len(classes)} classes, {len(items)} train images, {len(val)} validation images -> {args.data_dir}")
-    fingerprint = {"train": tree_fingerprint([p for p, _ in items], args.train_dir, classes)}
+    fingerprint = {"train": tree_fingerprint([p for p, _ in items], args.train_dir, classes, args.verify)}
     if args.val_dir:
-        fingerprint["validation"] = tree_fingerprint([p for p, _ in val], args.val_dir, classes)
+        fingerprint["validation"] = tree_fingerprint([p for p, _ in val], args.val_dir, classes, args.verify)
 
     try:
         b = builder_to_prepare(lambda: ImagenetFolder(train_dir=args.train_dir, val_dir=args.val_dir,

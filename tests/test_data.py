@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from unittest import mock
@@ -523,6 +524,21 @@ def test_prepare_imagenet_rebuilds_a_changed_tree_and_refuses_empty_classes(tmp_
     assert source.open_source("imagenet_folder", "train", str(out))[1].num_examples == n + 1
     assert prepare_imagenet.main(args) == 0
     assert "unchanged" in capsys.readouterr().out
+    # an edit that keeps the size and modification time (cp -p, rsync -t): the default compares
+    # paths, sizes and times and misses it; --verify hashes the bytes
+    f = tree / "train" / "c2" / "img_0.JPEG"
+    st, edited = f.stat(), bytearray(f.read_bytes())
+    edited[len(edited) // 2] ^= 0x01  # a byte of the scan: same size, another image
+    assert prepare_imagenet.main([*args, "--verify"]) == 0  # no content hash recorded yet: rebuilt
+    assert "prepared without --verify" in capsys.readouterr().out
+    assert prepare_imagenet.main([*args, "--verify"]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    f.write_bytes(bytes(edited))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert prepare_imagenet.main(args) == 0
+    assert "unchanged" in capsys.readouterr().out  # what the default cannot see (said in the README)
+    assert prepare_imagenet.main([*args, "--verify"]) == 0
+    assert "the contents of its train source changed" in capsys.readouterr().out
 
     (tree / "train" / "c3").mkdir()
     (tree / "val" / "c3").mkdir()

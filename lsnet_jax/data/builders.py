@@ -93,14 +93,25 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Pa
 SOURCE_FILE = "source.json"
 
 
-def tree_fingerprint(files: list[Path], root: str | os.PathLike, classes: list[str] = ()) -> dict:
+def tree_fingerprint(files: list[Path], root: str | os.PathLike, classes: list[str] = (),
+                     content: bool = False) -> dict:
     """What a prepared dataset was built from: every source file's path (relative to ``root``),
-    size and modification time, and the class names, hashed; with the file and class counts."""
+    size and modification time, and the class names, hashed; with the file and class counts.
+    With ``content`` also every file's bytes (``content_sha256``): an edit that keeps a file's size
+    and time (``cp -p``, ``rsync -t``, ``tar x``) is seen too, at the cost of reading the tree."""
     h = hashlib.sha256("\0".join(classes).encode() + b"\n")
+    c = hashlib.sha256() if content else None
     for f in sorted(files):
         st = f.stat()
         h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return {"files": len(files), "classes": len(classes), "sha256": h.hexdigest()}
+        if c is not None:
+            digest = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            c.update(f"{f.relative_to(root)}\0".encode() + digest.digest())
+    out = {"files": len(files), "classes": len(classes), "sha256": h.hexdigest()}
+    return out | ({"content_sha256": c.hexdigest()} if c is not None else {})
 
 
 def source_changed(data_dir: str | os.PathLike, fingerprint: dict[str, dict]) -> str | None:
@@ -110,6 +121,18 @@ def source_changed(data_dir: str | os.PathLike, fingerprint: dict[str, dict]) ->
     if not f.is_file():
         return f"it records no source fingerprint ({SOURCE_FILE}; built by an older version)"
     old = json.loads(f.read_text()).get("fingerprint", {})
+    for split, now in fingerprint.items():  # --verify: the files' bytes, where they were recorded
+        if "content_sha256" not in now:  # not asked for now: paths, sizes and times decide
+            old = old | {split: {k: v for k, v in old.get(split, {}).items() if k != "content_sha256"}}
+            continue
+        if "content_sha256" in now:
+            was = old.get(split, {})
+            if "content_sha256" not in was:
+                return "it records no hash of its source's contents (prepared without --verify)"
+            if was["content_sha256"] != now["content_sha256"]:
+                return f"the contents of its {split} source changed since (the --verify hash differs)"
+            old = old | {split: {k: v for k, v in was.items() if k != "sha256"}}
+            fingerprint = fingerprint | {split: {k: v for k, v in now.items() if k != "sha256"}}
     if old == fingerprint:
         return None
     for split in sorted(set(old) | set(fingerprint)):
