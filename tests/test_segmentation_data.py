@@ -236,3 +236,12 @@ def test_digit_scenes_are_drawn_as_the_detection_spec_says():
         assert np.array_equal(s.label, expected)
         ink = s.image.astype(int).min(-1) >= 150  # digit colours are 170-255 per channel, backgrounds < 140
         assert (ink & (s.label > 0)).sum() > 0.9 * ink.sum()
+
+
+def test_a_one_pixel_wide_image_gets_a_test_size_it_can_be_resized_to():
+    """A 5000x1 image rescaled to fit (2048, 512) became 2048x0, and segmentation predict died
+    with a traceback; a side is at least 1, then padded up to the divisor."""
+    assert rescale_size(5000, 1, (2048, 512)) == (2048, 1) and official_test_size(5000, 1) == (2048, 32)
+    assert rescale_size(1, 1, (2048, 512)) == (512, 512)
+    out = SegTestTransform().image(np.full((5000, 1, 3), 200, np.uint8))
+    assert out.shape == (2048, 32, 3) and int(out.min()) == 200

@@ -10,6 +10,13 @@ names maps to a function of this module or to a builtin; nothing is imported by 
 file. Any other name (a class, ``os.system``, a quantized or sparse tensor) is refused with a
 ``RefusedPickle`` that names it. Tensors come back as numpy arrays (bfloat16 as
 ``ml_dtypes.bfloat16``), views of one storage read from it once, each array its own contiguous copy.
+
+A hostile file cannot make it allocate more than the file's own size plus its tensors' copies: an
+archive entry must be stored (``torch.save`` never compresses; a compressed entry could inflate a
+few hundred bytes to gigabytes) and no larger than the file; a tensor may not view more elements
+than its storage holds (a stride-0 view would expand a few bytes to any size); the allowlisted
+constructors take no size from the file (``bytearray(n)`` and numpy's ``_reconstruct`` shape are
+refused or ignored); and the path must be a regular file (a FIFO or device would block or never end).
 """
 
 from __future__ import annotations
@@ -86,6 +93,12 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
         raise PthError(f"a tensor of size {size}, stride {stride}, offset {offset} is malformed")
     if 0 in size:
         return np.zeros(size, storage.dtype)
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel > storage.size:  # a stride-0 (expanded) view: a few bytes of storage copied out to any size
+        raise PthError(f"a tensor of size {size} has {numel} elements, more than its storage's {storage.size}: "
+                       f"an expanded view, not a checkpoint's weights")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.size:
         raise PthError(f"a tensor of size {size} reaches element {last} of a storage of {storage.size}: "
@@ -115,9 +128,19 @@ def _torch_device(*args: Any) -> str:
 
 
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct``: an empty array that ``__setstate__`` then fills with the pickle's
+    own bytes (its shape and data). The shape given here is not allocated: numpy pickles pass
+    ``(0,)``, and a hostile one could ask for any size."""
     if subtype is not np.ndarray:
         raise PthError(f"a numpy array of type {subtype} is not a plain array")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    return np.ndarray.__new__(np.ndarray, (0,), dtype)
+
+
+def _bytearray(*args: Any) -> bytearray:
+    """``bytearray`` of bytes (protocol 2 pickles a bytearray so); ``bytearray(n)`` would allocate n."""
+    if args and isinstance(args[0], int):
+        raise PthError(f"its pickle asks for a bytearray of {args[0]} zero bytes: not data a checkpoint holds")
+    return bytearray(*args)
 
 
 def _numpy_scalar(dtype: np.dtype, data: Any = None) -> Any:
@@ -140,7 +163,8 @@ _SAFE: dict[tuple[str, str], Any] = {
     ("argparse", "Namespace"): Namespace,
     ("_codecs", "encode"): codecs.encode,  # bytes, in pickle protocol 2
     **{(m, f.__name__): f for m in ("builtins", "__builtin__")  # protocol 2 names them __builtin__
-       for f in (set, frozenset, complex, bytearray)},
+       for f in (set, frozenset, complex)},
+    **{(m, "bytearray"): _bytearray for m in ("builtins", "__builtin__")},
     ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
     **{(m, "_reconstruct"): _numpy_reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(m, "scalar"): _numpy_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
@@ -153,7 +177,11 @@ _UNSUPPORTED = {"_rebuild_qtensor": " (a quantized tensor)", "_rebuild_sparse_te
                 "_rebuild_meta_tensor_no_storage": " (a tensor without data)"}
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):
+    """Python's own unpickler, not the C one: the C unpickler sizes its memo by the largest index a
+    pickle puts (a 5-byte ``LONG_BINPUT 2**32-1`` asks it for 32 GB); this one keeps a dict. A
+    checkpoint's pickle is small (its tensors' bytes are outside it), so its speed does not matter."""
+
     def __init__(self, data: bytes, path: str, storage):
         super().__init__(io.BytesIO(data))
         self._path, self._storage = path, storage
@@ -171,6 +199,18 @@ class _Unpickler(pickle.Unpickler):
         return self._storage(str(key), kind.dtype, int(numel))
 
 
+def _check_entries(z: zipfile.ZipFile, file_size: int, path: str) -> None:
+    """Every entry stored (uncompressed) and no larger than the file: what is read is then bounded
+    by the file's own size."""
+    for info in z.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise PthError(f"{path}: entry {info.filename} is compressed ({info.compress_type}); torch.save never "
+                           f"compresses, and inflating it is unbounded: not a checkpoint this reader reads")
+        if info.file_size > file_size or info.compress_size > file_size:
+            raise PthError(f"{path}: entry {info.filename} declares {info.file_size} bytes in a file of {file_size}: "
+                           f"the file is truncated or corrupt")
+
+
 def _archive_prefix(names: list[str], path: str) -> str:
     if any(n.endswith("constants.pkl") for n in names):
         raise PthError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint: save the "
@@ -184,8 +224,10 @@ def _archive_prefix(names: list[str], path: str) -> str:
 def load_pth(path: str | os.PathLike) -> Any:
     """The object ``torch.save`` wrote to ``path``, tensors as numpy arrays (see the module)."""
     path = str(path)
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if not Path(path).is_file():  # a FIFO or a device would block or never end
+        raise PthError(f"{path} is not a regular file (a directory, FIFO or device): give the checkpoint file")
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
@@ -198,6 +240,7 @@ def load_pth(path: str | os.PathLike) -> Any:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             prefix = _archive_prefix(names, path)
+            _check_entries(z, Path(path).stat().st_size, path)
             order = z.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in names else "little"
             storages: dict[str, np.ndarray] = {}
 
@@ -215,9 +258,9 @@ def load_pth(path: str | os.PathLike) -> Any:
                 return storages[key]
 
             return _Unpickler(z.read(prefix + "data.pkl"), path, storage).load()
-    except PthError:
+    except (PthError, MemoryError):  # a MemoryError here would be a bound missed: not a refusal
         raise
-    except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
+    except Exception as e:  # a damaged archive or pickle fails in many ways (IndexError, struct.error, ...)
         raise PthError(f"{path} is not a readable torch.save checkpoint (truncated or corrupt: "
                        f"{type(e).__name__}: {str(e)[:200]}); download it again") from None
 

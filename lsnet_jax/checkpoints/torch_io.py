@@ -70,6 +70,8 @@ def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool 
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give the checkpoint file (.pth, .pt or .safetensors)")
+    if not path.is_file():  # a FIFO would block, a device never end
+        raise ValueError(f"{path} is not a regular file (a FIFO or device); give the checkpoint file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes); download it again")
     if path.suffix == ".safetensors":

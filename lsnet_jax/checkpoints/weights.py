@@ -197,6 +197,8 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[JaxPath, np.ndarray], di
             return {str_path(k): np.asarray(v) for k, v in flat.items()}, meta
         else:
             raise FileNotFoundError(f"{p} holds neither {ORBAX_DIR}/ nor {SAFETENSORS_FILE}")
+    if not p.is_file():  # a FIFO would block, a device never end
+        raise ValueError(f"{p} is not a regular file (a FIFO or device): give a weights directory or .safetensors file")
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from lsnet_jax.checkpoints.weights import check_inputs_kept
-    from lsnet_jax.data.transforms import EvalTransform
+    from lsnet_jax.data.transforms import EvalTransform, read_image_file
     from lsnet_jax.inference.loading import inference_spec, num_classes
     from lsnet_jax.inference.predict import class_names, predict
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     batch, ok, failed = [], [], []
     for f in args.images:
         try:
-            batch.append(transform(Path(f).read_bytes())["image"])
+            batch.append(transform(read_image_file(f))["image"])
             ok.append(f)
         except Exception as e:  # unreadable, truncated, not an image, missing
             failed.append(f)
@@ -123,6 +123,7 @@ def segment_files(args: argparse.Namespace, spec, inputs: list) -> int:
 
     from lsnet_jax.checkpoints.weights import OutputError, check_inputs_kept
     from lsnet_jax.data.segmentation import ADE20K_CLASSES, SegTestTransform, colorize, decode_image
+    from lsnet_jax.data.transforms import read_image_file
     from lsnet_jax.inference.segmentation import logits_fn, predict_labels
 
     out = Path(args.out_dir)
@@ -152,7 +153,7 @@ def segment_files(args: argparse.Namespace, spec, inputs: list) -> int:
     results, failed = [], []
     for f, target in zip(args.images, targets):
         try:
-            image = decode_image(Path(f).read_bytes())
+            image = decode_image(read_image_file(f))
         except Exception as e:  # unreadable, truncated, not an image, missing
             failed.append(f)
             print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)

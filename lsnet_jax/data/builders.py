@@ -27,6 +27,7 @@ from PIL import Image
 
 from lsnet_jax.data.scenes import digit_scene, glyph_split
 from lsnet_jax.data.segmentation import ADE20K_CLASSES
+from lsnet_jax.data.transforms import MAX_FILE_BYTES, UnreadableImage, check_pixels, read_image_file
 
 DIGITS_SIZE = 48
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -187,9 +188,13 @@ def empty_classes(root: str | os.PathLike) -> list[str]:
 
 def unreadable_image(path: Path) -> str | None:
     """Why an image file does not decode, or None. A JPEG is decoded at 1/8 scale (its whole
-    entropy-coded stream is still read, so truncation and corruption show) for speed."""
+    entropy-coded stream is still read, so truncation and corruption show) for speed. One larger
+    than any photo (``transforms.MAX_PIXELS``, ``MAX_FILE_BYTES``) is refused as well."""
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return f"holds {path.stat().st_size / 2**30:.1f} GiB, more than any image read"
         with Image.open(path) as im:
+            check_pixels(*im.size)
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
             im.load()
@@ -247,7 +252,13 @@ class ImagenetFolder(tfds.core.GeneratorBasedBuilder):
                 print(f"left out {path}: {why}", flush=True)
                 continue
             key = str(path.relative_to(root))
-            yield key, {"image": path.read_bytes(), "label": label, "file_name": key}
+            try:
+                data = read_image_file(path)
+            except (UnreadableImage, OSError) as e:  # replaced by a FIFO, grown, removed since listed
+                self.left_out.append((str(path), str(e)))
+                print(f"left out {path}: {e}", flush=True)
+                continue
+            yield key, {"image": data, "label": label, "file_name": key}
 
 
 # ----- semantic segmentation: an image and a label PNG per record -----
@@ -315,12 +326,14 @@ def unreadable_pair(image: Path, label: Path, max_label: int | None = None) -> s
     single-channel with values up to ``max_label``, and both have one size."""
     try:
         with Image.open(image) as im:
+            check_pixels(*im.size)
             im.load()
             size = im.size
     except Exception as e:  # PIL raises many kinds for corrupt data
         return f"image does not decode ({type(e).__name__}: {e})"
     try:
         with Image.open(label) as lb:
+            check_pixels(*lb.size)
             lb.load()
             if lb.mode not in ("L", "P"):
                 return f"label map is {lb.mode}, not a single-channel PNG"

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from lsnet_jax.data.transforms import UnreadableImage
+from lsnet_jax.data.transforms import UnreadableImage, check_pixels
 from lsnet_jax.kernels.resize import bilinear_matrix
 
 IGNORE_INDEX = 255
@@ -73,7 +73,10 @@ def decode_image(data: bytes) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` from encoded bytes, or ``UnreadableImage``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            check_pixels(*im.size)
             return np.asarray(im.convert("RGB"))
+    except UnreadableImage:
+        raise
     except Exception as e:  # PIL raises many kinds for corrupt data
         raise UnreadableImage(f"{type(e).__name__}: {e}") from e
 
@@ -85,6 +88,7 @@ def decode_label(data: bytes, reduce_zero_label: bool) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             if im.mode not in ("L", "P"):
                 raise UnreadableImage(f"a label map must be a single-channel (L or P) PNG, got mode {im.mode}")
+            check_pixels(*im.size)
             label = np.array(im)
     except UnreadableImage:
         raise
@@ -99,9 +103,10 @@ def decode_label(data: bytes, reduce_zero_label: bool) -> np.ndarray:
 
 def rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
     """mmcv's ``imrescale`` size: the largest factor with the long side <= max(scale) and the short
-    side <= min(scale), sizes rounded half up. Returns (H, W)."""
+    side <= min(scale), sizes rounded half up, and at least 1 (a 5000x1 image would otherwise
+    become 2048x0, which nothing can resize to). Returns (H, W)."""
     f = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
+    return max(1, int(h * f + 0.5)), max(1, int(w * f + 0.5))
 
 
 def resize_bilinear_np(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

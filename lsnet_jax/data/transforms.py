@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
+import stat
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,17 +40,51 @@ _LEVEL_DENOM = 10.0
 
 
 class UnreadableImage(ValueError):
-    """The bytes are not an image PIL can decode: not an image, truncated, corrupt. The pipeline
-    skips and counts such records; any other error in a transform is a bug and propagates."""
+    """The bytes are not an image PIL can decode: not an image, truncated, corrupt, or bigger than
+    any photo (``MAX_PIXELS``). The pipeline skips and counts such records; any other error in a
+    transform is a bug and propagates."""
+
+
+# what a file may make the decoders allocate: PIL's decompression-bomb bound (89.5 M pixels, a
+# 9459x9459 image; PIL itself refuses only twice that, and warns between), for the decoded image
+# and for what it is resized to (a 1x100000 image is small to decode and 25.6 G pixels at a
+# shorter side of 256); and the bytes of a file read as an image
+MAX_PIXELS = 89_478_485
+MAX_FILE_BYTES = 1 << 30
+
+
+def check_pixels(width: int, height: int, what: str = "it decodes to") -> None:
+    if width * height > MAX_PIXELS:
+        raise UnreadableImage(f"{what} {width}x{height} = {width * height / 1e6:.0f} M pixels, more than the "
+                              f"{MAX_PIXELS / 1e6:.1f} M of the largest photo read (PIL's decompression-bomb bound)")
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes for decoding: a regular file of at most ``MAX_FILE_BYTES`` (a FIFO would block,
+    a device such as /dev/zero never end); ``UnreadableImage`` otherwise. A missing file raises
+    ``FileNotFoundError``."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableImage(f"{path} is not a regular file (a directory, FIFO or device)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise UnreadableImage(f"{path} holds {st.st_size / 2**30:.1f} GiB, more than any image read "
+                              f"({MAX_FILE_BYTES / 2**30:.0f} GiB)")
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grew since
+    if len(data) > MAX_FILE_BYTES:
+        raise UnreadableImage(f"{path} grew past {MAX_FILE_BYTES / 2**30:.0f} GiB while read")
+    return data
 
 
 def open_image(data: bytes) -> Image.Image:
     """A lazily decoded PIL image (only the header is read). Raises ``UnreadableImage`` on
-    non-image bytes."""
+    non-image bytes, and on an image of more than ``MAX_PIXELS``."""
     try:
-        return Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))
     except Exception as e:  # UnidentifiedImageError, SyntaxError, DecompressionBombError, ...
         raise UnreadableImage(f"{type(e).__name__}: {e}") from e
+    check_pixels(*img.size)
+    return img
 
 
 def decode_rgb(img: Image.Image, need: tuple[int, int] | None = None) -> tuple[Image.Image, float, float]:
@@ -125,6 +161,7 @@ def eval_resize_crop(img: Image.Image, size: int, crop_pct: float, fast_decode: 
         new_w, new_h = short, int(short * height / width)
     else:
         new_w, new_h = int(short * width / height), short
+    check_pixels(new_w, new_h, f"resizing its shorter side to {short} makes it")  # an extreme aspect ratio
     need = (new_w, new_h) if fast_decode else None
     img = decode_rgb(img, need)[0]
     img = img.resize((new_w, new_h), BICUBIC)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -204,7 +205,10 @@ def train_and_evaluate(task_type: Callable[[ml_collections.ConfigDict, Mesh], Ta
     all); returns the last evaluation's ``log.txt`` row (``{}`` if none ran). Orbax's own error
     tracebacks are silenced: a failed save or restore is reported in one line."""
     with run_checkpoints.quiet_orbax_errors():
-        return _train(task_type, config, Path(workdir), jax.devices() if devices is None else list(devices))
+        try:
+            return _train(task_type, config, Path(workdir), jax.devices() if devices is None else list(devices))
+        finally:  # a failed save's asyncio futures, collected while their "never retrieved" logs are dropped
+            gc.collect()
 
 
 def _train(task_type, config: ml_collections.ConfigDict, workdir: Path,
