@@ -122,6 +122,11 @@ def test_predict_never_replaces_an_image_or_an_earlier_label_map(seg_weights, tm
                     str(seg_weights / "config.json")]) == 2
     _refused(capsys, "config.json")
     assert _snapshot(segin) == before
+    # label maps into a folder that cannot be made (below a file): known before any image is read
+    (tmp_path / "a_file").write_text("x")
+    assert predict([str(segin / "photo.png"), "--checkpoint", str(seg_weights), "--out-dir",
+                    str(tmp_path / "a_file" / "seg")]) == 2
+    _refused(capsys, "cannot write label maps", "is a file")
     # an earlier prediction is replaced only with --overwrite
     out = tmp_path / "out"
     out.mkdir()

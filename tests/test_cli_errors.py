@@ -135,6 +135,10 @@ def test_train_answers_bad_command_lines_in_one_line(tmp_path):
         "missing config file": (["--config", str(tmp_path / "nope.py")], "nope.py"),
         "unknown dataset": (["--config.data.name=lsnet_digit"], "'lsnet_digit' not found"),
         "workdir not writable": (["--workdir", str(tmp_path / "a_file" / "w")], "a_file"),
+        "init weights missing": (["--config.init_weights=" + str(tmp_path / "no_weights")], "no_weights"),
+        "teacher missing": (["--config.model=lsnet_t_distill", "--config.distillation.type=hard",
+                             "--config.distillation.teacher_model=regnety_002",
+                             "--config.distillation.teacher_checkpoint=" + str(tmp_path / "no_teacher")], "no_teacher"),
     }
     procs = {case: subprocess.Popen([sys.executable, str(ROOT / "train.py"), *base, *argv], env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -195,6 +199,10 @@ def test_every_path_flag_is_checked_in_one_line(weights, tmp_path, capsys):
         "evaluate --class_map missing": (evaluate, ["--weights", str(weights), "--data", "lsnet_digits", "--split",
                                                     "test", "--data_dir", str(tmp_path / "tfds"), "--class_map",
                                                     str(tmp_path / "no.json")], "no.json"),
+        "predict --json below a file": (predict, [str(tmp_path / "x.png"), "--checkpoint", str(weights), "--json",
+                                                  str(tmp_path / "a_file" / "p.json")], "a_file"),
+        "evaluate --json a folder": (evaluate, ["--weights", str(weights), "--data", "lsnet_digits", "--json",
+                                                str(tmp_path)], "is a directory"),
         "export --out below a file": (export, ["--weights", str(weights), "--out", str(tmp_path / "a_file" / "x")],
                                       "a_file"),
         "export_weights --workdir missing": (export_weights, ["--workdir", str(tmp_path / "no"), "--out",

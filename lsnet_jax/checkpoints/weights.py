@@ -72,6 +72,18 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Iterable[str 
         raise OutputError(f"cannot write {p}: {why}; choose another output")
 
 
+def check_report(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """A report file (``--json``) that can be written where asked, checked before the work whose
+    result it holds: not a directory, not below a file or in a read-only directory, not an input."""
+    check_inputs_kept(path, inputs)
+    p = Path(path).absolute()
+    if p.is_dir():
+        raise OutputError(f"{p} is a directory; give a file name for the report")
+    why = unwritable(p)
+    if why:
+        raise OutputError(f"cannot write {p}: {why}; choose another file")
+
+
 def existing_ancestor(path: str | os.PathLike) -> Path:
     """``path`` itself if it exists, else its nearest existing parent."""
     p = Path(path).absolute()

@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="segmentation: the keep-ratio test resize (default: the weights' own, else "
                          "ADE20K's 2048 512)")
     args = ap.parse_args(argv)
-    from lsnet_jax.checkpoints.weights import OutputError, check_inputs_kept
+    from lsnet_jax.checkpoints.weights import OutputError, check_report
 
-    try:  # the report never replaces what is read (the weights, the data, a class map)
+    try:  # before the work: the report can be written, and never replaces what is read
         if args.json:
-            check_inputs_kept(args.json, [p for p in (args.weights, args.data_dir, args.class_map)
-                                          if p and Path(p).exists()])
+            check_report(args.json, [p for p in (args.weights, args.data_dir, args.class_map)
+                                     if p and Path(p).exists()])
     except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

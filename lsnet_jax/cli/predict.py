@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ADE20K's 2048 512)")
     args = ap.parse_args(argv)
 
-    from lsnet_jax.checkpoints.weights import check_inputs_kept
+    from lsnet_jax.checkpoints.weights import check_report
     from lsnet_jax.data.transforms import EvalTransform, read_image_file
     from lsnet_jax.inference.loading import inference_spec, num_classes
     from lsnet_jax.inference.predict import class_names, predict
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args.images = list(dict.fromkeys(args.images))  # an image named twice is predicted once
     inputs = [*args.images, *([ckpt] if ckpt.exists() else [])]
     try:
-        if args.json:
-            check_inputs_kept(args.json, inputs)
+        if args.json:  # before the work: a report that cannot be written is known now, not after it
+            check_report(args.json, inputs)
         spec = inference_spec(ckpt, args.model, args.img_size, args.crop_pct)
     except (FileNotFoundError, ValueError) as e:  # FileNotFoundError: published weights offline, not cached
         print(f"error: {e}", file=sys.stderr)
@@ -121,7 +121,7 @@ def label_paths(images: list[str], out_dir: Path) -> list[Path]:
 def segment_files(args: argparse.Namespace, spec, inputs: list) -> int:
     from PIL import Image
 
-    from lsnet_jax.checkpoints.weights import OutputError, check_inputs_kept
+    from lsnet_jax.checkpoints.weights import OutputError, check_inputs_kept, unwritable
     from lsnet_jax.data.segmentation import ADE20K_CLASSES, SegTestTransform, colorize, decode_image
     from lsnet_jax.data.transforms import read_image_file
     from lsnet_jax.inference.segmentation import logits_fn, predict_labels
@@ -130,6 +130,9 @@ def segment_files(args: argparse.Namespace, spec, inputs: list) -> int:
     targets = label_paths(args.images, out)
     overlays = [t.with_name(f"{t.stem}_overlay.png") for t in targets] if args.overlay else []
     try:  # before any image is read: no output may replace an input, nor an earlier prediction unasked
+        why = unwritable(out / "x.png")
+        if why:
+            raise OutputError(f"cannot write label maps into {out.absolute()}: {why}; give another --out-dir")
         for t in [*targets, *overlays]:
             check_inputs_kept(t, inputs)
         existing = [t for t in [*targets, *overlays] if t.exists()]

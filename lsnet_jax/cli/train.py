@@ -43,6 +43,7 @@ def main(argv: list[str]) -> None:
         else:  # SLURM and other clusters JAX detects
             jax.distributed.initialize()
     from lsnet_jax.checkpoints.run import CheckpointSaveError, install_quiet_orbax_errors
+    from lsnet_jax.checkpoints.state import CheckpointMismatchError, CheckpointValueError
     from lsnet_jax.data.source import DatasetNotFoundError
     from lsnet_jax.tasks import train_and_evaluate
     from lsnet_jax.train.checks import ConfigError
@@ -50,8 +51,8 @@ def main(argv: list[str]) -> None:
     install_quiet_orbax_errors()  # a failed save or restore is reported in one line, not Orbax's tracebacks
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (ConfigError, DatasetNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, DatasetNotFoundError, CheckpointMismatchError, CheckpointValueError) as e:
+        print(f"error: {e}", file=sys.stderr)  # a checkpoint's mismatch lists its keys below this line
         sys.exit(2)
     except FloatingPointError as e:  # non-finite loss: the message names the step
         print(f"error: {e}", file=sys.stderr)

@@ -77,6 +77,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if kind == "hard" and config.distillation.teacher_model not in list_models():
         raise ConfigError(f"config.distillation.teacher_model={config.distillation.teacher_model!r} is not a model; "
                           f"choose one of {list_models()}")
+    teacher = config.distillation.teacher_checkpoint
+    if kind == "hard" and not (os.path.exists(teacher) or teacher.startswith("hf-hub:")):
+        raise ConfigError(f"config.distillation.teacher_checkpoint={teacher!r} does not exist; give the teacher's "
+                          f"weights directory (lsnet-convert regnety_160-a5fe301d.pth DIR, or lsnet-export-weights)")
     if config.init_weights and not (os.path.exists(config.init_weights) or config.init_weights.startswith("hf-hub:")):
         raise ConfigError(f"config.init_weights={config.init_weights!r} does not exist; give a directory written by "
                           f"lsnet-convert or lsnet-export-weights, or hf-hub:OWNER/REPO/FILE (e.g. "
