@@ -4,10 +4,18 @@ plus the photos scikit-learn ships) turned into a TFDS ``imagenet_folder`` datas
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+def single_device_env(**extra: str) -> dict[str, str]:
+    """The environment of a child JAX process on one CPU device, as a user's (no forced device
+    count), with the tests' XLA flags (conftest)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return env | {"XLA_FLAGS": os.environ.get("LSNET_JAX_TEST_XLA_FLAGS", "")} | extra
+
 
 # one colour per class: a readable label, even after cropping and resizing
 CLASS_COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.float32)

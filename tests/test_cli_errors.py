@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from data_utils import single_device_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +125,7 @@ def test_evaluate_and_export_answer_missing_inputs(weights, tmp_path, capsys):
 def test_train_answers_bad_command_lines_in_one_line(tmp_path):
     """The bad command lines of train.py, run as a user would (in parallel: each is a process)."""
     (tmp_path / "a_file").write_text("x")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT),
+    env = single_device_env() | {"PYTHONPATH": str(ROOT),
                                                                        "LSNET_JAX_HUGE_PAGES": "0"}
     base = ["--config", str(ROOT / "configs" / "digits.py"), "--workdir", str(tmp_path / "w"),
             f"--config.data.data_dir={tmp_path / 'tfds'}"]

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_utils import single_device_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Run in a child under RLIMIT_AS: reads every file given, prints one JSON line per file
@@ -62,7 +64,7 @@ print(json.dumps({"peak_rss_mib": peak_mib()}), flush=True)
 
 
 def _read_all(kind: str, files: list[Path], timeout: float = 300) -> tuple[dict[str, dict], float]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
+    env = single_device_env() | {"PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-c", _READER, kind, *map(str, files)], capture_output=True, text=True,
                        timeout=timeout, env=env)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -46,7 +46,8 @@ def test_notebooks_run_top_to_bottom(checkout, monkeypatch):
     assert [p.name for p in NOTEBOOKS] == ["01_classify_and_benchmark.ipynb", "02_finetune.ipynb"]
     monkeypatch.setenv("LSNET_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("PYTHONPATH", str(checkout) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as a user's runtime
+    # one CPU device, as a user's runtime (with the tests' XLA flags, conftest)
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("LSNET_JAX_TEST_XLA_FLAGS", ""))
     first = _text(_run(checkout / "notebooks" / NOTEBOOKS[0].name, checkout / "notebooks"))
     assert "converting a random PyTorch model" in first  # no network in CI: the offline path ran
     assert "largest |JAX - PyTorch|" in first  # the converter checked the logits

@@ -22,6 +22,8 @@ import pytest
 from lsnet_jax.checkpoints import run as rc
 from lsnet_jax.train.reporting import Reporter, read_jsonl
 
+from data_utils import single_device_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -242,7 +244,7 @@ def test_grain_workers_end_with_their_parent(sig, tmp_path_factory):
     from lsnet_jax.data.source import open_source
 
     open_source("lsnet_digits", "train", str(data_dir))  # built here, once
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
+    env = single_device_env() | {"PYTHONPATH": str(ROOT)}
     script = tmp_path_factory.mktemp("workers") / "load.py"
     script.write_text(_WORKERS)
     proc = subprocess.Popen([sys.executable, str(script), str(data_dir)], env=env, stdout=subprocess.PIPE,

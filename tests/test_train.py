@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from lsnet_jax.data.source import DatasetNotFoundError
 from lsnet_jax.tasks import train_and_evaluate
 from lsnet_jax.tasks.classification import validate_config
 from lsnet_jax.train.checks import ConfigError
+
+from data_utils import single_device_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +109,7 @@ def test_preempted_then_killed_mid_epoch_then_resumed_gives_the_same_losses(data
     end), preempted (SIGTERM: a checkpoint at that step, exit 0), resumed, killed (SIGKILL)
     mid-epoch, its newest checkpoint damaged, resumed: the same per-step losses as an
     uninterrupted run; its exported weights score what the run logged."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a laptop
+    env = single_device_env()  # one device, as a laptop
     env |= {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": str(ROOT)}
     extra = ["--config.epochs=1", "--config.log_every_steps=1", "--config.checkpoint_every_steps=4",
@@ -260,7 +261,7 @@ def test_bad_configs_stop_at_start(data_dir, tmp_path):
     assert not (tmp_path / "w1").exists()
     with pytest.raises(DatasetNotFoundError, match="prepare_imagenet.py"):
         train_and_evaluate(digits_config(str(tmp_path), **{"data.name": "imagenet_folder"}), tmp_path / "w")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
+    env = single_device_env() | {"PYTHONPATH": str(ROOT)}
     p = _run_train(tmp_path / "w2", data_dir, ["--config.no_such_key=1"], env)
     out, _ = p.communicate(timeout=120)
     assert p.returncode != 0 and "no_such_key" in out
@@ -273,7 +274,7 @@ def test_two_processes_preempted_and_resumed_equal_one_process(data_dir, one_dev
     resume there. The losses equal a single uninterrupted process's."""
     import socket
 
-    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
+    base = single_device_env() | {"PYTHONPATH": str(ROOT)}
     extra = [f"--config.{k}={v}" for k, v in SMALL.items()] + ["--config.tensorboard=False"]
 
     def launch() -> list[subprocess.Popen]:
