@@ -157,15 +157,17 @@ def pipeline_rate(source, info, size: int, workers: int, batch: int = 32,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lsnet_jax.cli.args import nonnegative_int, positive_int
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", default=None, help="a TFDS data_dir holding --name (default: make one)")
     ap.add_argument("--name", default="imagenet_folder")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--n", type=int, default=400, help="records to time")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--workers", type=int, default=0,
+    ap.add_argument("--n", type=positive_int, default=400, help="records to time")
+    ap.add_argument("--size", type=positive_int, default=224)
+    ap.add_argument("--workers", type=nonnegative_int, default=0,
                     help="also run the real training loader with this many worker processes")
-    ap.add_argument("--batch", type=int, default=32, help="the training loader's batch size")
+    ap.add_argument("--batch", type=positive_int, default=32, help="the training loader's batch size")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
 

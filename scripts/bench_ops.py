@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark import DTYPES, _timeit  # noqa: E402  (scripts/benchmark.py, beside this file)
 from lsnet_jax.kernels import reference, xla_cpu  # noqa: E402
+from lsnet_jax.cli.args import positive_float, positive_int  # noqa: E402
 from lsnet_jax.models.lsnet import model_config  # noqa: E402
 from lsnet_jax.runtime import restart_with_huge_pages  # noqa: E402
 
@@ -127,10 +128,10 @@ def bench(name: str, batch: int, img_size: int, dtype: str, min_time: float) -> 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lsnet_t", choices=("lsnet_t", "lsnet_s", "lsnet_b"))
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--batch", type=positive_int, default=32)
+    ap.add_argument("--img-size", type=positive_int, default=224)
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per figure")
+    ap.add_argument("--min-time", type=positive_float, default=1.0, help="seconds of timed calls per figure")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, {args.model} batch {args.batch}, "

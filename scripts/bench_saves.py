@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from lsnet_jax.checkpoints import run as run_checkpoints
+from lsnet_jax.cli.args import positive_int
 from lsnet_jax.train import optim
 from lsnet_jax.tasks.classification import build_model
 from lsnet_jax.train.steps import StepConfig, init_train_state, train_step
@@ -83,10 +84,10 @@ def run(mode: str, args: argparse.Namespace, directory: Path, state, step, batch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lsnet_t")
-    ap.add_argument("--steps", type=int, default=66)
-    ap.add_argument("--every", type=int, default=11)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--img", type=int, default=32)
+    ap.add_argument("--steps", type=positive_int, default=66)
+    ap.add_argument("--every", type=positive_int, default=11)
+    ap.add_argument("--batch", type=positive_int, default=64)
+    ap.add_argument("--img", type=positive_int, default=32)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         init = setup(args)

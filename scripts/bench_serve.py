@@ -205,12 +205,14 @@ def plot(rows: list[dict], batch: int, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lsnet_jax.cli.args import positive_float, positive_int
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lsnet_t")
-    ap.add_argument("--img", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--calls", type=int, default=100, help="batch-1 calls timed")
-    ap.add_argument("--min-time", type=float, default=3.0, help="seconds of batch calls timed")
+    ap.add_argument("--img", type=positive_int, default=224)
+    ap.add_argument("--batch", type=positive_int, default=32)
+    ap.add_argument("--calls", type=positive_int, default=100, help="batch-1 calls timed")
+    ap.add_argument("--min-time", type=positive_float, default=3.0, help="seconds of batch calls timed")
     ap.add_argument("--only", nargs="+", choices=list(RUNTIMES), default=list(RUNTIMES))
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)

@@ -47,6 +47,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lsnet_jax import create_model, fold, kernels, list_models  # noqa: E402
+from lsnet_jax.cli.args import nonnegative_int, positive_float, positive_int  # noqa: E402
 from lsnet_jax.runtime import restart_with_huge_pages  # noqa: E402
 from lsnet_jax.data.transforms import erasing_box  # noqa: E402
 from lsnet_jax.models import DTYPES  # noqa: E402
@@ -448,8 +449,8 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["lsnet_t"], choices=list_models())
-    ap.add_argument("--batch", nargs="+", type=int, default=[32])
-    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--batch", nargs="+", type=positive_int, default=[32])
+    ap.add_argument("--img-size", type=positive_int, default=224)
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=sorted(DTYPES))
     ap.add_argument("--deploy", action="store_true", help="folded inference")
     ap.add_argument("--unfolded", action="store_true", help="inference with BN and RepVGG branches")
@@ -463,8 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time the PyTorch model under torch.compile (TorchInductor) as well as eagerly")
     ap.add_argument("--impl", default="auto", choices=kernels.IMPLS,
                     help="the JAX model's kernels (lsnet_jax.kernels; recorded per row as 'kernels')")
-    ap.add_argument("--min-time", type=float, default=3.0, help="seconds of timed calls per row")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--min-time", type=positive_float, default=3.0, help="seconds of timed calls per row")
+    ap.add_argument("--warmup", type=nonnegative_int, default=2)
     ap.add_argument("--json", default=None)
     ap.add_argument("--csv", default=None)
     ap.add_argument("--plot", default=None, help="PNG of images/s against batch size")

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from lsnet_jax import create_model, fold, list_models
+from lsnet_jax.cli.args import positive_int
 from lsnet_jax.checkpoints.state import state_shapes
 
 
@@ -63,8 +64,8 @@ def summarise(name: str, batch: int, img: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["lsnet_t"], choices=list_models())
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--img-size", type=positive_int, default=224)
     args = p.parse_args()
     print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, {args.img_size}px, float32")
     head = f"{'model':<17}{'params':>12}{'deploy params':>15}{'GMACs':>8}{'fold |diff|':>13}{'compile s':>11}{'images/s':>10}"

@@ -214,3 +214,23 @@ def test_every_path_flag_is_checked_in_one_line(weights, tmp_path, capsys):
     for case, (main, argv, what) in cases.items():
         assert main(argv) == 2, case
         assert what in _one_error(capsys.readouterr().err), case
+
+
+@pytest.mark.parametrize("script,argv,flag", [
+    ("benchmark", ["--batch", "-5"], "--batch"), ("benchmark", ["--min-time", "0"], "--min-time"),
+    ("bench_ops", ["--img-size", "0"], "--img-size"), ("bench_serve", ["--calls", "-1"], "--calls"),
+    ("bench_input", ["--workers", "-2"], "--workers"), ("bench_saves", ["--every", "0"], "--every"),
+    ("model_summary", ["--batch", "0"], "--batch"),
+])
+def test_the_scripts_number_flags_are_checked_in_one_line(script, argv, flag, capsys, monkeypatch):
+    """The same flags on the developer scripts (benchmarks, model summary) as on the tools."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])  # for the mains that read sys.argv
+    main = importlib.import_module(script).main
+    with pytest.raises(SystemExit) as e:
+        main(argv) if main.__code__.co_argcount else main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"error: argument {flag}" in err.strip().splitlines()[-1], err
