@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import collections
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -93,9 +94,7 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
         raise PthError(f"a tensor of size {size}, stride {stride}, offset {offset} is malformed")
     if 0 in size:
         return np.zeros(size, storage.dtype)
-    numel = 1
-    for n in size:
-        numel *= n
+    numel = math.prod(size)
     if numel > storage.size:  # a stride-0 (expanded) view: a few bytes of storage copied out to any size
         raise PthError(f"a tensor of size {size} has {numel} elements, more than its storage's {storage.size}: "
                        f"an expanded view, not a checkpoint's weights")

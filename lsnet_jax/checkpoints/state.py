@@ -46,7 +46,8 @@ class CheckpointValueError(ValueError):
     point (a quantised or integer tensor), or not finite."""
 
 
-def _is_float(dtype: np.dtype) -> bool:
+def is_float_dtype(dtype: np.dtype) -> bool:
+    """Floating point, bfloat16 included (numpy does not count it)."""
     import ml_dtypes
 
     return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
@@ -55,7 +56,7 @@ def _is_float(dtype: np.dtype) -> bool:
 def check_values(items: Mapping[str, Any], what: str) -> None:
     """Every array of ``items`` (name -> weights of a float leaf) is floating point and finite, or
     a ``CheckpointValueError`` names the offending ones (at most 10, with their count)."""
-    wrong = [f"{k} ({np.asarray(a).dtype})" for k, a in items.items() if not _is_float(np.asarray(a).dtype)]
+    wrong = [f"{k} ({np.asarray(a).dtype})" for k, a in items.items() if not is_float_dtype(np.asarray(a).dtype)]
     if wrong:
         raise CheckpointValueError(
             f"{what}: {len(wrong)} weights are not floating point: {', '.join(wrong[:10])}"
@@ -96,7 +97,7 @@ def load_flat(model: nnx.Module, flat: Mapping[JaxPath, Any], what: str = "weigh
         raise CheckpointMismatchError(what, missing, unexpected, mismatched)
     state = nnx.state(model)
     check_values({path_str(tuple(p)): flat[tuple(p)] for p, v in nnx.to_flat_state(state)
-                  if _is_float(np.dtype(v.get_value().dtype))}, what)
+                  if is_float_dtype(np.dtype(v.get_value().dtype))}, what)
     for path, var in nnx.to_flat_state(state):
         var.set_value(jax.numpy.asarray(flat[tuple(path)], var.get_value().dtype))
     nnx.update(model, state)

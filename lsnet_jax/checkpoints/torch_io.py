@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
-from lsnet_jax.checkpoints.state import JaxPath
+from lsnet_jax.checkpoints.state import JaxPath, is_float_dtype
 
 
 def to_torch_layout(path: JaxPath, a: np.ndarray) -> np.ndarray:
@@ -104,11 +103,9 @@ def read_checkpoint(path: str | Path, use_ema: bool = False, trust_pickle: bool 
 
 def float32(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Floating-point entries (float16, bfloat16, float64) as float32; integer buffers as they are."""
-    return {k: np.asarray(v, np.float32) if _floating(np.asarray(v).dtype) else np.asarray(v) for k, v in sd.items()}
+    return {k: np.asarray(v, np.float32) if is_float_dtype(np.asarray(v).dtype) else np.asarray(v) for k, v in sd.items()}
 
 
-def _floating(dtype: np.dtype) -> bool:
-    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
 
 
 def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | Path, wrap: str = "model",

@@ -67,9 +67,7 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Iterable[str 
     if not overwrite and (p.is_file() or (p.is_dir() and any(p.iterdir()))):
         raise OutputError(f"{p} already exists{' and is not empty' if p.is_dir() else ''}; choose another "
                           f"output, or pass --overwrite to replace it (what it holds is deleted)")
-    why = unwritable(p)
-    if why:
-        raise OutputError(f"cannot write {p}: {why}; choose another output")
+    _check_writable(p)
 
 
 def check_report(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
@@ -79,9 +77,13 @@ def check_report(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     p = Path(path).absolute()
     if p.is_dir():
         raise OutputError(f"{p} is a directory; give a file name for the report")
+    _check_writable(p)
+
+
+def _check_writable(p: Path) -> None:
     why = unwritable(p)
     if why:
-        raise OutputError(f"cannot write {p}: {why}; choose another file")
+        raise OutputError(f"cannot write {p}: {why}; choose another output")
 
 
 def existing_ancestor(path: str | os.PathLike) -> Path:

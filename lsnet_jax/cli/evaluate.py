@@ -34,6 +34,7 @@ from pathlib import Path
 
 from lsnet_jax.cli.args import crop_fraction, nonnegative_int, positive_int
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lsnet-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,6 +12,7 @@ import sys
 
 from lsnet_jax.cli.args import nonnegative_int
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lsnet-export-weights", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -122,18 +122,19 @@ def source_changed(data_dir: str | os.PathLike, fingerprint: dict[str, dict]) ->
     if not f.is_file():
         return f"it records no source fingerprint ({SOURCE_FILE}; built by an older version)"
     old = json.loads(f.read_text()).get("fingerprint", {})
+    def without(d: dict, key: str) -> dict:
+        return {k: v for k, v in d.items() if k != key}
+
     for split, now in fingerprint.items():  # --verify: the files' bytes, where they were recorded
+        was = old.get(split, {})
         if "content_sha256" not in now:  # not asked for now: paths, sizes and times decide
-            old = old | {split: {k: v for k, v in old.get(split, {}).items() if k != "content_sha256"}}
-            continue
-        if "content_sha256" in now:
-            was = old.get(split, {})
-            if "content_sha256" not in was:
-                return "it records no hash of its source's contents (prepared without --verify)"
-            if was["content_sha256"] != now["content_sha256"]:
-                return f"the contents of its {split} source changed since (the --verify hash differs)"
-            old = old | {split: {k: v for k, v in was.items() if k != "sha256"}}
-            fingerprint = fingerprint | {split: {k: v for k, v in now.items() if k != "sha256"}}
+            old = old | {split: without(was, "content_sha256")}
+        elif "content_sha256" not in was:
+            return "it records no hash of its source's contents (prepared without --verify)"
+        elif was["content_sha256"] != now["content_sha256"]:
+            return f"the contents of its {split} source changed since (the --verify hash differs)"
+        else:  # the same bytes: a touched time does not matter
+            old, fingerprint = old | {split: without(was, "sha256")}, fingerprint | {split: without(now, "sha256")}
     if old == fingerprint:
         return None
     for split in sorted(set(old) | set(fingerprint)):
@@ -154,13 +155,13 @@ def builder_to_prepare(make, fingerprint: dict[str, dict], sources: tuple = ()):
     A dataset directory that is, holds or lies inside one of ``sources`` is refused (ValueError)
     before anything is written or removed: rebuilding it would delete the source."""
     b = make()
-    out = Path(os.path.realpath(b.data_dir))
+    out = Path(os.path.realpath(b.data_dir))  # (checkpoints.weights.overlap: data does not import it)
     for s in sources:
         src = Path(os.path.realpath(s))
-        if out == src or out in src.parents or src in out.parents:
-            raise ValueError(f"the dataset directory {out} {'is' if out == src else 'holds' if out in src.parents else 'lies inside'} "
-                             f"the source {src}: preparing it there could delete the source. Give a --data_dir "
-                             f"outside {src}")
+        how = "is" if out == src else "holds" if out in src.parents else "lies inside" if src in out.parents else ""
+        if how:
+            raise ValueError(f"the dataset directory {out} {how} the source {src}: preparing it there could delete "
+                             f"the source. Give a --data_dir outside {src}")
     if not b.is_prepared():
         return b
     why = source_changed(b.data_dir, fingerprint)
@@ -191,8 +192,9 @@ def unreadable_image(path: Path) -> str | None:
     entropy-coded stream is still read, so truncation and corruption show) for speed. One larger
     than any photo (``transforms.MAX_PIXELS``, ``MAX_FILE_BYTES``) is refused as well."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return f"holds {path.stat().st_size / 2**30:.1f} GiB, more than any image read"
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return f"holds {size / 2**30:.1f} GiB, more than any image read"
         with Image.open(path) as im:
             check_pixels(*im.size)
             if im.format == "JPEG":

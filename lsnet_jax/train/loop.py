@@ -318,7 +318,7 @@ def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: 
         aside, so that the same command resumes from a good one; raise ``FloatingPointError``."""
         with contextlib.suppress(Exception):  # a failed save is not what is reported here
             saver.wait()
-        suspects = [s for s in health.suspects() if (Path(manager.directory) / str(s)).is_dir()]
+        suspects = sorted(set(health.suspects()) & set(run_checkpoints.complete_steps(manager.directory)))
         if is_main:
             for s in suspects:
                 run_checkpoints.move_aside(Path(manager.directory) / str(s), "diverged")

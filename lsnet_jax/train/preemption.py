@@ -4,9 +4,10 @@ step, says where it stopped and how to resume, and returns normally (exit 0).
 
 One process: a Python signal handler sets a flag the loop reads after every step; a second
 Ctrl-C interrupts at once, except while that last checkpoint is being written (it would be lost):
-then it is said to be coming, and the run stops as soon as it is written. Several processes (``jax.distributed``): every process must stop at
-the same step, so JAX's preemption service (its own SIGTERM handler, installed by
-``jax.distributed.initialize``) agrees on one; ``reached(step)`` asks it every step.
+then it is said to be coming, and the run stops as soon as it is written. Several processes
+(``jax.distributed``): every process must stop at the same step, so JAX's preemption service (its
+own SIGTERM handler, installed by ``jax.distributed.initialize``) agrees on one; ``reached(step)``
+asks it every step.
 """
 
 from __future__ import annotations

@@ -105,11 +105,11 @@ def write_run_file(workdir: str | os.PathLike, fp: dict[str, Any], info: dict[st
         old = json.loads((workdir / RUN_FILE).read_text())
     except (OSError, ValueError):
         old = {}
-    history = list(old.get("history", [])) if isinstance(old, dict) else []
-    new_cfg = json.loads(json.dumps(info.get("config", {}), default=str))
-    old_cfg = _flat(old.get("config", {})) if isinstance(old, dict) else {}
-    changes = {k: [old_cfg.get(k), v] for k, v in _flat(new_cfg).items() if k in old_cfg and old_cfg[k] != v}
-    changes |= {k: [v, None] for k, v in old_cfg.items() if k not in _flat(new_cfg)}
+    old = old if isinstance(old, dict) else {}
+    old_cfg, new_cfg = _flat(old.get("config", {})), _flat(json.loads(json.dumps(info.get("config", {}), default=str)))
+    changes = {k: [old_cfg[k], v] for k, v in new_cfg.items() if k in old_cfg and old_cfg[k] != v}
+    changes |= {k: [v, None] for k, v in old_cfg.items() if k not in new_cfg}
+    history = list(old.get("history", []))
     history.append({"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "step": int(step)}
                    | ({"changed": changes} if changes else {}))
     tmp = workdir / f".{RUN_FILE}.tmp"
