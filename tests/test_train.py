@@ -256,6 +256,10 @@ def test_bad_configs_stop_at_start(data_dir, tmp_path):
         validate_config(digits_config(data_dir, model="resnet50"), 1)
     with pytest.raises(ConfigError, match="teacher"):
         validate_config(digits_config(data_dir, model="lsnet_t_distill", **{"distillation.type": "hard"}), 1)
+    # no teacher: the official code builds the plain model; an untrained head_dist would be averaged in
+    with pytest.raises(ConfigError, match="distillation head untrained but averaged into every prediction; "
+                                          "train config.model='lsnet_t'"):
+        validate_config(digits_config(data_dir, model="lsnet_t_distill"), 1)
     with pytest.raises(ConfigError, match="config.num_classes=1 is smaller than the 10 classes of lsnet_digits/train"):
         train_and_evaluate(digits_config(data_dir, num_classes=1), tmp_path / "w1")  # trained to loss 0, exit 0
     assert not (tmp_path / "w1").exists()

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from lsnet_jax.data import dense
 from lsnet_jax.data.scenes import digit_scene, glyph_split
 from lsnet_jax.data.segmentation import ADE20K_CLASSES
 from lsnet_jax.data.transforms import MAX_FILE_BYTES, UnreadableImage, check_pixels, read_image_file
@@ -324,14 +325,15 @@ def list_ade20k(root: str | os.PathLike, split: str) -> list[tuple[Path, Path]]:
 
 
 def unreadable_pair(image: Path, label: Path, max_label: int | None = None) -> str | None:
-    """Why an (image, label map) pair cannot be used, or None: each must decode, the label map be
-    single-channel with values up to ``max_label``, and both have one size."""
+    """Why an (image, label map) pair cannot be used, or None: each must decode as the pipeline
+    decodes it (the image through OpenCV, EXIF orientation applied, as mmseg; the label map through
+    PIL, unchanged), the label map be single-channel with values up to ``max_label``, and both have
+    one size."""
     try:
-        with Image.open(image) as im:
-            check_pixels(*im.size)
-            im.load()
-            size = im.size
-    except Exception as e:  # PIL raises many kinds for corrupt data
+        data = read_image_file(image)
+        h, w = dense.decode_color(data).shape[:2]
+        size, stored = (w, h), dense.image_size(data)[::-1]
+    except Exception as e:  # UnreadableImage, OSError
         return f"image does not decode ({type(e).__name__}: {e})"
     try:
         with Image.open(label) as lb:
@@ -340,7 +342,9 @@ def unreadable_pair(image: Path, label: Path, max_label: int | None = None) -> s
             if lb.mode not in ("L", "P"):
                 return f"label map is {lb.mode}, not a single-channel PNG"
             if lb.size != size:
-                return f"label map is {lb.size[0]}x{lb.size[1]}, the image {size[0]}x{size[1]}"
+                turned = (f" as shown (its EXIF orientation turns the stored {stored[0]}x{stored[1]}, as "
+                          f"mmseg's decoder does)" if stored != size else "")
+                return f"label map is {lb.size[0]}x{lb.size[1]}, the image {size[0]}x{size[1]}{turned}"
             if max_label is not None:
                 values = np.asarray(lb)
                 if values.max() > max_label:

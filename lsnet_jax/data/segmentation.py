@@ -8,10 +8,11 @@ the padded region is set to 0 after normalising, as mmseg pads the normalised im
 Test (``SegTestTransform``): keep-ratio resize to fit the test scale, then to multiples of 32 (the
 official ``AlignResize``); the label stays at its original size for the metric.
 
-Resizes follow OpenCV (which mmcv calls): bilinear with half-pixel centres and no antialiasing
-(computed in float and rounded, within one level of OpenCV's fixed point), nearest as
-``floor(i * src / dst)``. The random draws follow mmseg's order and laws, from a numpy generator
-seeded per sample (so the data are a pure function of the step, as for classification).
+Decoding, resizes and the HSV steps are OpenCV's own calls, as mmcv makes them (``data.dense``),
+so the pixels and labels equal mmseg's (``tests/test_mmseg.py`` runs mmseg 0.30's classes beside
+these). The random draws follow mmseg's order and laws, from a numpy generator seeded per sample
+(so the data are a pure function of the step, as for classification); given mmseg's draws they
+give its outputs.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import math
 import numpy as np
 from PIL import Image
 
+from lsnet_jax.data.dense import decode_color, hsv_to_rgb, rescale_size, resize_linear, resize_nearest, rgb_to_hsv
 from lsnet_jax.data.transforms import UnreadableImage, check_pixels
-from lsnet_jax.kernels.resize import bilinear_matrix
+
+__all__ = ["rescale_size"]  # re-exported: the size rule belongs to both dense pipelines (data.dense)
 
 IGNORE_INDEX = 255
 
@@ -70,20 +73,15 @@ def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` from encoded bytes, or ``UnreadableImage``."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            check_pixels(*im.size)
-            return np.asarray(im.convert("RGB"))
-    except UnreadableImage:
-        raise
-    except Exception as e:  # PIL raises many kinds for corrupt data
-        raise UnreadableImage(f"{type(e).__name__}: {e}") from e
+    """RGB uint8 ``(H, W, 3)`` as mmseg's LoadImageFromFile decodes (OpenCV, EXIF orientation
+    applied: ``dense.decode_color``), or ``UnreadableImage``."""
+    return decode_color(data)
 
 
 def decode_label(data: bytes, reduce_zero_label: bool) -> np.ndarray:
     """A label map ``(H, W)`` uint8 from a single-channel PNG; with ``reduce_zero_label`` (ADE20K)
-    0 ("other") becomes 255 (ignored) and k becomes k - 1, as mmseg's LoadAnnotations."""
+    0 ("other") becomes 255 (ignored) and k becomes k - 1, as mmseg's LoadAnnotations, which decodes
+    labels with PIL unchanged (``imdecode_backend='pillow'``: no EXIF rotation, no conversion)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.mode not in ("L", "P"):
@@ -99,36 +97,6 @@ def decode_label(data: bytes, reduce_zero_label: bool) -> np.ndarray:
         label[label < 0] = IGNORE_INDEX
         label = label.astype(np.uint8)
     return label
-
-
-def rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """mmcv's ``imrescale`` size: the largest factor with the long side <= max(scale) and the short
-    side <= min(scale), sizes rounded half up, and at least 1 (a 5000x1 image would otherwise
-    become 2048x0, which nothing can resize to). Returns (H, W)."""
-    f = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return max(1, int(h * f + 0.5)), max(1, int(w * f + 0.5))
-
-
-def resize_bilinear_np(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``(H, W, C)`` to ``size`` (H, W): OpenCV's INTER_LINEAR (half-pixel, no antialias)."""
-    h, w = img.shape[:2]
-    if (h, w) == tuple(size):
-        return img
-    mh = bilinear_matrix(h, size[0]).astype(np.float32)
-    mw = bilinear_matrix(w, size[1]).astype(np.float32)
-    out = np.einsum("yh,hwc->ywc", mh, img.astype(np.float32))
-    out = np.einsum("xw,ywc->yxc", mw, out)
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
-
-
-def resize_nearest_np(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``(H, W)`` to ``size``: OpenCV's INTER_NEAREST, source ``floor(i * src / dst)``."""
-    h, w = label.shape[:2]
-    if (h, w) == tuple(size):
-        return label
-    ys = np.minimum(np.floor(np.arange(size[0]) * (h / size[0])).astype(np.int64), h - 1)
-    xs = np.minimum(np.floor(np.arange(size[1]) * (w / size[1])).astype(np.int64), w - 1)
-    return label[ys][:, xs]
 
 
 def random_crop_box(h: int, w: int, crop: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -161,38 +129,6 @@ def _convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray
     return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
-def rgb_to_hsv(img: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> OpenCV's uint8 HSV (H in [0, 180), S and V in [0, 255])."""
-    x = img.astype(np.float32)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(-1)
-    diff = v - x.min(-1)
-    s = np.where(v > 0, 255.0 * diff / np.maximum(v, 1e-6), 0.0)
-    safe = np.maximum(diff, 1e-6)
-    h = np.where(v == r, 60.0 * (g - b) / safe, np.where(v == g, 120.0 + 60.0 * (b - r) / safe,
-                                                          240.0 + 60.0 * (r - g) / safe))
-    h = np.where(diff == 0, 0.0, h)
-    h = np.where(h < 0, h + 360.0, h)
-    out = np.stack([np.floor(h / 2 + 0.5) % 180, np.floor(s + 0.5), v], -1)
-    return out.astype(np.uint8)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """OpenCV's uint8 HSV -> uint8 RGB."""
-    h = hsv[..., 0].astype(np.float32) * 2.0 / 60.0
-    s = hsv[..., 1].astype(np.float32) / 255.0
-    v = hsv[..., 2].astype(np.float32)
-    i = np.floor(h).astype(np.int64) % 6
-    f = h - np.floor(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    rgb = np.zeros(hsv.shape, np.float32)
-    for k, (r, g, b) in enumerate(table):
-        m = i == k
-        rgb[m] = np.stack([r[m], g[m], b[m]], -1)
-    return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
-
-
 @dataclasses.dataclass(frozen=True)
 class PhotoMetricDistortion:
     """mmseg's PhotoMetricDistortion: brightness, then contrast first or last (a coin), saturation,
@@ -204,6 +140,7 @@ class PhotoMetricDistortion:
     hue_delta: int = 18
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``img`` RGB uint8; the HSV round trips are OpenCV's (mmcv ``bgr2hsv``/``hsv2bgr``)."""
         if rng.integers(2):
             img = _convert(img, beta=rng.uniform(-self.brightness_delta, self.brightness_delta))
         mode = rng.integers(2)
@@ -248,7 +185,7 @@ class SegTrainTransform:
             raise UnreadableImage(f"image {img.shape[:2]} and label {label.shape} differ in size")
         ratio = rng.random() * (self.ratio_range[1] - self.ratio_range[0]) + self.ratio_range[0]
         size = rescale_size(*label.shape, (int(self.scale[0] * ratio), int(self.scale[1] * ratio)))
-        img, label = resize_bilinear_np(img, size), resize_nearest_np(label, size)
+        img, label = resize_linear(img, size), resize_nearest(label, size)
         y1, y2, x1, x2 = choose_crop(label, self.crop, self.cat_max_ratio, rng)
         img, label = img[y1:y2, x1:x2], label[y1:y2, x1:x2]
         if rng.random() < self.flip:
@@ -293,5 +230,5 @@ class SegTestTransform:
     def image(self, img: np.ndarray) -> np.ndarray:
         """Two bilinear resizes, as the official pipeline: to fit the scale, then to the multiples."""
         h, w = img.shape[:2]
-        img = resize_bilinear_np(img, rescale_size(h, w, self.scale))
-        return resize_bilinear_np(img, official_test_size(h, w, self.scale, self.size_divisor))
+        img = resize_linear(img, rescale_size(h, w, self.scale))
+        return resize_linear(img, official_test_size(h, w, self.scale, self.size_divisor))

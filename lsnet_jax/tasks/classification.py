@@ -67,6 +67,16 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     kind = config.distillation.type
     if kind not in ("none", "hard"):
         raise ConfigError(f"config.distillation.type={kind!r}; use 'none' or 'hard'")
+    if kind == "none" and config.model.endswith("_distill"):
+        # The official code builds no distillation head without a teacher (distillation type
+        # 'none'), so its model is the plain one. Here the head would stay at its initialisation
+        # while eval mode averages it into every prediction, and the weights written would carry
+        # it under a name that promises a trained second head: train the plain model instead.
+        plain = config.model.removesuffix("_distill")
+        raise ConfigError(f"config.model={config.model!r} without a teacher (config.distillation.type='none') "
+                          f"would leave its distillation head untrained but averaged into every prediction; "
+                          f"train config.model={plain!r} (the official code builds no distillation head "
+                          f"without a teacher), or give a teacher with --config.distillation.type=hard")
     if kind == "hard" and not config.model.endswith("_distill"):
         raise ConfigError(f"hard distillation needs a model with a distillation head, e.g. "
                           f"{config.model}_distill (config.model={config.model!r})")

@@ -19,7 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.img_size = 224
     c.dtype = "float32"  # published: float32 (autocast off); "bfloat16" computes in bfloat16
     # BatchNorm statistics, Mixup/CutMix draws and repeated-augmentation dealing per group of this
-    # many images, as the official per-GPU batch (8 GPUs x 256); None or 0: the global batch
+    # many images, as the official per-GPU batch (8 GPUs x 256); None or 0: the global batch.
+    # The running statistics average the groups' batch statistics, where DDP keeps GPU 0's: same
+    # expectation, sqrt(groups) less noise (2.83x smaller RMS error at 8 groups; README, Training)
     c.bn_group_size = ml_collections.config_dict.placeholder(int)
     c.bn_momentum = 0.1  # PyTorch's BatchNorm momentum (running = 0.9 running + 0.1 batch)
     c.impl = "auto"  # the array operations (lsnet_jax.kernels): "auto" | "reference" | "xla_cpu"

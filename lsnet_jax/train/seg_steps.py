@@ -37,7 +37,8 @@ def poly_schedule(lr: float, min_lr: float, power: float, total: int) -> optax.S
 
 def seg_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     """(loss, pixel accuracy in percent): softmax cross-entropy at the labels' resolution, pixels
-    labelled 255 contributing 0 but counted in the mean (mmseg 0.30); accuracy over the others.
+    labelled 255 contributing 0 but counted in the mean (mmseg 0.30); accuracy over the others (100
+    when there are none, as mmseg logs it).
     A label beyond the logits' classes (a dataset prepared without its range checked) is ignored
     as 255 is, never indexed: it would make the loss NaN."""
     logits = logits.astype(jnp.float32)
@@ -46,7 +47,9 @@ def seg_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     loss = jnp.sum(jnp.where(valid, ce, 0.0)) / labels.size
     hits = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
-    return loss, 100.0 * hits / jnp.maximum(jnp.sum(valid), 1)
+    # mmseg's accuracy: float32 eps added to both counts, so a batch with every pixel ignored logs 100
+    eps = jnp.finfo(jnp.float32).eps
+    return loss, 100.0 * (hits + eps) / (jnp.sum(valid) + eps)
 
 
 def pad_mask(valid: Array, shape: tuple[int, int]) -> Array:

@@ -122,12 +122,12 @@ def train_step(state: TrainState, batch: dict[str, Array], teacher: dict | None,
         model = nnx.merge(graphdef, params, state.batch_stats)
         out = model(images)
         new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-        if isinstance(out, tuple):  # distilled model in training mode: (head, head_dist)
+        if cfg.distillation == "hard":  # a _distill model in training mode: (head, head_dist)
             logits, dist = out
-            if cfg.distillation == "hard":
-                loss = hard_distillation_loss(logits, dist, targets, teacher_logits, cfg.distill_alpha)
-            else:  # no teacher: the official DistillationLoss of type 'none' trains the first head only
-                loss = soft_target_cross_entropy(logits, targets)
+            loss = hard_distillation_loss(logits, dist, targets, teacher_logits, cfg.distill_alpha)
+        elif isinstance(out, tuple):  # validate_config says the same for a run
+            raise ValueError("a _distill model trains with hard distillation only (StepConfig.distillation='hard' "
+                             "and a teacher); without a teacher train the plain model")
         else:
             loss = soft_target_cross_entropy(out, targets)
         return loss, new_stats
