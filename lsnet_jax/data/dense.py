@@ -16,8 +16,9 @@ What still depends on OpenCV: the results are those of the pinned build (opencv-
 4.10.0.84, ``pyproject.toml``). Its uint8 HSV->RGB has a vectorised path (rows of 32 pixels or
 more on x86 SSE/AVX and ARM NEON) that truncates where the scalar path rounds: mmseg runs the same
 code, so the two agree on the same machine, but a CPU without those instructions (or another
-OpenCV release that changes the kernels) gives values up to a few levels apart. JPEG decoding is
-libjpeg-turbo's, also as built into that wheel.
+OpenCV release that changes the kernels) gives other values (the scalar path against the
+vectorised one: 52 of 64 random pixels one level apart). JPEG decoding is libjpeg-turbo's, as
+built into that wheel.
 
 Every image is bounded before OpenCV allocates it: the header's size is read first (PIL, lazily)
 and refused beyond ``transforms.MAX_PIXELS``; OpenCV's own bound is set to the same figure where
