@@ -371,3 +371,155 @@ def import_timm():
     import timm
 
     return timm
+
+
+# ----- RetinaNet (DETECTION_SPEC.md): LSNetFPN with an extra level on the input, RetinaHead -----
+
+class RetinaFPN(LSNetFPN):
+    """``LSNetFPN`` with ``add_extra_convs='on_input'``: ``fpn_convs[4]`` (3x3, stride 2) on the raw
+    last backbone stage."""
+
+    def __init__(self, in_channels, out_channels: int = 256):
+        super().__init__(in_channels, out_channels)
+        extra = ConvModule(in_channels[-1], out_channels, 3, False)
+        extra.conv = nn.Conv2d(in_channels[-1], out_channels, 3, stride=2, padding=1)
+        self.fpn_convs.append(extra)
+
+    def forward(self, feats):
+        lat = [conv(x) for conv, x in zip(self.lateral_convs, feats)]
+        for i in range(len(lat) - 1, 0, -1):
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[2:], mode="nearest")
+        outs = [conv(x) for conv, x in zip(self.fpn_convs[:len(lat)], lat)]
+        return outs + [self.fpn_convs[len(lat)](feats[-1])]
+
+
+class RetinaHead(nn.Module):
+    def __init__(self, num_classes: int = 80, in_channels: int = 256, feat_channels: int = 256,
+                 stacked_convs: int = 4, num_anchors: int = 9):
+        super().__init__()
+        self.cls_convs = nn.ModuleList([ConvModule(in_channels if i == 0 else feat_channels, feat_channels, 3, False)
+                                        for i in range(stacked_convs)])
+        self.reg_convs = nn.ModuleList([ConvModule(in_channels if i == 0 else feat_channels, feat_channels, 3, False)
+                                        for i in range(stacked_convs)])
+        self.retina_cls = nn.Conv2d(feat_channels, num_anchors * num_classes, 3, padding=1)
+        self.retina_reg = nn.Conv2d(feat_channels, num_anchors * 4, 3, padding=1)
+
+    def forward(self, x):
+        c = r = x
+        for conv in self.cls_convs:
+            c = F.relu(conv(c))
+        for conv in self.reg_convs:
+            r = F.relu(conv(r))
+        return self.retina_cls(c), self.retina_reg(r)
+
+
+class RetinaNet(nn.Module):
+    def __init__(self, embed_dim, depth, num_classes: int = 80):
+        super().__init__()
+        self.backbone = LSNet(embed_dim, depth, backbone=True)
+        self.neck = RetinaFPN(embed_dim)
+        self.bbox_head = RetinaHead(num_classes)
+
+    def forward(self, x):
+        """(cls_scores, bbox_preds): per level (strides 8 ... 128) NCHW logits and deltas."""
+        out = [self.bbox_head(f) for f in self.neck(self.backbone(x))]
+        return [c for c, _ in out], [r for _, r in out]
+
+
+def create_torch_retinanet(name: str, num_classes: int = 80, depth=None) -> RetinaNet:
+    """The reference for ``lsnet_{t,s,b}_retinanet`` (``depth``: a shallower backbone), in eval mode."""
+    base = name.removesuffix("_retinanet")
+    if base not in _VARIANTS or not name.endswith("_retinanet"):
+        raise ValueError(f"unknown detector {name!r}")
+    e, d = _VARIANTS[base]
+    return RetinaNet(e, depth or d, num_classes).eval()
+
+
+def retina_anchors(h: int, w: int, stride: int, octave_base_scale: float = 4.0, scales_per_octave: int = 3,
+                   ratios=(0.5, 1.0, 2.0)) -> torch.Tensor:
+    """MMDetection's AnchorGenerator for one level, ``(h*w*A, 4)`` float32 in (y, x, a) order:
+    base size = stride, anchors centred on each cell's top-left corner (center_offset 0)."""
+    scales = torch.tensor([octave_base_scale * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)])
+    ratios_t = torch.tensor(ratios)
+    h_ratios = torch.sqrt(ratios_t)
+    w_ratios = 1 / h_ratios
+    ws = (stride * w_ratios[:, None] * scales[None, :]).reshape(-1)
+    hs = (stride * h_ratios[:, None] * scales[None, :]).reshape(-1)
+    base = torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=-1)
+    sx = torch.arange(0, w) * stride
+    sy = torch.arange(0, h) * stride
+    yy, xx = torch.meshgrid(sy.float(), sx.float(), indexing="ij")
+    shifts = torch.stack([xx.reshape(-1), yy.reshape(-1), xx.reshape(-1), yy.reshape(-1)], dim=-1)
+    return (base[None, :, :] + shifts[:, None, :]).reshape(-1, 4)
+
+
+def delta2bbox(anchors: torch.Tensor, deltas: torch.Tensor, max_shape, stds=(1.0, 1.0, 1.0, 1.0),
+               wh_ratio_clip: float = 16 / 1000) -> torch.Tensor:
+    """DeltaXYWHBBoxCoder.decode: deltas (dx, dy, dw, dh) on anchors, dw/dh clamped, boxes clamped to
+    ``max_shape`` (h, w): the resized image before padding."""
+    d = deltas * deltas.new_tensor(stds)
+    dx, dy, dw, dh = d.unbind(-1)
+    r = abs(math.log(wh_ratio_clip))
+    dw, dh = dw.clamp(-r, r), dh.clamp(-r, r)
+    px, py = (anchors[:, 0] + anchors[:, 2]) * 0.5, (anchors[:, 1] + anchors[:, 3]) * 0.5
+    pw, ph = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    gx, gy = px + pw * dx, py + ph * dy
+    gw, gh = pw * dw.exp(), ph * dh.exp()
+    x1, y1, x2, y2 = gx - gw * 0.5, gy - gh * 0.5, gx + gw * 0.5, gy + gh * 0.5
+    h, w = max_shape
+    return torch.stack([x1.clamp(0, w), y1.clamp(0, h), x2.clamp(0, w), y2.clamp(0, h)], dim=-1)
+
+
+def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """MMCV's greedy NMS (offset 0): walk the boxes by descending score, drop every later box whose
+    IoU with a kept one is above the threshold. Returns the kept indices in that order."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    keep = []
+    for pos, i in enumerate(order.tolist()):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[pos + 1:]
+        xx1 = torch.maximum(boxes[i, 0], boxes[rest, 0])
+        yy1 = torch.maximum(boxes[i, 1], boxes[rest, 1])
+        xx2 = torch.minimum(boxes[i, 2], boxes[rest, 2])
+        yy2 = torch.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
+        iou = inter / (areas[i] + areas[rest] - inter)
+        suppressed[rest[iou > iou_threshold]] = True
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def retina_postprocess(cls_scores, bbox_preds, img_shape, scale_factor, score_thr: float = 0.05,
+                       nms_pre: int = 1000, iou_threshold: float = 0.5, max_per_img: int = 100):
+    """MMDetection 2.28's RetinaHead test path for one image (levels NCHW with batch 1): per level
+    the (anchor, class) pairs above ``score_thr``, the top ``nms_pre`` of them, decoded; the levels
+    joined, divided by ``scale_factor``; class-aware NMS (mmcv ``batched_nms``: boxes offset by
+    label * (max coordinate + 1)); the first ``max_per_img``. Returns (boxes (K, 4), scores, labels)."""
+    all_boxes, all_scores, all_labels = [], [], []
+    for level, (cls, reg) in enumerate(zip(cls_scores, bbox_preds)):
+        _, ca, h, w = cls.shape
+        num_classes = ca // 9
+        scores = cls[0].permute(1, 2, 0).reshape(-1, num_classes).sigmoid()
+        deltas = reg[0].permute(1, 2, 0).reshape(-1, 4)
+        anchors = retina_anchors(h, w, 8 * 2 ** level)
+        valid = scores > score_thr
+        kept = scores[valid]
+        idxs = torch.nonzero(valid)
+        k = min(nms_pre, len(kept))
+        kept, order = kept.sort(descending=True)
+        kept, idxs = kept[:k], idxs[order[:k]]
+        anchor_idx, labels = idxs[:, 0], idxs[:, 1]
+        all_boxes.append(delta2bbox(anchors[anchor_idx], deltas[anchor_idx], img_shape))
+        all_scores.append(kept)
+        all_labels.append(labels)
+    boxes = torch.cat(all_boxes) / torch.as_tensor(scale_factor, dtype=torch.float32)
+    scores, labels = torch.cat(all_scores), torch.cat(all_labels)
+    if len(boxes) == 0:
+        return boxes, scores, labels
+    offsets = labels.to(boxes) * (boxes.max() + 1)
+    keep = nms_reference(boxes + offsets[:, None], scores, iou_threshold)[:max_per_img]
+    return boxes[keep], scores[keep], labels[keep]
+

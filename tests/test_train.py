@@ -254,6 +254,9 @@ def test_bad_configs_stop_at_start(data_dir, tmp_path):
         validate_config(digits_config(data_dir, batch_size=12), 8)
     with pytest.raises(ConfigError, match="is not a model"):
         validate_config(digits_config(data_dir, model="resnet50"), 1)
+    for name, task in (("lsnet_t_semfpn", "segmentation"), ("lsnet_t_retinanet", "detection")):
+        with pytest.raises(ConfigError, match=f"'{name}' is a {task} model; classification trains one of"):
+            validate_config(digits_config(data_dir, model=name), 1)
     with pytest.raises(ConfigError, match="teacher"):
         validate_config(digits_config(data_dir, model="lsnet_t_distill", **{"distillation.type": "hard"}), 1)
     # no teacher: the official code builds the plain model; an untrained head_dist would be averaged in

@@ -73,6 +73,13 @@ def randomize_(model: nn.Module, seed: int, img_size: int = 224, logit_scale: fl
             m.running_var.mul_(rand(m.running_var.shape, 0.95, 1.05))  # not exactly the batch's
             m.running_mean.add_(rand(m.running_mean.shape, -0.02, 0.02))
     model.eval()
+    if hasattr(model, "bbox_head"):  # a detector: class logits of order logit_scale, deltas of order 0.5
+        cls, reg = model(torch.from_numpy(diverse_images(1, img_size, seed + 2)))
+        for conv, outs, scale in ((model.bbox_head.retina_cls, cls, logit_scale), (model.bbox_head.retina_reg, reg, 0.5)):
+            std = torch.cat([o.flatten() for o in outs]).std()
+            conv.weight.mul_(scale / std)
+            conv.bias.mul_(scale / std)
+        return model
     if hasattr(model, "decode_head"):  # a segmenter: its classifier is conv_seg
         heads = [model.decode_head.conv_seg]
     else:

@@ -9,7 +9,10 @@
 The variant, its distillation head, the number of classes and the input size are read from the
 keys and shapes (or given with --model). MMSegmentation checkpoints of the LSNet Semantic FPN
 segmenters (``{'meta', 'state_dict': {backbone.*, neck.*, decode_head.*}}``, e.g.
-``lsnet_t_semfpn.pth``) are recognised by their keys and converted to ``lsnet_{t,s,b}_semfpn``;
+``lsnet_t_semfpn.pth``) are recognised by their keys and converted to ``lsnet_{t,s,b}_semfpn``,
+MMDetection RetinaNet checkpoints (``{backbone.*, neck.*, bbox_head.*}``, ``lsnet_t_retinanet.pth``)
+to ``lsnet_{t,s,b}_retinanet`` (``--check`` compares raw outputs and detections with the PyTorch
+reference detector);
 timm / DeiT RegNet checkpoints (DeiT's distillation teacher ``regnety_160-a5fe301d.pth``, timm's
 ``regnety_160.deit_in1k``) to ``regnet{x,y}_*`` (``--check`` compares with timm's own model: the
 test extra). Writes OUT/orbax, OUT/model.safetensors and
@@ -34,6 +37,7 @@ from lsnet_jax.cli.args import positive_int
 def to_jax(args: argparse.Namespace) -> None:
     from lsnet_jax.checkpoints.torch_io import read_checkpoint
     from lsnet_jax.checkpoints.weights import save_weights
+    from lsnet_jax.data.coco import COCO_CLASSES
     from lsnet_jax.data.segmentation import ADE20K_CLASSES
     from lsnet_jax.models.conversion import from_official
 
@@ -44,8 +48,14 @@ def to_jax(args: argparse.Namespace) -> None:
     meta |= dict(source=str(Path(args.ckpt).name), ema=bool(args.ema))
     if meta.get("task") == "segmentation" and num_classes == len(ADE20K_CLASSES):
         meta["class_names"] = list(ADE20K_CLASSES)
+    if meta.get("task") == "detection" and num_classes == len(COCO_CLASSES):
+        meta["class_names"] = list(COCO_CLASSES)
     out = save_weights(args.out, flat, meta, overwrite=args.overwrite, inputs=[args.ckpt])
-    if meta.get("task") == "segmentation":
+    if meta.get("task") == "detection":
+        print(f"{args.ckpt}: {name} (RetinaNet), {num_classes} classes -> {out}")
+        if args.check:
+            check_detector(sd, name, num_classes, out)
+    elif meta.get("task") == "segmentation":
         print(f"{args.ckpt}: {name} (Semantic FPN), {num_classes} classes -> {out}")
         if args.check:
             check_segmenter(sd, name, num_classes, out)
@@ -117,6 +127,48 @@ def check_segmenter(sd: dict[str, np.ndarray], name: str, num_classes: int, out:
     return res
 
 
+def check_detector(sd: dict[str, np.ndarray], name: str, num_classes: int, out: Path,
+                   size: tuple[int, int] = (480, 640), seed: int = 0) -> dict[str, float]:
+    """The PyTorch reference detector against the converted one on one random ``size`` image: the
+    largest raw-output difference (every level's class logits and deltas) in units of each
+    output's std, folded and not, and the detections of both post-processings compared."""
+    import jax.numpy as jnp
+    import torch
+
+    import jax
+
+    from lsnet_jax.inference.detection import detect
+    from lsnet_jax.models.registry import compiled, create_model
+    from lsnet_jax.testing import diverse_images
+    from lsnet_jax.torch_reference import create_torch_retinanet, retina_postprocess
+
+    tm = create_torch_retinanet(name, num_classes)
+    tm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
+    x = diverse_images(1, size[0], seed, width=size[1])
+    with torch.inference_mode():
+        ref_cls, ref_reg = tm(torch.from_numpy(x))
+        ref_det = retina_postprocess(ref_cls, ref_reg, size, (1.0, 1.0, 1.0, 1.0))
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    res = {}
+    for deploy in (False, True):
+        jm = create_model(name, pretrained=out, deploy=deploy)
+        cls, reg = compiled(jm)(xj)
+        err = 0.0
+        for ours, ref in zip((*cls, *reg), (*ref_cls, *ref_reg)):
+            ref = ref.numpy().transpose(0, 2, 3, 1)
+            err = max(err, float(np.abs(np.asarray(ours) - ref).max() / ref.std()))
+        res["folded" if deploy else "unfolded"] = err
+    dets = jax.jit(detect)(jm, xj, jnp.asarray([size], jnp.float32), jnp.ones((1, 4), jnp.float32)).to_lists()[0]
+    ref_boxes = ref_det[0].numpy()
+    same = sum(bool(np.any((np.abs(ref_boxes - b).max(-1) < 0.05) & (ref_det[2].numpy() == lab)))
+               for b, lab in zip(dets["boxes"], dets["labels"]))
+    res["detections"], res["matched"] = len(ref_boxes), same
+    print(f"check on a {size[0]}x{size[1]} random image (seed {seed}): largest |JAX - PyTorch| of the raw outputs "
+          f"{res['unfolded']:.2g} of their std, folded {res['folded']:.2g}; detections: reference {len(ref_boxes)}, "
+          f"JAX {len(dets['boxes'])}, {same} with the same label and box (0.05 px)")
+    return res
+
+
 def check(sd: dict[str, np.ndarray], name: str, num_classes: int, img_size: int, out: Path,
           batch: int = 2, seed: int = 0) -> dict[str, float]:
     """Largest |logit difference| between the PyTorch reference and the converted JAX model."""
@@ -158,6 +210,16 @@ def to_torch(args: argparse.Namespace) -> None:
         out = write_state_dict(regnet_official.jax_to_torch(flat), args.out, wrap="model", overwrite=args.overwrite,
                                inputs=[args.ckpt])
         print(f"{args.ckpt} ({meta.get('model', 'RegNet')}) -> {out} (timm / DeiT layout)")
+        return
+    if meta.get("task") == "detection" or any(p[0] == "bbox_head" for p in flat):
+        from lsnet_jax.data.coco import COCO_CLASSES
+        from lsnet_jax.models import retinanet_official
+
+        classes = meta.get("class_names") or (list(COCO_CLASSES) if meta.get("num_classes") == 80 else None)
+        out = write_state_dict(retinanet_official.jax_to_torch(flat), args.out, wrap="state_dict",
+                               meta={"CLASSES": tuple(classes)} if classes else {}, overwrite=args.overwrite,
+                               inputs=[args.ckpt])
+        print(f"{args.ckpt} ({meta.get('model', 'LSNet RetinaNet')}) -> {out} (MMDetection layout)")
         return
     if meta.get("task") == "segmentation" or any(p[0] == "decode_head" for p in flat):
         from lsnet_jax.data.segmentation import ADE20K_CLASSES

@@ -48,6 +48,10 @@ def inference_spec(weights: str | os.PathLike | None, model: str | None = None, 
     name = model or meta.get("model")
     if name is None:
         raise ValueError(f"{weights} does not name its model (no config.json); give --model (e.g. lsnet_t)")
+    if str(name).endswith("_retinanet"):
+        raise ValueError(f"{name} is a detector: lsnet-eval, lsnet-predict and lsnet-export take classifiers and "
+                         f"segmenters so far; detect with lsnet_jax.inference.detection.detect (the model's raw "
+                         f"outputs through the official post-processing)")
     return InferenceSpec(name=name, weights=weights, img_size=img_size or int(meta.get("img_size", 224)),
                          crop_pct=crop_pct or float(meta.get("crop_pct", 0.875)),
                          mean=tuple(meta.get("mean", IMAGENET_DEFAULT_MEAN)),

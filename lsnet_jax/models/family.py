@@ -22,12 +22,19 @@ Flat = dict[JaxPath, np.ndarray]
 class Family:
     """``build(name, num_classes, img_size, dtype, rngs, **config) -> module`` and
     ``adapt(flat, model, ckpt_classes) -> flat``, which fits a checkpoint's arrays to ``model``;
-    ``class_leaf`` is the path of the classifier kernel whose last axis counts the classes."""
+    ``class_leaf`` is the path of the classifier kernel whose last axis counts the classes
+    (divided by ``outputs_per_class``: a detector's classifier has one output per anchor and class)."""
 
     default_cfgs: Mapping[str, dict]
     build: Callable[..., nnx.Module]
     adapt: Callable[[Flat, nnx.Module, int | None], Flat]
     class_leaf: JaxPath = ("head", "l", "kernel")
+    outputs_per_class: int = 1
+
+    def classes_of(self, flat: Flat) -> int | None:
+        """The class count of weights of this family (None: no classifier among them)."""
+        k = flat.get(self.class_leaf)
+        return None if k is None else int(k.shape[-1]) // self.outputs_per_class
 
 
 def fresh_heads(flat: Flat, model: nnx.Module, ckpt_classes: int | None, classes: int,

@@ -21,7 +21,8 @@ from pathlib import Path
 HF_REPO = "jameslahm/lsnet"  # the official README's Hugging Face repository
 PUBLISHED: dict[str, tuple[str, str]] = {
     name: (HF_REPO, f"{name}.pth")
-    for v in ("t", "s", "b") for name in (f"lsnet_{v}", f"lsnet_{v}_distill", f"lsnet_{v}_semfpn")
+    for v in ("t", "s", "b")
+    for name in (f"lsnet_{v}", f"lsnet_{v}_distill", f"lsnet_{v}_semfpn", f"lsnet_{v}_retinanet")
 }
 DEFAULT_FILES = ("model.safetensors", "pytorch_model.bin")
 PREFIX = "hf-hub:"
@@ -136,8 +137,8 @@ def weights_dir(spec: HubSpec) -> Path:
 
 
 def _read(path: str) -> tuple[dict, list[str] | None]:
-    """The state dict of a checkpoint (torch-free), and the class names an MMSegmentation
-    checkpoint keeps in its ``meta`` (``CLASSES``), if any."""
+    """The state dict of a checkpoint (torch-free), and the class names an MMSegmentation or
+    MMDetection checkpoint keeps in its ``meta`` (``CLASSES``), if any."""
     from lsnet_jax.checkpoints.pth import load_pth
     from lsnet_jax.checkpoints.torch_io import float32, read_checkpoint, unwrap_checkpoint
 

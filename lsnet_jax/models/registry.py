@@ -2,9 +2,9 @@
 
 Each family is a ``Family`` (``lsnet_jax.models.family``) defined in its own module: how to build a
 model from its name, and how to fit a checkpoint's arrays to a model built with other settings
-(another class count, another input size). Three families, listed in ``FAMILIES``: LSNet (the
-classifiers), LSNet + Semantic FPN (the ADE20K segmenters) and RegNet (DeiT's RegNetY-160
-distillation teacher and its design space, as timm 0.5.4).
+(another class count, another input size). Four families, listed in ``FAMILIES``: LSNet (the
+classifiers), LSNet + Semantic FPN (the ADE20K segmenters), LSNet + RetinaNet (the COCO
+detectors) and RegNet (DeiT's RegNetY-160 distillation teacher and its design space, as timm 0.5.4).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from flax import nnx
 
 from lsnet_jax.checkpoints.state import JaxPath, load_flat
 from lsnet_jax.checkpoints.weights import load_weights, read_meta
-from lsnet_jax.models import hub, lsnet, regnet, semfpn
+from lsnet_jax.models import hub, lsnet, regnet, retinanet, semfpn
 from lsnet_jax.models.layers import abstract
 from lsnet_jax.models.family import Family
 from lsnet_jax.models.fold import fold
@@ -39,7 +39,7 @@ Flat = dict[JaxPath, np.ndarray]
 # defines its ``FAMILY`` (names, build, checkpoint fitting) beside its model, so a new family is
 # that module plus one line here. A table rather than registration at import time: which names
 # exist does not depend on which modules happen to have been imported, and one line lists them all.
-FAMILIES: tuple[Family, ...] = (lsnet.FAMILY, semfpn.FAMILY, regnet.FAMILY)
+FAMILIES: tuple[Family, ...] = (lsnet.FAMILY, semfpn.FAMILY, retinanet.FAMILY, regnet.FAMILY)
 
 
 def _family(name: str) -> Family:
@@ -47,6 +47,11 @@ def _family(name: str) -> Family:
         if name in f.default_cfgs:
             return f
     raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+
+
+def model_task(name: str) -> str:
+    """What ``name`` does: "classification", "segmentation" or "detection" (its default config's)."""
+    return _family(name).default_cfgs[name].get("task", "classification")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -85,11 +90,11 @@ def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, 
     flat, meta = (None, {}) if pretrained is None else load_weights(pretrained)
     if meta.get("model") and meta["model"] != name:
         hint = (f"; to start {name}'s backbone from a classifier, pass backbone_pretrained={str(pretrained)!r}"
-                if family.class_leaf[0] == "decode_head" else "")
+                if family.class_leaf[0] in ("decode_head", "bbox_head") else "")
         raise ValueError(f"{pretrained} holds weights of {meta['model']!r}, not {name!r}{hint}")
     ckpt_classes = int(meta.get("num_classes", 0)) or None
-    if flat is not None and ckpt_classes is None and family.class_leaf in flat:
-        ckpt_classes = int(flat[family.class_leaf].shape[-1])
+    if flat is not None and ckpt_classes is None:
+        ckpt_classes = family.classes_of(flat)
     if num_classes is None:
         num_classes = ckpt_classes or family.default_cfgs[name]["num_classes"]
     for k, v in meta.get("model_config", {}).items():  # the weights' architecture (a run's config.depth)

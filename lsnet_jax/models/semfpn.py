@@ -77,8 +77,8 @@ def _init_kernel(conv: Conv, key: Array, kind: str) -> None:
 class ConvModule(nnx.Module):
     """MMCV's ConvModule without norm or activation: one convolution with bias (``.conv``)."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, *, impl: str, rngs: nnx.Rngs):
-        self.conv = Conv(cin, cout, kernel_size, 1, kernel_size // 2, use_bias=True, impl=impl, rngs=rngs)
+    def __init__(self, cin: int, cout: int, kernel_size: int, *, stride: int = 1, impl: str, rngs: nnx.Rngs):
+        self.conv = Conv(cin, cout, kernel_size, stride, kernel_size // 2, use_bias=True, impl=impl, rngs=rngs)
         _init_kernel(self.conv, rngs.params(), "xavier")
 
     def __call__(self, x: Array) -> Array:

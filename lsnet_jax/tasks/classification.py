@@ -27,7 +27,7 @@ from lsnet_jax import kernels
 from lsnet_jax.data import pipeline, source
 from lsnet_jax.data.transforms import EvalTransform, TrainTransform
 from lsnet_jax.inference.evaluate import eval_step, run_eval
-from lsnet_jax.models.registry import DTYPES, create_model, list_models
+from lsnet_jax.models.registry import DTYPES, create_model, list_models, model_task
 from lsnet_jax.train import optim
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_head
@@ -47,6 +47,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                           f"batch_size)")
     if config.model not in list_models():
         raise ConfigError(f"config.model={config.model!r} is not a model; choose one of {list_models()}")
+    if model_task(config.model) != "classification":
+        classifiers = [n for n in list_models() if model_task(n) == "classification"]
+        raise ConfigError(f"config.model={config.model!r} is a {model_task(config.model)} model; classification "
+                          f"trains one of {classifiers} (its own task has its own config: --config.task)")
     if config.batch_size % num_devices:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
                           f"devices; set --config.batch_size to a multiple of {num_devices}")
