@@ -1,0 +1,166 @@
+"""RetinaNet's training targets and losses against a numpy restatement of MMDetection 2.28.2
+(loops in the order mmdet runs them): the assigner's four steps (on float32 IoUs, as mmdet: its
+low-quality step tests equality), the valid-anchor flags of a padded batch, the focal and L1
+losses (float64) and their avg_factor per official GPU."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lsnet_jax.inference.detection import level_anchors
+from lsnet_jax.train import det_steps
+
+NUM_CLASSES = 6
+
+
+def _iou32(a, b):
+    """mmdet's bbox_overlaps, pair by pair, in float32 as mmdet computes it: the assigner's
+    low-quality step compares IoUs for EQUALITY with each gt's maximum, so its ties (mirror-image
+    anchors) are float32 ties, which float64 would break."""
+    f = np.float32
+    a, b = np.asarray(a, f), np.asarray(b, f)
+    out = np.zeros((len(a), len(b)), f)
+    for i, p in enumerate(a):
+        for j, q in enumerate(b):
+            w = max(f(0), min(p[2], q[2]) - max(p[0], q[0]))
+            h = max(f(0), min(p[3], q[3]) - max(p[1], q[1]))
+            inter = w * h
+            union = max((p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter, f(1e-6))
+            out[i, j] = inter / union
+    return out
+
+
+def _assign64(anchors, gts, pos=0.5, neg=0.4, min_pos=0.0):
+    """MaxIoUAssigner.assign_wrt_overlaps over the given (valid) anchors, step by step."""
+    assigned = -np.ones(len(anchors), int)
+    if len(gts) == 0:
+        return np.zeros(len(anchors), int)
+    ov = _iou32(gts, anchors)
+    max_ov, argmax = ov.max(0), ov.argmax(0)
+    assigned[(max_ov >= 0) & (max_ov < neg)] = 0
+    assigned[max_ov >= pos] = argmax[max_ov >= pos] + 1
+    gt_max = ov.max(1)
+    for i in range(len(gts)):
+        if gt_max[i] >= min_pos:
+            assigned[ov[i] == gt_max[i]] = i + 1
+    return assigned
+
+
+def _encode64(a, g):
+    px, py, pw, ph = (a[0] + a[2]) / 2, (a[1] + a[3]) / 2, a[2] - a[0], a[3] - a[1]
+    gx, gy, gw, gh = (g[0] + g[2]) / 2, (g[1] + g[3]) / 2, g[2] - g[0], g[3] - g[1]
+    return np.array([(gx - px) / pw, (gy - py) / ph, math.log(gw / pw), math.log(gh / ph)])
+
+
+def _scene(rng, pad_shape, n_gt):
+    h, w = pad_shape
+    xy = rng.uniform(0, [w * 0.8, h * 0.8], (n_gt, 2))
+    wh = rng.uniform(12, 70, (n_gt, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [w, h])], 1)
+    return boxes, rng.integers(0, NUM_CLASSES, n_gt)
+
+
+LEVELS = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]  # a 128x128 padded batch
+STRIDES = (8, 16, 32, 64, 128)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Four images of one padded 128x128 batch: own padded sizes 128x128, 96x128, 128x64 and 64x64
+    (the anchors beyond them are invalid); 5, 3, 0 (all background) and 7 gts, padded to 8; the
+    gt list of one image holds a duplicate box (a tie between gts)."""
+    rng = np.random.default_rng(0)
+    pads = [(128, 128), (96, 128), (128, 64), (64, 64)]
+    counts = [5, 3, 0, 7]
+    boxes = np.zeros((4, 8, 4), np.float32)
+    labels = np.zeros((4, 8), np.int32)
+    valid = np.zeros((4, 8), bool)
+    for i, (p, c) in enumerate(zip(pads, counts)):
+        b, lab = _scene(rng, p, c)
+        if i == 3:
+            b[4] = b[1]  # two gts with one box: the later one wins the anchors they share
+        boxes[i, :c], labels[i, :c], valid[i, :c] = b, lab, True
+    cls = [rng.normal(-3, 1.5, (4, h, w, 9 * NUM_CLASSES)).astype(np.float32) for h, w in LEVELS]
+    reg = [rng.normal(0, 0.4, (4, h, w, 36)).astype(np.float32) for h, w in LEVELS]
+    return dict(boxes=boxes, labels=labels, box_valid=valid, pad_shape=np.asarray(pads, np.int32)), cls, reg
+
+
+def _valid64(pad):
+    flags = []
+    for (h, w), s in zip(LEVELS, STRIDES):
+        for y in range(h):
+            for x in range(w):
+                flags += [y < math.ceil(pad[0] / s) and x < math.ceil(pad[1] / s)] * 9
+    return np.asarray(flags)
+
+
+def test_assigner_equals_mmdetection(batch):
+    b, _, _ = batch
+    anchors = np.concatenate([level_anchors(h, w, s) for (h, w), s in zip(LEVELS, STRIDES)])
+    for i in range(4):
+        flags = _valid64(b["pad_shape"][i])
+        got_flags = det_steps.anchor_valid_flags(LEVELS, STRIDES, jnp.asarray(b["pad_shape"][i], jnp.float32))
+        assert np.array_equal(np.asarray(got_flags), flags)
+        gts = b["boxes"][i][b["box_valid"][i]].astype(np.float64)
+        want = -np.ones(len(anchors), int)
+        want[flags] = _assign64(anchors[flags].astype(np.float64), gts)
+        got = np.asarray(det_steps.assign(jnp.asarray(anchors), jnp.asarray(flags), jnp.asarray(b["boxes"][i]),
+                                          jnp.asarray(b["box_valid"][i])))
+        assert np.array_equal(got, want), i
+        if len(gts):
+            assert (got > 0).sum() >= len(gts) and (got == 0).sum() > 0 and (got == -1).sum() > 0
+        else:
+            assert (got[flags] == 0).all()
+    dup = np.asarray(det_steps.assign(jnp.asarray(anchors), jnp.asarray(_valid64(b["pad_shape"][3])),
+                                      jnp.asarray(b["boxes"][3]), jnp.asarray(b["box_valid"][3])))
+    assert (dup == 5).sum() > 0 and (dup == 2).sum() == 0  # gt 4 (index 5) overwrote gt 1's anchors
+
+
+def _losses64(b, cls, reg, group):
+    anchors = np.concatenate([level_anchors(h, w, s) for (h, w), s in zip(LEVELS, STRIDES)]).astype(np.float64)
+    n = len(b["boxes"])
+    lc, lb, npos = np.zeros(n), np.zeros(n), np.zeros(n)
+    for i in range(n):
+        flags = _valid64(b["pad_shape"][i])
+        gts = b["boxes"][i][b["box_valid"][i]].astype(np.float64)
+        labs = b["labels"][i][b["box_valid"][i]]
+        assigned = -np.ones(len(anchors), int)
+        assigned[flags] = _assign64(anchors[flags], gts)
+        logits = np.concatenate([c[i].reshape(-1, NUM_CLASSES) for c in cls]).astype(np.float64)
+        deltas = np.concatenate([r[i].reshape(-1, 4) for r in reg]).astype(np.float64)
+        for a in range(len(anchors)):
+            if assigned[a] < 0:
+                continue
+            t = np.zeros(NUM_CLASSES)
+            if assigned[a] > 0:
+                t[labs[assigned[a] - 1]] = 1
+                lb[i] += np.abs(deltas[a] - _encode64(anchors[a], gts[assigned[a] - 1])).sum()
+                npos[i] += 1
+            x = logits[a]
+            p = 1 / (1 + np.exp(-x))
+            pt = (1 - p) * t + p * (1 - t)
+            w = (0.25 * t + 0.75 * (1 - t)) * pt ** 2
+            bce = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+            lc[i] += (bce * w).sum()
+    eps = float(np.finfo(np.float32).eps)
+    avg = np.maximum(npos, 1).reshape(-1, group).sum(1) + eps
+    return np.mean(lc.reshape(-1, group).sum(1) / avg), np.mean(lb.reshape(-1, group).sum(1) / avg), npos.sum()
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_losses_equal_mmdetection(batch, group):
+    """Focal loss over every (valid anchor, class) pair, L1 over the positives, each over the
+    group's avg_factor + eps, averaged over groups: 1e-5 relative of the float64 restatement."""
+    b, cls, reg = batch
+    got = jax.jit(lambda c, r, bb: det_steps.retina_loss(c, r, bb, NUM_CLASSES, det_steps.LossConfig(group_size=group)))(
+        tuple(map(jnp.asarray, cls)), tuple(map(jnp.asarray, reg)), {k: jnp.asarray(v) for k, v in b.items()})
+    want_cls, want_bbox, want_pos = _losses64(b, cls, reg, group)
+    assert int(got["num_pos"]) == want_pos > 0
+    assert abs(float(got["loss_cls"]) - want_cls) <= 1e-5 * want_cls
+    assert abs(float(got["loss_bbox"]) - want_bbox) <= 1e-5 * want_bbox
+    assert float(got["loss"]) == pytest.approx(want_cls + want_bbox, rel=1e-5)
