@@ -164,3 +164,101 @@ def test_losses_equal_mmdetection(batch, group):
     assert abs(float(got["loss_cls"]) - want_cls) <= 1e-5 * want_cls
     assert abs(float(got["loss_bbox"]) - want_bbox) <= 1e-5 * want_bbox
     assert float(got["loss"]) == pytest.approx(want_cls + want_bbox, rel=1e-5)
+
+
+# ----- the detection task of the one loop, on the digit scenes -----
+
+def digits_config(data_dir, **over):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("det_digits", root / "configs" / "det_digits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.data.data_dir = str(data_dir)
+    c.data.max_train_examples = 16
+    c.data.max_eval_examples = 20
+    c.depth = (0, 2, 2, 2)  # every kind of backbone layer, a third of the blocks to trace and compile
+    c.aug.scale = c.aug.test_scale = (256, 64)  # the 128x128 scenes at 64x64
+    c.aug.pad_shape = (64, 64)
+    c.batch_size, c.group_size, c.epochs, c.warmup_iters = 4, 2, 2, 2
+    c.eval_batch_size = 10
+    c.checkpoint_every_steps = 2
+    c.log_every_steps = 1
+    c.async_checkpoint = False
+    c.tensorboard = False
+    for k, v in over.items():
+        c[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted 2-epoch run (4 iterations per epoch, 2 devices, 2 loss groups), and one
+    preempted (SIGTERM) after its first logged iteration and resumed."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from lsnet_jax.tasks import train_and_evaluate
+
+    tmp = tmp_path_factory.mktemp("det")
+    devices = jax.devices()[:2]
+    full = train_and_evaluate(digits_config(tmp / "tfds"), tmp / "full", devices)
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    done = threading.Event()
+
+    def notify():
+        while not done.is_set() and not (tmp / "resumed" / "steps.jsonl").exists():
+            time.sleep(0.01)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=notify, daemon=True)
+    watcher.start()
+    try:
+        train_and_evaluate(digits_config(tmp / "tfds"), tmp / "resumed", devices)
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGTERM, previous)
+    resumed = train_and_evaluate(digits_config(tmp / "tfds"), tmp / "resumed", devices)
+    return tmp, full, resumed
+
+
+def test_training_resumes_exactly_and_logs_mmdetections_keys(runs):
+    from lsnet_jax.train.reporting import read_jsonl
+
+    tmp, full, resumed = runs
+    a, b = read_jsonl(tmp / "full" / "steps.jsonl"), read_jsonl(tmp / "resumed" / "steps.jsonl")
+    assert [r["step"] for r in a] == list(range(1, 9)) == [r["step"] for r in b]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in a)  # a 2-iteration warm-up spikes, as B's official start
+    rows = read_jsonl(tmp / "full" / "log.txt")
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["iter"] for r in rows] == [4, 8]
+    keys = {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l", "bbox_mAP_copypaste"}
+    assert keys <= set(rows[-1]) and len(rows[-1]["bbox_mAP_copypaste"].split()) == 6
+    assert full["bbox_mAP_copypaste"] == resumed["bbox_mAP_copypaste"] and full["detections"] == resumed["detections"]
+    assert rows[-1]["loss"] == pytest.approx(np.mean([r["loss"] for r in a[4:]]))
+    assert (tmp / "full" / "curves.png").stat().st_size > 0
+    # the lr: warm-up from 0.001 x over 2 iterations, then cosine to 0.01 x at the last (8th)
+    lr = [r["lr"] for r in a]
+    assert lr[0] == pytest.approx(1e-6, rel=1e-4) and lr[2] == pytest.approx(1e-3, rel=1e-6)
+    assert lr[-1] == pytest.approx(1e-5, rel=1e-4)
+
+
+def test_detection_config_errors_stop_at_start(tmp_path):
+    from lsnet_jax.tasks.detection import validate_config
+    from lsnet_jax.train.checks import ConfigError
+
+    with pytest.raises(ConfigError, match="must divide the per-device batch"):
+        validate_config(digits_config(tmp_path, group_size=3), 1)
+    with pytest.raises(ConfigError, match="detection needs a detector"):
+        validate_config(digits_config(tmp_path, model="lsnet_t"), 1)
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        c = digits_config(tmp_path)
+        c.aug.pad_shape = (100, 100)
+        validate_config(c, 1)

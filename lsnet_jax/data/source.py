@@ -17,7 +17,7 @@ from lsnet_jax.data import builders  # noqa: F401  (registers lsnet_digits and i
 log = logging.getLogger(__name__)
 
 # datasets this project can build on the spot, with no download
-_BUILT_HERE = {"lsnet_digits", "lsnet_seg_digits"}
+_BUILT_HERE = {"lsnet_digits", "lsnet_seg_digits", "lsnet_det_digits"}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -32,6 +32,9 @@ def _how_to_prepare(name: str, data_dir: str | None) -> str:
     if name == "ade20k":
         return (f"build it from the ADEChallengeData2016 tree with `python scripts/prepare_ade20k.py "
                 f"--root ADEChallengeData2016 --data_dir {where}`")
+    if name == "coco_detection":
+        return (f"build it from a local COCO 2017 tree with `python scripts/prepare_coco.py --root COCO "
+                f"--data_dir {where}`")
     if name.startswith("imagenet2012"):
         return (f"download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into "
                 f"{where}/downloads/manual and run `tfds build {name} --data_dir {where}`, or build "
@@ -120,3 +123,19 @@ def open_seg_source(name: str, split: str, data_dir: str | None) -> tuple[Sequen
     skip = tfds.decode.SkipDecoding()
     source = builder.as_data_source(split=split, decoders={"image": skip, "label": skip})
     return source, SourceInfo(len(source), len(classes), classes, str(builder.info.version))
+
+
+def open_det_source(name: str, split: str, data_dir: str | None
+                    ) -> tuple[Sequence[dict], SourceInfo, list[dict]]:
+    """A random-access source of ``{'image': bytes, 'file_name', 'objects': JSON}`` detection
+    records (``builders.CocoDetection``), its info and its categories (label i is the i-th)."""
+    builder = get_builder(name, data_dir)
+    if split not in builder.info.splits:
+        raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    categories = list(builder.info.metadata.get("categories", []))
+    if not categories:
+        raise ValueError(f"{name} in {builder.data_dir} records no categories: it is not a detection dataset "
+                         f"prepared by this project")
+    source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    names = tuple(str(c["name"]) for c in categories)
+    return source, SourceInfo(len(source), len(names), names, str(builder.info.version)), categories

@@ -1,6 +1,6 @@
 """The tasks of the one training loop, by the name ``config.task`` gives (default
 ``"classification"``). A task is a class ``Task(config, mesh)`` with the handful of named parts
-``lsnet_jax.train.loop.Task`` lists; adding one (detection next) is one file here, a model family
+``lsnet_jax.train.loop.Task`` lists; adding one is one file here, a model family
 and a data source, and one line in ``TASKS``: the loop does not change."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import jax
 import ml_collections
 
 from lsnet_jax.tasks.classification import Classification
+from lsnet_jax.tasks.detection import Detection
 from lsnet_jax.tasks.segmentation import Segmentation
 from lsnet_jax.train import loop
 from lsnet_jax.train.checks import ConfigError
 
-TASKS: dict[str, type] = {"classification": Classification, "segmentation": Segmentation}
+TASKS: dict[str, type] = {"classification": Classification, "segmentation": Segmentation, "detection": Detection}
 
 
 def get(name: str) -> type:

@@ -189,3 +189,74 @@ def architecture(config: ml_collections.ConfigDict) -> dict:
     """The model settings a run changes from its variant's (``config.depth``), as ``create_model``
     keyword arguments; ``{}`` for the published architecture."""
     return {"depth": tuple(int(d) for d in config.depth)} if config.get("depth") else {}
+
+
+def detection_config(model: str = "lsnet_t_retinanet") -> ml_collections.ConfigDict:
+    """LSNet + RetinaNet on COCO as published (DETECTION_SPEC.md, the official
+    configs/retinanet_lsnet_*_fpn_1x_coco.py): AdamW 1e-4, weight decay 0.05 on every parameter but
+    the attention biases, step decay at epochs 8 and 11 with a 500-iteration linear warm-up, 12
+    epochs at 16 images per step (8 GPUs x 2), images resized to fit (1333, 800)."""
+    c = ml_collections.ConfigDict()
+    c.task = "detection"
+    c.model = model
+    c.num_classes = 0  # 0: the dataset's class count
+    c.dtype = "float32"
+    c.impl = "auto"
+    c.depth = ()  # the backbone's blocks per stage ((): the variant's)
+    c.seed = 0
+    c.backbone_weights = ""  # ImageNet classifier weights (official: lsnet_t.pth through lsnet-convert)
+    c.init_weights = ""  # a whole detector's weights (fine-tuning); takes precedence over backbone_weights
+    c.freeze_backbone_bn = True  # the official LSNet.train() keeps every BatchNorm in eval mode
+
+    c.batch_size = 16  # global (8 GPUs x 2)
+    c.group_size = 2  # images per official GPU: each group's focal-loss normaliser (avg_factor) is its own
+    c.epochs = 12
+    c.lr = 1e-4
+    c.lr_schedule = "step"  # "step" (official: milestones, warm-up) | "cosine" (the digit scenes')
+    c.milestones = (8, 11)  # 0-based epochs where the lr is multiplied by 0.1
+    c.warmup_iters = 500
+    c.warmup_ratio = 0.001
+    c.min_lr_ratio = 0.01  # "cosine": the last iteration's lr / lr
+    c.weight_decay = 0.05
+    c.opt_betas = (0.9, 0.999)
+    c.opt_eps = 1e-8
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "coco_detection"  # scripts/prepare_coco.py builds it
+    c.data.data_dir = ml_collections.config_dict.placeholder(str)
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.max_train_examples = 0  # > 0: only the first this many training images (smoke runs, tests)
+    c.data.max_eval_examples = 0  # > 0: only the first this many evaluation images
+    c.data.workers = 8
+    c.data.threads = 4
+    c.data.prefetch = 2
+
+    c.aug = ml_collections.ConfigDict()
+    c.aug.scale = (1333, 800)  # Resize: long side <= 1333, short side <= 800, ratio kept
+    c.aug.test_scale = (1333, 800)
+    c.aug.flip = 0.5
+    c.aug.pad_shape = (1344, 1344)  # every image is padded to this (H, W): one compiled program
+    c.aug.max_boxes = 100  # gt boxes per image, padded with a mask
+    c.aug.min_size = 32  # training images with a shorter side are left out (mmdet's filter)
+    c.aug.mean = IMAGENET_DEFAULT_MEAN  # mmdet's (123.675, 116.28, 103.53) / 255 on RGB
+    c.aug.std = IMAGENET_DEFAULT_STD
+
+    c.test = ml_collections.ConfigDict()
+    c.test.score_thr = 0.05
+    c.test.nms_pre = 1000
+    c.test.iou_threshold = 0.5
+    c.test.max_per_img = 100
+    c.eval_batch_size = 8
+
+    c.log_every_steps = 50
+    c.eval_every_epochs = 1
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3  # the newest; besides them, the newest judged good is never rotated out
+    # a loss above this many times the median of the last 50 is a divergence: the checkpoint before
+    # it is not judged good (a non-finite loss or state stops the run; see train.checks.Health)
+    c.divergence_factor = 10.0
+    c.async_checkpoint = True
+    c.max_steps = ml_collections.config_dict.placeholder(int)
+    c.tensorboard = True
+    return c

@@ -15,12 +15,17 @@ padded to a fixed count with a mask, anchors of the whole padded batch with per-
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
+from lsnet_jax.data.normalize import normalize
 from lsnet_jax.inference.detection import AnchorConfig, encode, level_anchors
+from lsnet_jax.train.seg_steps import SegTrainState as DetTrainState  # the same fields
 
 Array = jax.Array
 EPS = float(np.finfo(np.float32).eps)  # MMDetection adds float32 eps to every avg_factor
@@ -156,3 +161,92 @@ def retina_loss(cls_scores: tuple[Array, ...], bbox_preds: tuple[Array, ...], ba
     loss_cls = jnp.mean(lc.reshape(-1, g).sum(1) / avg)
     loss_bbox = jnp.mean(lb.reshape(-1, g).sum(1) / avg)
     return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss=loss_cls + loss_bbox, num_pos=jnp.sum(num_pos))
+
+
+# ----- the optimisation step, schedules and optimizer -----
+
+
+def step_schedule(lr: float, steps_per_epoch: int, milestones: tuple[int, ...], gamma: float = 0.1,
+                  warmup: int = 500, warmup_ratio: float = 0.001) -> optax.Schedule:
+    """mmcv's step policy by epoch (``lr * gamma ** (number of milestones <= epoch)``, 0-based
+    epochs) with linear warm-up over the first ``warmup`` iterations:
+    ``lr_epoch * (1 - (1 - i / warmup) * (1 - warmup_ratio))``."""
+    bounds = jnp.asarray(milestones, jnp.int32)
+
+    def schedule(it):
+        it = jnp.asarray(it, jnp.int32)
+        epoch = it // steps_per_epoch
+        base = lr * gamma ** jnp.sum(epoch >= bounds).astype(jnp.float32)
+        k = 1 - (1 - it.astype(jnp.float32) / warmup) * (1 - warmup_ratio)
+        return jnp.where(it < warmup, base * k, base)
+    return schedule
+
+
+def cosine_warmup_schedule(lr: float, total: int, warmup: int = 100, warmup_ratio: float = 0.001,
+                           min_ratio: float = 0.01) -> optax.Schedule:
+    """The digit scenes' per-iteration schedule (DETECTION_SPEC.md, small default): linear warm-up
+    from ``warmup_ratio * lr`` over ``warmup`` iterations, then cosine to ``min_ratio * lr`` at the
+    last iteration."""
+    def schedule(it):
+        it = jnp.asarray(it, jnp.float32)
+        warm = lr * (1 - (1 - it / warmup) * (1 - warmup_ratio))
+        frac = jnp.clip((it - warmup) / max(total - 1 - warmup, 1), 0.0, 1.0)
+        cos = lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + jnp.cos(jnp.pi * frac)))
+        return jnp.where(it < warmup, warm, cos)
+    return schedule
+
+
+def decay_mask(params: dict) -> dict:
+    """AdamW's weight decay on every parameter but the ``attention_biases`` (the official
+    paramwise ``custom_keys``; biases and norm weights decay too)."""
+    def walk(tree, name=""):
+        if isinstance(tree, dict):
+            return {k: walk(v, str(k)) for k, v in tree.items()}
+        return name != "attention_biases"
+    return walk(params)
+
+
+def make_optimizer(schedule: optax.Schedule, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8
+                   ) -> optax.GradientTransformation:
+    """PyTorch's AdamW (decoupled decay ``p -= lr * wd * p``), no gradient clipping."""
+    return optax.adamw(schedule, betas[0], betas[1], eps, weight_decay=weight_decay, mask=decay_mask)
+
+
+def image_mask(img_shape: Array, shape: tuple[int, int]) -> Array:
+    """``(N, H, W, 1)`` True inside each image's resized (unpadded) ``img_shape``."""
+    ys = jnp.arange(shape[0])[None, :, None]
+    xs = jnp.arange(shape[1])[None, None, :]
+    return ((ys < img_shape[:, 0, None, None]) & (xs < img_shape[:, 1, None, None]))[..., None]
+
+
+def det_train_step(state: DetTrainState, batch: dict[str, Array], *, graphdef: nnx.GraphDef,
+                   tx: optax.GradientTransformation, mean: tuple[float, ...], std: tuple[float, ...],
+                   num_classes: int, loss_cfg: LossConfig = LossConfig()) -> tuple[DetTrainState, dict[str, Array]]:
+    """One step: normalise (0 outside each resized image, as mmdet pads the normalised image),
+    forward in training mode (the backbone's BatchNorms frozen), RetinaNet's losses, AdamW."""
+    images = normalize(batch["image"], mean, std)
+    images = jnp.where(image_mask(batch["img_shape"], images.shape[1:3]), images, 0.0)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.batch_stats)
+        cls, reg = model(images)
+        out = retina_loss(cls, reg, batch, num_classes, loss_cfg)
+        return out["loss"], (out, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+
+    (_, (out, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # frozen backbone BatchNorms (the official recipe) leave their statistics as they were
+    new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
+    return new, {k: out[k] for k in ("loss", "loss_cls", "loss_bbox", "num_pos")}
+
+
+def det_eval_outputs(params: dict, batch_stats: dict, batch: dict[str, Array], *, graphdef: nnx.GraphDef,
+                     mean: tuple[float, ...], std: tuple[float, ...], test_cfg: Any = None):
+    """The official inference on a padded eval batch: ``detect`` on the normalised images."""
+    from lsnet_jax.inference.detection import TestConfig, detect
+
+    model = nnx.merge(graphdef, params, batch_stats)
+    images = normalize(batch["image"], mean, std)
+    images = jnp.where(image_mask(batch["img_shape"], images.shape[1:3]), images, 0.0)
+    return detect(model, images, batch["img_shape"], batch["scale_factor"], test_cfg or TestConfig())

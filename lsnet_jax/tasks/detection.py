@@ -1,0 +1,232 @@
+"""Object detection (``config.task == "detection"``): the official LSNet + RetinaNet recipe
+(DETECTION_SPEC.md) as a task of the one loop (``lsnet_jax.train.loop``).
+
+AdamW (weight decay on every parameter but the attention biases), the step schedule by epoch with a
+linear warm-up (or the digit scenes' cosine), RetinaNet's assigner, focal and L1 losses with one
+avg_factor per ``group_size`` images (an official GPU's), the backbone's BatchNorms frozen.
+Images are padded to one ``aug.pad_shape``, boxes to ``aug.max_boxes``: the run compiles one train
+and one eval program. Evaluation after every ``eval_every_epochs`` epochs and at the end: the
+official inference (``lsnet_jax.inference.detection.detect``) and pycocotools' COCOeval over the
+whole split; ``log.txt`` gets one JSON line per evaluation with MMDetection's keys (``bbox_mAP``,
+``bbox_mAP_50`` ... ``bbox_mAP_copypaste``) and the period's mean loss and lr.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lsnet_jax import kernels
+from lsnet_jax.data import pipeline, source
+from lsnet_jax.data.detection import DetTestTransform, DetTrainTransform, Subset, ground_truth, train_indices
+from lsnet_jax.inference.coco_eval import evaluate_boxes, results_json
+from lsnet_jax.inference.detection import TestConfig
+from lsnet_jax.models.registry import DTYPES, create_model
+from lsnet_jax.train import det_steps
+from lsnet_jax.train import workdir as workdirs
+from lsnet_jax.train.checks import ConfigError, check_head
+from lsnet_jax.train.config import architecture
+from lsnet_jax.train.loop import Cadence, Init, LoopStats
+from lsnet_jax.train.reporting import Panel
+
+
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    if config.lr_schedule == "step":
+        return det_steps.step_schedule(config.lr, steps_per_epoch, tuple(config.milestones), 0.1,
+                                       config.warmup_iters, config.warmup_ratio)
+    return det_steps.cosine_warmup_schedule(config.lr, config.epochs * steps_per_epoch, config.warmup_iters,
+                                            config.warmup_ratio, config.min_lr_ratio)
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Stop before any work on settings that cannot run, saying what to change."""
+    for key in ("epochs", "eval_every_epochs", "batch_size", "eval_batch_size", "warmup_iters", "max_boxes"):
+        value = config.aug[key] if key == "max_boxes" else config[key]
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config.{'aug.' if key == 'max_boxes' else ''}{key}={value!r} must be a positive integer")
+    if not config.model.endswith("_retinanet"):
+        raise ConfigError(f"config.model={config.model!r}: detection needs a detector, e.g. lsnet_t_retinanet")
+    if config.batch_size % num_devices:
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
+                          f"devices; set --config.batch_size to a multiple of {num_devices}")
+    if config.group_size < 1 or (config.batch_size // num_devices) % config.group_size:
+        raise ConfigError(f"config.group_size={config.group_size} must divide the per-device batch "
+                          f"({config.batch_size // num_devices}): each group of images has its own loss normaliser")
+    if config.lr_schedule not in ("step", "cosine"):
+        raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}; use 'step' (official) or 'cosine'")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
+    if config.impl not in kernels.IMPLS:
+        raise ConfigError(f"config.impl={config.impl!r}; use one of {kernels.IMPLS}")
+    if any(s % 32 for s in config.aug.pad_shape):
+        raise ConfigError(f"config.aug.pad_shape={tuple(config.aug.pad_shape)}: each side must be a multiple of 32")
+    for key in ("backbone_weights", "init_weights"):
+        if config[key] and not (os.path.exists(config[key]) or config[key].startswith("hf-hub:")):
+            raise ConfigError(f"config.{key}={config[key]!r} does not exist; give a weights directory "
+                              "(lsnet-convert or lsnet-export-weights)")
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
+    """The detector (from ``init_weights``, or its backbone from ``backbone_weights``), eval mode."""
+    kw = {}
+    if config.backbone_weights and not config.init_weights:
+        kw["backbone_pretrained"] = config.backbone_weights
+    return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
+                        dtype=DTYPES[config.dtype], seed=config.seed, impl=config.impl,
+                        freeze_backbone_bn=config.freeze_backbone_bn, **architecture(config), **kw)
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int):
+    model.train()
+    graphdef = nnx.graphdef(model)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    model.eval()
+    state = det_steps.DetTrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                                    opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)))
+    return state, graphdef, nnx.graphdef(model)
+
+
+def _batches(samples, size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Eval samples in batches of ``size`` (the last one filled with copies); (batch, real count).
+    Unreadable records are skipped and counted by the caller."""
+    buf = []
+    for s in samples:
+        if "error" in s:
+            yield s, 0
+            continue
+        buf.append(s)
+        if len(buf) == size:
+            yield {k: np.stack([x[k] for x in buf]) for k in ("image", "img_shape", "scale_factor", "image_id")}, size
+            buf = []
+    if buf:
+        n = len(buf)
+        buf += [buf[-1]] * (size - n)
+        yield {k: np.stack([x[k] for x in buf]) for k in ("image", "img_shape", "scale_factor", "image_id")}, n
+
+
+class Detection:
+    """The detection task of the one loop (``lsnet_jax.train.loop.Task``)."""
+
+    best_metric = None  # mmdet keeps no best checkpoint by default
+    curves = (Panel("box AP", "log", "epoch", "epoch", (("bbox_mAP", "AP", "o-"), ("bbox_mAP_50", "AP50", "s-"))),
+              Panel("loss", "steps", "step", "iteration", (("loss", None, "-"),)),
+              Panel("lr", "steps", "step", "iteration", (("lr", None, "-"),)))
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+        validate_config(config, mesh.size)
+        self.config, self.mesh = config, mesh
+        d, a = config.data, config.aug
+        src, info, self.categories = source.open_det_source(d.name, d.train_split, d.data_dir)
+        self.esrc, self.einfo, _ = source.open_det_source(d.name, d.eval_split, d.data_dir)
+        if d.max_eval_examples:
+            self.esrc = Subset(self.esrc, range(min(d.max_eval_examples, len(self.esrc))))
+        self.info = info
+        self.num_classes = config.num_classes or info.num_classes
+        check_head(self.num_classes, info.num_classes, f"{d.name}/{d.train_split}")
+        kept = train_indices(src, a.min_size)
+        self.src = Subset(src, kept[:d.max_train_examples] if d.max_train_examples else kept)
+        n = len(self.src)
+        self.fingerprint = workdirs.fingerprint(
+            "detection", config.model, self.num_classes, int(max(a.pad_shape)), d.name, d.train_split,
+            architecture(config), data_version=info.version, data_examples=n, batch_size=config.batch_size,
+            seed=config.seed)
+        steps_per_epoch = n // config.batch_size
+        total = config.epochs * steps_per_epoch
+        tf = DetTrainTransform(tuple(a.scale), a.flip, tuple(a.pad_shape), a.max_boxes)
+        self.loader = pipeline.seg_train_loader(self.src, source.SourceInfo(n, info.num_classes), tf,
+                                                config.batch_size, config.seed, total, workers=d.workers,
+                                                threads=d.threads, prefetch=d.prefetch)
+        self.test_tf = DetTestTransform(tuple(a.test_scale), tuple(a.pad_shape))
+        self.cadence = Cadence(total_steps=total, steps_per_epoch=self.loader.steps_per_epoch,
+                               period=self.loader.steps_per_epoch, eval_every=config.eval_every_epochs)
+        self.global_batch = config.batch_size
+        self.schedule = make_schedule(config, self.loader.steps_per_epoch)
+        self.tx = det_steps.make_optimizer(self.schedule, config.weight_decay, tuple(config.opt_betas),
+                                           config.opt_eps)
+        self._gt = None
+
+    def train_iterator(self) -> Iterator[dict]:
+        return self.loader.iterator()
+
+    def init(self) -> Init:
+        config = self.config
+        model = build_model(config, self.num_classes)
+        self.n_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        state, graphdef, eval_graphdef = init_state(model, self.tx, config.seed)
+        del model
+        mean, std = tuple(config.aug.mean), tuple(config.aug.std)
+        t = config.test
+        test_cfg = TestConfig(t.score_thr, t.nms_pre, t.iou_threshold, t.max_per_img)
+        self._eval_fn = jax.jit(functools.partial(det_steps.det_eval_outputs, graphdef=eval_graphdef, mean=mean,
+                                                  std=std, test_cfg=test_cfg))
+        step = functools.partial(_step, graphdef=graphdef, tx=self.tx, mean=mean, std=std,
+                                 num_classes=self.num_classes,
+                                 loss_cfg=det_steps.LossConfig(group_size=config.group_size))
+        return Init(state, None, step)
+
+    def lr(self, steps: np.ndarray) -> np.ndarray:
+        return self.schedule(steps)
+
+    def evaluate(self, state) -> dict[str, Any]:
+        local = jax.local_devices()[0]
+        p, s = jax.device_put((state.params, state.batch_stats), local)
+        if self._gt is None:
+            self._gt = ground_truth(self.esrc, self.categories)
+        samples = pipeline.seg_eval_samples(self.esrc, self.test_tf, threads=self.config.data.threads)
+        results, skipped = [], 0
+        for batch, n in _batches(samples, self.config.eval_batch_size):
+            if n == 0:
+                skipped += 1
+                continue
+            dets = self._eval_fn(p, s, jax.device_put(batch, local)).to_lists()[:n]
+            results += results_json(zip(batch["image_id"][:n], dets), [c["id"] for c in self.categories])
+        ev = evaluate_boxes(self._gt, results, [c["id"] for c in self.categories])
+        return ev | {"skipped": skipped, "detections": len(results)}
+
+    def row(self, done: int, stats: LoopStats, ev: dict[str, Any]) -> dict[str, Any]:
+        epoch = done // self.loader.steps_per_epoch
+        keys = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l", "bbox_mAP_copypaste")
+        return {"mode": "val", "epoch": epoch, "iter": done, "step": done, **{k: ev[k] for k in keys},
+                "loss": stats.loss_sum / max(stats.steps, 1), "lr": float(self.schedule(done - 1)),
+                "n_parameters": self.n_parameters, "train_skipped": stats.skipped, "eval_skipped": ev["skipped"],
+                "detections": ev["detections"], "stats": ev["stats"]}
+
+    def summary(self, row: dict[str, Any]) -> str:
+        return (f"epoch {row['epoch']} (iteration {row['iter']}): box AP {100 * row['bbox_mAP']:.1f} "
+                f"AP50 {100 * row['bbox_mAP_50']:.1f} AP75 {100 * row['bbox_mAP_75']:.1f}")
+
+    def best_state(self, state) -> Any:
+        return {"params": state.params, "batch_stats": state.batch_stats}
+
+    def where(self, done: int) -> str:
+        return f"epoch {done // self.loader.steps_per_epoch} (iteration {done}/{self.cadence.total_steps})"
+
+    def run_info(self) -> dict[str, Any]:
+        c = self.config
+        return {"model": c.model, "task": "detection", "num_classes": self.num_classes,
+                "img_size": int(max(c.aug.pad_shape)), "n_parameters": self.n_parameters,
+                "class_names": list(self.info.class_names)[:self.num_classes], "config": c.to_dict(),
+                **({"model_config": architecture(c)} if architecture(c) else {})}
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"{c.model}: {self.n_parameters} parameters, {self.num_classes} classes, {len(self.src)} train / "
+                f"{len(self.esrc)} eval images, {self.cadence.total_steps} iterations "
+                f"({c.epochs} epochs), lr {c.lr:.3g}, one padded shape {tuple(c.aug.pad_shape)}")
+
+
+def _step(state, batch: dict, constants: None, **kw):
+    """``det_train_step`` in the loop's signature (no constants)."""
+    del constants
+    return det_steps.det_train_step(state, batch, **kw)
