@@ -128,7 +128,7 @@ def check_segmenter(sd: dict[str, np.ndarray], name: str, num_classes: int, out:
 
 
 def check_detector(sd: dict[str, np.ndarray], name: str, num_classes: int, out: Path,
-                   size: tuple[int, int] = (480, 640), seed: int = 0) -> dict[str, float]:
+                   size: tuple[int, int] = (384, 512), seed: int = 0) -> dict[str, float]:
     """The PyTorch reference detector against the converted one on one random ``size`` image: the
     largest raw-output difference (every level's class logits and deltas) in units of each
     output's std, folded and not, and the detections of both post-processings compared."""
