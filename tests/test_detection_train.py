@@ -243,6 +243,9 @@ def test_training_resumes_exactly_and_logs_mmdetections_keys(runs):
     assert keys <= set(rows[-1]) and len(rows[-1]["bbox_mAP_copypaste"].split()) == 6
     assert full["bbox_mAP_copypaste"] == resumed["bbox_mAP_copypaste"] and full["detections"] == resumed["detections"]
     assert rows[-1]["loss"] == pytest.approx(np.mean([r["loss"] for r in a[4:]]))
+    assert all(r["loss"] == pytest.approx(r["loss_cls"] + r["loss_bbox"], rel=1e-5) for r in a)
+    assert rows[-1]["loss_cls"] == pytest.approx(np.mean([r["loss_cls"] for r in a[4:]]))
+    assert rows[-1]["loss_bbox"] == pytest.approx(np.mean([r["loss_bbox"] for r in a[4:]]))
     assert (tmp / "full" / "curves.png").stat().st_size > 0
     # the lr: warm-up from 0.001 x over 2 iterations, then cosine to 0.01 x at the last (8th)
     lr = [r["lr"] for r in a]

@@ -119,8 +119,10 @@ class Detection:
     """The detection task of the one loop (``lsnet_jax.train.loop.Task``)."""
 
     best_metric = None  # mmdet keeps no best checkpoint by default
+    step_metrics = ("loss_cls", "loss_bbox")  # steps.jsonl and the log rows: the official log's train keys
     curves = (Panel("box AP", "log", "epoch", "epoch", (("bbox_mAP", "AP", "o-"), ("bbox_mAP_50", "AP50", "s-"))),
-              Panel("loss", "steps", "step", "iteration", (("loss", None, "-"),)),
+              Panel("losses", "steps", "step", "iteration", (("loss_cls", "loss_cls", "-"),
+                                                            ("loss_bbox", "loss_bbox", "-"))),
               Panel("lr", "steps", "step", "iteration", (("lr", None, "-"),)))
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
@@ -198,9 +200,10 @@ class Detection:
         epoch = done // self.loader.steps_per_epoch
         keys = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l", "bbox_mAP_copypaste")
         return {"mode": "val", "epoch": epoch, "iter": done, "step": done, **{k: ev[k] for k in keys},
-                "loss": stats.loss_sum / max(stats.steps, 1), "lr": float(self.schedule(done - 1)),
-                "n_parameters": self.n_parameters, "train_skipped": stats.skipped, "eval_skipped": ev["skipped"],
-                "detections": ev["detections"], "stats": ev["stats"]}
+                "loss_cls": stats.mean("loss_cls"), "loss_bbox": stats.mean("loss_bbox"), "loss": stats.mean("loss"),
+                "lr": float(self.schedule(done - 1)), "n_parameters": self.n_parameters,
+                "train_skipped": stats.skipped, "eval_skipped": ev["skipped"], "detections": ev["detections"],
+                "stats": ev["stats"]}
 
     def summary(self, row: dict[str, Any]) -> str:
         return (f"epoch {row['epoch']} (iteration {row['iter']}): box AP {100 * row['bbox_mAP']:.1f} "

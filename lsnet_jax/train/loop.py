@@ -81,6 +81,7 @@ class LoopStats:
     skipped: int = 0
     best: float = -math.inf
     recent: list[float] = dataclasses.field(default_factory=list)
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)  # the task's step_metrics, this period
 
     @classmethod
     def from_saved(cls, saved: dict) -> LoopStats:
@@ -95,6 +96,12 @@ class LoopStats:
         self.loss_sum += sum(r["loss"] for r in rows)
         self.lr_sum += sum(r["lr"] for r in rows)
         self.steps += len(rows)
+        for k in (k for k in rows[0] if k not in ("step", "loss", "lr")) if rows else ():
+            self.sums[k] = self.sums.get(k, 0.0) + sum(r[k] for r in rows)
+
+    def mean(self, key: str) -> float | None:
+        """The period's mean of a step metric (``None`` before its first step)."""
+        return (self.loss_sum if key == "loss" else self.sums.get(key, 0.0)) / self.steps if self.steps else None
 
     def means(self) -> dict[str, float | None]:
         """The period's mean training loss and lr (``None`` before its first step)."""
@@ -103,6 +110,7 @@ class LoopStats:
 
     def new_period(self) -> None:
         self.loss_sum, self.lr_sum, self.steps, self.skipped = 0.0, 0.0, 0, 0
+        self.sums = {}
 
 
 @dataclasses.dataclass
@@ -127,6 +135,8 @@ class Task(Protocol):
     # a log row's key: DIR/best keeps the weights where it was highest; None: no DIR/best
     best_metric: str | None
     curves: tuple[reporting.Panel, ...]  # curves.png's panels besides the train loss
+    # optional: the step's metrics besides "loss" written to steps.jsonl and TensorBoard and summed
+    # over each period (LoopStats.mean), e.g. detection's ("loss_cls", "loss_bbox")
 
     def train_iterator(self) -> Iterator[dict]:
         """The training batches (host-local numpy, ``skipped`` counting unreadable records), with
@@ -268,7 +278,8 @@ def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: 
     log.info("%s, global batch %d on %d devices", task.describe(), task.global_batch, len(devices))
     progress = reporting.Progress(cad.total_steps, cad.steps_per_epoch, task.global_batch, start)
     end = cad.total_steps if config.max_steps is None else min(cad.total_steps, config.max_steps)
-    pending: list[tuple[int, jax.Array]] = []
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    extra = tuple(getattr(task, "step_metrics", ()))
     last: dict[str, Any] = {}
 
     def flush(line: bool) -> None:
@@ -277,10 +288,10 @@ def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: 
         nonlocal pending
         if not pending:
             return
-        losses = jax.device_get([m for _, m in pending])
+        values = jax.device_get([m for _, m in pending])
         lrs = np.asarray(task.lr(np.asarray([s for s, _ in pending])))  # one call per flush, not per step
-        rows = [{"step": s + 1, "loss": float(v), "lr": float(lr)}
-                for (s, _), v, lr in zip(pending, losses, lrs)]
+        rows = [{"step": s + 1, "loss": float(v["loss"]), "lr": float(lr), **{k: float(v[k]) for k in extra}}
+                for (s, _), v, lr in zip(pending, values, lrs)]
         pending = []
         reporter.steps([r for r in rows if math.isfinite(r["loss"])])
         health.judge(rows)
@@ -340,7 +351,7 @@ def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: 
             batch = next(iterator)
             stats.skipped += int(batch["skipped"])
             state, metrics = train_fn(state, to_global(batch, dat), constants)
-            pending.append((step, metrics["loss"]))
+            pending.append((step, {k: metrics[k] for k in ("loss",) + extra}))
             done = step + 1
             period_end = cad.period_end(done)
             if done % config.log_every_steps == 0 or period_end or done == end:

@@ -135,8 +135,9 @@ class Reporter:
                 f.write(json.dumps(r) + "\n")
         if self._tb is not None:
             for r in rows:
-                self._tb.add_scalar("train/loss", r["loss"], r["step"])
-                self._tb.add_scalar("train/lr", r["lr"], r["step"])
+                for k, v in r.items():
+                    if k != "step":
+                        self._tb.add_scalar(f"train/{k}", v, r["step"])
 
     def epoch(self, stats: dict, step: int) -> None:
         if not self.write:
