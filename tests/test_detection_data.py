@@ -138,3 +138,27 @@ def test_transforms_resize_flip_and_pad_boxes(prepared):
     assert int(test["image_id"]) == 1 and np.array_equal(test["image"], plain["image"])
     with pytest.raises(ValueError, match="does not fit the pad shape"):
         DetTestTransform((1333, 800), (800, 800))(rec)
+
+
+def test_lsnet_eval_detection_and_a_head_of_other_classes(prepared, tmp_path, capsys):
+    """``lsnet-eval --task detection`` over the prepared split (a shallow random detector: COCOeval
+    runs, the json holds mmdet's keys and every image); weights of another class count are refused."""
+    from lsnet_jax import create_model
+    from lsnet_jax.checkpoints.state import flat_state
+    from lsnet_jax.checkpoints.weights import save_weights
+    from lsnet_jax.cli import evaluate
+
+    tmp, _ = prepared
+    for classes in (3, 10):
+        m = create_model("lsnet_t_retinanet", num_classes=classes, depth=(0, 1, 1, 1))
+        save_weights(tmp_path / f"w{classes}", flat_state(m), {"model": "lsnet_t_retinanet", "num_classes": classes,
+                                                               "task": "detection", "model_config": {"depth": [0, 1, 1, 1]}})
+    args = ["--data", "coco_detection", "--split", "validation", "--data_dir", str(tmp / "tfds"), "--test-scale",
+            "128", "96", "--pad", "128"]
+    assert evaluate.main(["--weights", str(tmp_path / "w3"), *args, "--json", str(tmp_path / "m.json")]) == 0
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["images"] == 3 and report["skipped"] == 0 and report["task"] == "detection"
+    assert {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_copypaste", "stats"} <= set(report)
+    assert "bbox_mAP_copypaste" in capsys.readouterr().out
+    assert evaluate.main(["--weights", str(tmp_path / "w10"), *args]) == 2
+    assert "detects 10 classes but coco_detection/validation has 3 categories" in capsys.readouterr().err

@@ -12,6 +12,14 @@ their metrics are described in ``lsnet_jax.inference.eval_sets``; ``--data``/``-
 any other TFDS image-classification split. Prints progress lines (images/s, ETA) and writes
 ``--json``.
 
+Detection (``--task detection``, or any ``*_retinanet`` weights): COCOeval (pycocotools) of the
+official inference over a prepared COCO-format split (``scripts/prepare_coco.py``, or the digit
+scenes ``lsnet_det_digits``), every image resized to fit ``--test-scale`` and padded to one
+square shape; prints pycocotools' table and mmdet's ``bbox_mAP_copypaste``:
+
+    lsnet-eval --weights weights/lsnet_t_retinanet --data coco_detection --split validation --data_dir D
+    lsnet-eval --weights W --data lsnet_det_digits --split test --data_dir data/tfds --test-scale 512 128 --pad 128
+
 Segmentation (``--task segmentation``, or any ``*_semfpn`` weights):
 
     lsnet-eval --weights weights/lsnet_t_semfpn --data ade20k --split validation
@@ -57,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --data, when the head's classes are not the dataset's: 'names' (each dataset class "
                          "to the head's class of the same name, from the weights' class_names) or a JSON file "
                          "with the head index of each dataset label; scored among those head classes only")
-    ap.add_argument("--task", choices=("classification", "segmentation"), default=None,
-                    help="default: segmentation for *_semfpn weights, else classification")
+    ap.add_argument("--task", choices=("classification", "segmentation", "detection"), default=None,
+                    help="default: segmentation for *_semfpn weights, detection for *_retinanet, else classification")
     ap.add_argument("--test-scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"),
-                    help="segmentation: the keep-ratio test resize (default: the weights' own, else "
-                         "ADE20K's 2048 512)")
+                    help="segmentation/detection: the keep-ratio test resize (default: the weights' own, else "
+                         "ADE20K's 2048 512 / COCO's 1333 800)")
+    ap.add_argument("--pad", type=positive_int, default=None, metavar="SIDE",
+                    help="detection: every image padded to SIDE x SIDE (a multiple of 32; default: the test "
+                         "scale's long side rounded up to 32)")
     args = ap.parse_args(argv)
     from lsnet_jax.checkpoints.weights import OutputError, check_report
 
@@ -80,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         name = args.model or ""
     if args.task == "segmentation" or (args.task is None and name.endswith("_semfpn")):
         return evaluate_segmentation(args)
+    if args.task == "detection" or (args.task is None and name.endswith("_retinanet")):
+        return evaluate_detection(args)
 
     import jax
     from flax import nnx
@@ -240,6 +253,56 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
     summary = {"model": spec.name, "weights": str(args.weights), "task": "segmentation", "data": data,
                "split": args.split, "test_scale": scale, "deploy": args.deploy, "seconds": round(time.time() - t0, 1),
                "images": info.num_examples - r["skipped"]} | r
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def evaluate_detection(args: argparse.Namespace) -> int:
+    import jax
+    from flax import nnx
+
+    from lsnet_jax.data import source
+    from lsnet_jax.data.detection import DetTestTransform, pad32
+    from lsnet_jax.inference.detection import detect_batch
+    from lsnet_jax.inference.detection_eval import evaluate_detector
+    from lsnet_jax.inference.loading import inference_spec
+
+    data = args.data or "coco_detection"
+    try:
+        spec = inference_spec(args.weights, args.model, allow_detector=True)
+        if not spec.name.endswith("_retinanet"):
+            raise ValueError(f"{spec.name} is not a detector; detection needs *_retinanet weights")
+        src, info, categories = source.open_det_source(data, args.split, args.data_dir)
+        model = spec.create(deploy=args.deploy)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    classes = model.cfg.num_classes
+    if classes != info.num_classes:
+        print(f"error: {args.weights} detects {classes} classes but {data}/{args.split} has {info.num_classes} "
+              f"categories", file=sys.stderr)
+        return 2
+    scale = tuple(args.test_scale or spec.meta.get("test_scale") or (1333, 800))
+    side = args.pad or pad32(max(scale))
+    if side % 32:
+        print(f"error: --pad {side} is not a multiple of 32", file=sys.stderr)
+        return 2
+    graph, state = nnx.split(model)
+    fn = jax.jit(lambda s, b: detect_batch(nnx.merge(graph, s), b, spec.mean, spec.std))
+    t0 = time.time()
+    try:
+        r = evaluate_detector(functools.partial(fn, state), src, categories, DetTestTransform(scale, (side, side)),
+                              min(args.batch, 8), progress_every=500)
+    except ValueError as e:  # an image that does not fit the padded shape
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(r["summary"], end="")
+    print(f"{data}/{args.split}: bbox_mAP_copypaste {r['bbox_mAP_copypaste']} on {r['images']} images "
+          f"({r['skipped']} unreadable skipped), {r['detections']} detections")
+    summary = {"model": spec.name, "weights": str(args.weights), "task": "detection", "data": data,
+               "split": args.split, "test_scale": scale, "pad": side, "deploy": args.deploy,
+               "seconds": round(time.time() - t0, 1)} | {k: v for k, v in r.items() if k != "summary"}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0

@@ -199,3 +199,21 @@ def detect(model, images: Array, img_shapes: Array, scale_factors: Array, cfg: T
     post = functools.partial(retina_postprocess, num_classes=model.cfg.num_classes, cfg=cfg)
     return jax.vmap(post)(cls_scores, bbox_preds, jnp.asarray(img_shapes, jnp.float32),
                           jnp.asarray(scale_factors, jnp.float32))
+
+
+def inside(img_shape: Array, shape: tuple[int, int]) -> Array:
+    """``(N, H, W, 1)`` True inside each image's resized (unpadded) ``img_shape``."""
+    ys = jnp.arange(shape[0])[None, :, None]
+    xs = jnp.arange(shape[1])[None, None, :]
+    return ((ys < img_shape[:, 0, None, None]) & (xs < img_shape[:, 1, None, None]))[..., None]
+
+
+def detect_batch(model, batch: dict[str, Array], mean, std, cfg: TestConfig = TestConfig()) -> Detections:
+    """``detect`` on a pipeline batch (``lsnet_jax.data.detection.DetTestTransform``): uint8 images
+    padded with 0, normalised here and set to 0 outside each resized image (mmdet pads the
+    normalised image with 0), with their ``img_shape`` and ``scale_factor``."""
+    from lsnet_jax.data.normalize import normalize
+
+    images = normalize(batch["image"], mean, std)
+    images = jnp.where(inside(batch["img_shape"], images.shape[1:3]), images, 0.0)
+    return detect(model, images, batch["img_shape"], batch["scale_factor"], cfg)

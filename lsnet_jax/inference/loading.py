@@ -34,7 +34,7 @@ class InferenceSpec:
 
 
 def inference_spec(weights: str | os.PathLike | None, model: str | None = None, img_size: int | None = None,
-                   crop_pct: float | None = None) -> InferenceSpec:
+                   crop_pct: float | None = None, allow_detector: bool = False) -> InferenceSpec:
     """Model name, input size, crop_pct and mean/std: as given, else from the weights' config.json,
     else the ImageNet defaults. Raises ``ValueError`` when nothing names the model."""
     if weights is not None and not Path(weights).exists() and str(weights) in hub.PUBLISHED:
@@ -48,9 +48,9 @@ def inference_spec(weights: str | os.PathLike | None, model: str | None = None, 
     name = model or meta.get("model")
     if name is None:
         raise ValueError(f"{weights} does not name its model (no config.json); give --model (e.g. lsnet_t)")
-    if str(name).endswith("_retinanet"):
-        raise ValueError(f"{name} is a detector: lsnet-eval, lsnet-predict and lsnet-export take classifiers and "
-                         f"segmenters so far; detect with lsnet_jax.inference.detection.detect (the model's raw "
+    if str(name).endswith("_retinanet") and not allow_detector:
+        raise ValueError(f"{name} is a detector: lsnet-predict and lsnet-export take classifiers and segmenters "
+                         f"so far (lsnet-eval --task detection evaluates it); detect with lsnet_jax.inference.detection.detect (the model's raw "
                          f"outputs through the official post-processing)")
     return InferenceSpec(name=name, weights=weights, img_size=img_size or int(meta.get("img_size", 224)),
                          crop_pct=crop_pct or float(meta.get("crop_pct", 0.875)),

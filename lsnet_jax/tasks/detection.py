@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from lsnet_jax import kernels
 from lsnet_jax.data import pipeline, source
 from lsnet_jax.data.detection import DetTestTransform, DetTrainTransform, Subset, ground_truth, train_indices
-from lsnet_jax.inference.coco_eval import evaluate_boxes, results_json
+from lsnet_jax.inference.detection_eval import evaluate_detector
 from lsnet_jax.inference.detection import TestConfig
 from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import det_steps
@@ -95,24 +95,6 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int):
     state = det_steps.DetTrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
                                     opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)))
     return state, graphdef, nnx.graphdef(model)
-
-
-def _batches(samples, size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """Eval samples in batches of ``size`` (the last one filled with copies); (batch, real count).
-    Unreadable records are skipped and counted by the caller."""
-    buf = []
-    for s in samples:
-        if "error" in s:
-            yield s, 0
-            continue
-        buf.append(s)
-        if len(buf) == size:
-            yield {k: np.stack([x[k] for x in buf]) for k in ("image", "img_shape", "scale_factor", "image_id")}, size
-            buf = []
-    if buf:
-        n = len(buf)
-        buf += [buf[-1]] * (size - n)
-        yield {k: np.stack([x[k] for x in buf]) for k in ("image", "img_shape", "scale_factor", "image_id")}, n
 
 
 class Detection:
@@ -185,16 +167,9 @@ class Detection:
         p, s = jax.device_put((state.params, state.batch_stats), local)
         if self._gt is None:
             self._gt = ground_truth(self.esrc, self.categories)
-        samples = pipeline.seg_eval_samples(self.esrc, self.test_tf, threads=self.config.data.threads)
-        results, skipped = [], 0
-        for batch, n in _batches(samples, self.config.eval_batch_size):
-            if n == 0:
-                skipped += 1
-                continue
-            dets = self._eval_fn(p, s, jax.device_put(batch, local)).to_lists()[:n]
-            results += results_json(zip(batch["image_id"][:n], dets), [c["id"] for c in self.categories])
-        ev = evaluate_boxes(self._gt, results, [c["id"] for c in self.categories])
-        return ev | {"skipped": skipped, "detections": len(results)}
+        return evaluate_detector(lambda b: self._eval_fn(p, s, jax.device_put(b, local)), self.esrc, self.categories,
+                                 self.test_tf, self.config.eval_batch_size, self._gt, self.config.data.threads,
+                                 progress_every=1000)
 
     def row(self, done: int, stats: LoopStats, ev: dict[str, Any]) -> dict[str, Any]:
         epoch = done // self.loader.steps_per_epoch

@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 
 from lsnet_jax.data.normalize import normalize
-from lsnet_jax.inference.detection import AnchorConfig, encode, level_anchors
+from lsnet_jax.inference.detection import AnchorConfig, TestConfig, detect_batch, encode, inside, level_anchors
 from lsnet_jax.train.seg_steps import SegTrainState as DetTrainState  # the same fields
 
 Array = jax.Array
@@ -212,20 +212,13 @@ def make_optimizer(schedule: optax.Schedule, weight_decay: float, betas=(0.9, 0.
     return optax.adamw(schedule, betas[0], betas[1], eps, weight_decay=weight_decay, mask=decay_mask)
 
 
-def image_mask(img_shape: Array, shape: tuple[int, int]) -> Array:
-    """``(N, H, W, 1)`` True inside each image's resized (unpadded) ``img_shape``."""
-    ys = jnp.arange(shape[0])[None, :, None]
-    xs = jnp.arange(shape[1])[None, None, :]
-    return ((ys < img_shape[:, 0, None, None]) & (xs < img_shape[:, 1, None, None]))[..., None]
-
-
 def det_train_step(state: DetTrainState, batch: dict[str, Array], *, graphdef: nnx.GraphDef,
                    tx: optax.GradientTransformation, mean: tuple[float, ...], std: tuple[float, ...],
                    num_classes: int, loss_cfg: LossConfig = LossConfig()) -> tuple[DetTrainState, dict[str, Array]]:
     """One step: normalise (0 outside each resized image, as mmdet pads the normalised image),
     forward in training mode (the backbone's BatchNorms frozen), RetinaNet's losses, AdamW."""
     images = normalize(batch["image"], mean, std)
-    images = jnp.where(image_mask(batch["img_shape"], images.shape[1:3]), images, 0.0)
+    images = jnp.where(inside(batch["img_shape"], images.shape[1:3]), images, 0.0)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.batch_stats)
@@ -243,10 +236,5 @@ def det_train_step(state: DetTrainState, batch: dict[str, Array], *, graphdef: n
 
 def det_eval_outputs(params: dict, batch_stats: dict, batch: dict[str, Array], *, graphdef: nnx.GraphDef,
                      mean: tuple[float, ...], std: tuple[float, ...], test_cfg: Any = None):
-    """The official inference on a padded eval batch: ``detect`` on the normalised images."""
-    from lsnet_jax.inference.detection import TestConfig, detect
-
-    model = nnx.merge(graphdef, params, batch_stats)
-    images = normalize(batch["image"], mean, std)
-    images = jnp.where(image_mask(batch["img_shape"], images.shape[1:3]), images, 0.0)
-    return detect(model, images, batch["img_shape"], batch["scale_factor"], test_cfg or TestConfig())
+    """The official inference on a padded eval batch (``inference.detection.detect_batch``)."""
+    return detect_batch(nnx.merge(graphdef, params, batch_stats), batch, mean, std, test_cfg or TestConfig())
