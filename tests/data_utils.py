@@ -83,3 +83,34 @@ def pil_eval_transform(data: bytes, size: int, crop_pct: float = 0.875) -> np.nd
     x = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     return ((x - mean) / std).astype(np.float32)
+
+
+def preempted_run(config, workdir: Path, devices) -> tuple[dict, int]:
+    """``train_and_evaluate`` sent SIGTERM (a preemption notice) as soon as its first step is logged:
+    it finishes that step, saves it and returns. A no-op SIGTERM handler stands behind the loop's,
+    so that a notice arriving after the run ended cannot end the test process."""
+    import signal
+    import threading
+    import time
+
+    from lsnet_jax.tasks import train_and_evaluate
+    from lsnet_jax.train.reporting import read_jsonl
+
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    done = threading.Event()
+
+    def notify():
+        while not done.is_set() and not (workdir / "steps.jsonl").exists():
+            time.sleep(0.01)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=notify, daemon=True)
+    watcher.start()
+    try:
+        out = train_and_evaluate(config, workdir, devices)
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGTERM, previous)
+    return out, max(r["step"] for r in read_jsonl(workdir / "steps.jsonl"))

@@ -198,33 +198,15 @@ def digits_config(data_dir, **over):
 def runs(tmp_path_factory):
     """An uninterrupted 2-epoch run (4 iterations per epoch, 2 devices, 2 loss groups), and one
     preempted (SIGTERM) after its first logged iteration and resumed."""
-    import os
-    import signal
-    import threading
-    import time
+    from data_utils import preempted_run
 
     from lsnet_jax.tasks import train_and_evaluate
 
     tmp = tmp_path_factory.mktemp("det")
     devices = jax.devices()[:2]
     full = train_and_evaluate(digits_config(tmp / "tfds"), tmp / "full", devices)
-    previous = signal.signal(signal.SIGTERM, lambda *a: None)
-    done = threading.Event()
-
-    def notify():
-        while not done.is_set() and not (tmp / "resumed" / "steps.jsonl").exists():
-            time.sleep(0.01)
-        if not done.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    watcher = threading.Thread(target=notify, daemon=True)
-    watcher.start()
-    try:
-        train_and_evaluate(digits_config(tmp / "tfds"), tmp / "resumed", devices)
-    finally:
-        done.set()
-        watcher.join()
-        signal.signal(signal.SIGTERM, previous)
+    _, stopped = preempted_run(digits_config(tmp / "tfds"), tmp / "resumed", devices)
+    assert 1 <= stopped < 8 and (tmp / "resumed" / "checkpoints" / str(stopped)).is_dir(), stopped
     resumed = train_and_evaluate(digits_config(tmp / "tfds"), tmp / "resumed", devices)
     return tmp, full, resumed
 

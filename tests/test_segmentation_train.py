@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -14,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+
+from data_utils import preempted_run
 
 from lsnet_jax.data import source
 from lsnet_jax.data.segmentation import decode_image, decode_label, palette
@@ -47,36 +48,6 @@ def digits_config(data_dir, **over):
     return c
 
 
-def _preempted_run(config, workdir: Path, devices) -> tuple[dict, int]:
-    """``train_and_evaluate`` sent SIGTERM (a preemption notice) as soon as its first step is logged:
-    it finishes that step, saves it and returns. A no-op SIGTERM handler stands behind the loop's,
-    so that a notice arriving after the run ended cannot end the test process."""
-    import signal
-    import threading
-    import time
-
-    from lsnet_jax.tasks import train_and_evaluate
-
-    previous = signal.signal(signal.SIGTERM, lambda *a: None)
-    done = threading.Event()
-
-    def notify():
-        while not done.is_set() and not (workdir / "steps.jsonl").exists():
-            time.sleep(0.01)
-        if not done.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    watcher = threading.Thread(target=notify, daemon=True)
-    watcher.start()
-    try:
-        out = train_and_evaluate(config, workdir, devices)
-    finally:
-        done.set()
-        watcher.join()
-        signal.signal(signal.SIGTERM, previous)
-    return out, max(r["step"] for r in read_jsonl(workdir / "steps.jsonl"))
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One uninterrupted 6-iteration run, and one preempted (SIGTERM) after its first logged
@@ -86,7 +57,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("seg")
     devices = jax.devices()[:2]
     full = train_and_evaluate(digits_config(tmp / "tfds"), tmp / "full", devices)
-    _, stopped = _preempted_run(digits_config(tmp / "tfds", log_every_steps=1), tmp / "resumed", devices)
+    _, stopped = preempted_run(digits_config(tmp / "tfds", log_every_steps=1), tmp / "resumed", devices)
     assert 1 <= stopped < 6 and (tmp / "resumed" / "checkpoints" / str(stopped)).is_dir(), stopped
     assert not (tmp / "resumed" / "log.txt").exists() or not read_jsonl(tmp / "resumed" / "log.txt")
     resumed = train_and_evaluate(digits_config(tmp / "tfds"), tmp / "resumed", devices)

@@ -291,10 +291,11 @@ class _LoadSegEval:
 
 
 def seg_eval_samples(source: Sequence[dict], transform: Callable[[dict], dict], threads: int = 2,
-                     prefetch: int = 4) -> grain.IterDataset:
-    """This process's share of a split (records ``process_index::process_count``), one sample at
-    a time (images keep their own sizes), decoded ahead by ``threads`` threads; an unreadable
-    record comes as ``{'index', 'file_name', 'error'}``."""
-    ds = grain.MapDataset.range(jax.process_index(), len(source), jax.process_count())
+                     prefetch: int = 4, shard: bool = True) -> grain.IterDataset:
+    """This process's share of a split (records ``process_index::process_count``; every record
+    with ``shard=False``), one sample at a time (images keep their own sizes), decoded ahead by
+    ``threads`` threads; an unreadable record comes as ``{'index', 'file_name', 'error'}``."""
+    first, step = (jax.process_index(), jax.process_count()) if shard else (0, 1)
+    ds = grain.MapDataset.range(first, len(source), step)
     ds = ds.map(_LoadSegEval(source, transform))
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))

@@ -42,7 +42,9 @@ def evaluate_detector(detect_fn: Callable, source: Sequence[dict], categories: S
     gt = gt if gt is not None else ground_truth(source, categories)
     ids = [c["id"] for c in categories]
     results, skipped, done, t0 = [], 0, 0, time.monotonic()
-    for batch, n in batches(pipeline.seg_eval_samples(source, transform, threads=threads), batch_size):
+    # every process evaluates the whole split (COCOeval needs every image's detections in one place)
+    samples = pipeline.seg_eval_samples(source, transform, threads=threads, shard=False)
+    for batch, n in batches(samples, batch_size):
         if batch is None:
             skipped += 1
             continue

@@ -21,13 +21,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lsnet_jax.checkpoints.state import load_flat
-from lsnet_jax.checkpoints.weights import load_weights
 from lsnet_jax.kernels.resize import resize_nearest
 from lsnet_jax.models.family import Family, Flat, fresh_heads
 from lsnet_jax.models.layers import BatchNorm, Conv, abstract
 from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, LSNet, LSNetConfig, model_config
-from lsnet_jax.models.semfpn import BIAS_RESOLUTION, ConvModule, _init_kernel, backbone_from_classifier
+from lsnet_jax.models.semfpn import BIAS_RESOLUTION, ConvModule, _init_kernel, load_backbone
 
 Array = jax.Array
 
@@ -172,12 +170,7 @@ def build(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs,
     del img_size
     model = RetinaNet(retinanet_config(name, num_classes, **config), dtype=dtype, rngs=rngs)
     if backbone_pretrained is not None:
-        flat, meta = load_weights(backbone_pretrained)
-        want = VARIANTS[name]
-        if meta.get("model") and meta["model"].removesuffix("_distill") != want:
-            raise ValueError(f"{backbone_pretrained} holds {meta['model']!r} weights; the backbone of {name!r} "
-                             f"is {want!r}")
-        load_flat(model.backbone, backbone_from_classifier(flat), what=str(backbone_pretrained))
+        load_backbone(model.backbone, backbone_pretrained, name, VARIANTS[name])
     return model
 
 

@@ -240,13 +240,17 @@ def build(name: str, num_classes: int, img_size: int, dtype, rngs: nnx.Rngs,
     del img_size
     model = SemanticFPN(semfpn_config(name, num_classes, **config), dtype=dtype, rngs=rngs)
     if backbone_pretrained is not None:
-        flat, meta = load_weights(backbone_pretrained)
-        want = VARIANTS[name]
-        if meta.get("model") and meta["model"].removesuffix("_distill") != want:
-            raise ValueError(f"{backbone_pretrained} holds {meta['model']!r} weights; the backbone of {name!r} "
-                             f"is {want!r}")
-        load_flat(model.backbone, backbone_from_classifier(flat), what=str(backbone_pretrained))
+        load_backbone(model.backbone, backbone_pretrained, name, VARIANTS[name])
     return model
+
+
+def load_backbone(backbone: LSNet, weights: str | os.PathLike, name: str, want: str) -> None:
+    """A dense model's backbone from ImageNet classifier weights of variant ``want`` (the official
+    ``init_weights``: bias tables resized to 14x14, the head dropped, loaded non-strictly)."""
+    flat, meta = load_weights(weights)
+    if meta.get("model") and meta["model"].removesuffix("_distill") != want:
+        raise ValueError(f"{weights} holds {meta['model']!r} weights; the backbone of {name!r} is {want!r}")
+    load_flat(backbone, backbone_from_classifier(flat), what=str(weights))
 
 
 def adapt(flat: Flat, model: SemanticFPN, ckpt_classes: int | None) -> Flat:

@@ -14,30 +14,29 @@ whole split; ``log.txt`` gets one JSON line per evaluation with MMDetection's ke
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lsnet_jax import kernels
 from lsnet_jax.data import pipeline, source
+from lsnet_jax.tasks import dense
+from lsnet_jax.tasks.dense import validate_common
 from lsnet_jax.data.detection import DetTestTransform, DetTrainTransform, Subset, ground_truth, train_indices
 from lsnet_jax.inference.detection_eval import evaluate_detector
 from lsnet_jax.inference.detection import TestConfig
-from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import det_steps
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_head
 from lsnet_jax.train.config import architecture
 from lsnet_jax.train.loop import Cadence, Init, LoopStats
 from lsnet_jax.train.reporting import Panel
+from lsnet_jax.train.seg_steps import init_state
 
 
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -56,45 +55,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             raise ConfigError(f"config.{'aug.' if key == 'max_boxes' else ''}{key}={value!r} must be a positive integer")
     if not config.model.endswith("_retinanet"):
         raise ConfigError(f"config.model={config.model!r}: detection needs a detector, e.g. lsnet_t_retinanet")
-    if config.batch_size % num_devices:
-        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
-                          f"devices; set --config.batch_size to a multiple of {num_devices}")
-    if config.group_size < 1 or (config.batch_size // num_devices) % config.group_size:
-        raise ConfigError(f"config.group_size={config.group_size} must divide the per-device batch "
-                          f"({config.batch_size // num_devices}): each group of images has its own loss normaliser")
-    if config.lr_schedule not in ("step", "cosine"):
-        raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}; use 'step' (official) or 'cosine'")
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
-    if config.impl not in kernels.IMPLS:
-        raise ConfigError(f"config.impl={config.impl!r}; use one of {kernels.IMPLS}")
     if any(s % 32 for s in config.aug.pad_shape):
         raise ConfigError(f"config.aug.pad_shape={tuple(config.aug.pad_shape)}: each side must be a multiple of 32")
-    for key in ("backbone_weights", "init_weights"):
-        if config[key] and not (os.path.exists(config[key]) or config[key].startswith("hf-hub:")):
-            raise ConfigError(f"config.{key}={config[key]!r} does not exist; give a weights directory "
-                              "(lsnet-convert or lsnet-export-weights)")
+    validate_common(config, num_devices)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
     """The detector (from ``init_weights``, or its backbone from ``backbone_weights``), eval mode."""
-    kw = {}
-    if config.backbone_weights and not config.init_weights:
-        kw["backbone_pretrained"] = config.backbone_weights
-    return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
-                        dtype=DTYPES[config.dtype], seed=config.seed, impl=config.impl,
-                        freeze_backbone_bn=config.freeze_backbone_bn, **architecture(config), **kw)
-
-
-def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int):
-    model.train()
-    graphdef = nnx.graphdef(model)
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    model.eval()
-    state = det_steps.DetTrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                                    opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)))
-    return state, graphdef, nnx.graphdef(model)
+    return dense.build_model(config, num_classes)
 
 
 class Detection:

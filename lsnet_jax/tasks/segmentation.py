@@ -13,29 +13,27 @@ over the split as mmseg; ``log.txt`` gets one JSON line per evaluation (``iter``
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lsnet_jax import kernels
 from lsnet_jax.data import pipeline, source
+from lsnet_jax.tasks import dense
+from lsnet_jax.tasks.dense import validate_common
 from lsnet_jax.data.segmentation import SegTestTransform, SegTrainTransform
 from lsnet_jax.inference.segmentation import evaluate_segmenter, seg_logits
-from lsnet_jax.models.registry import DTYPES, create_model
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_head
 from lsnet_jax.train.config import architecture
 from lsnet_jax.train.loop import Cadence, Init, LoopStats
 from lsnet_jax.train.reporting import Panel
-from lsnet_jax.train.seg_steps import SegTrainState, poly_schedule, seg_train_step
+from lsnet_jax.train.seg_steps import SegTrainState, init_state, poly_schedule, seg_train_step
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.Schedule, optax.GradientTransformation]:
@@ -52,43 +50,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             raise ConfigError(f"config.{key}={config[key]!r} must be a positive integer")
     if not config.model.endswith("_semfpn"):
         raise ConfigError(f"config.model={config.model!r}: segmentation needs a segmenter, e.g. lsnet_t_semfpn")
-    if config.batch_size % num_devices:
-        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} "
-                          f"devices; set --config.batch_size to a multiple of {num_devices}")
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"config.dtype={config.dtype!r}; use one of {sorted(DTYPES)}")
-    if config.impl not in kernels.IMPLS:
-        raise ConfigError(f"config.impl={config.impl!r}; use one of {kernels.IMPLS}")
     if any(c % 32 for c in config.aug.crop):
         raise ConfigError(f"config.aug.crop={tuple(config.aug.crop)}: each side must be a multiple of 32")
-    for key in ("backbone_weights", "init_weights"):
-        if config[key] and not (os.path.exists(config[key]) or config[key].startswith("hf-hub:")):
-            raise ConfigError(f"config.{key}={config[key]!r} does not exist; give a weights directory "
-                              "(lsnet-convert or lsnet-export-weights)")
+    validate_common(config, num_devices)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
     """The segmenter (from ``init_weights``, or its backbone from ``backbone_weights``), eval mode."""
-    kw = {}
-    if config.backbone_weights and not config.init_weights:
-        kw["backbone_pretrained"] = config.backbone_weights
-    return create_model(config.model, pretrained=config.init_weights or None, num_classes=num_classes,
-                        dtype=DTYPES[config.dtype], seed=config.seed, impl=config.impl,
-                        bn_momentum=config.bn_momentum, freeze_backbone_bn=config.freeze_backbone_bn,
-                        **architecture(config), **kw)
-
-
-def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int
-               ) -> tuple[SegTrainState, nnx.GraphDef, nnx.GraphDef]:
-    """The state a run starts from, and the model's training- and eval-mode graph definitions."""
-    model.train()
-    graphdef = nnx.graphdef(model)
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    model.eval()
-    state = SegTrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                          opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)))
-    return state, graphdef, nnx.graphdef(model)
+    return dense.build_model(config, num_classes, bn_momentum=config.bn_momentum)
 
 
 class Segmentation:

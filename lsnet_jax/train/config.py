@@ -175,14 +175,7 @@ def segmentation_config(model: str = "lsnet_t_semfpn") -> ml_collections.ConfigD
     c.log_every_steps = 50
     c.eval_every_steps = 4000
     c.checkpoint_every_steps = 4000
-    c.keep_checkpoints = 3  # the newest; besides them, the newest judged good is never rotated out
-    # a loss above this many times the median of the last 50 is a divergence: the checkpoint before
-    # it is not judged good (a non-finite loss or state stops the run; see train.checks.Health)
-    c.divergence_factor = 10.0
-    c.async_checkpoint = True
-    c.max_steps = ml_collections.config_dict.placeholder(int)
-    c.tensorboard = True
-    return c
+    return _loop_keys(c)
 
 
 def architecture(config: ml_collections.ConfigDict) -> dict:
@@ -252,6 +245,11 @@ def detection_config(model: str = "lsnet_t_retinanet") -> ml_collections.ConfigD
     c.log_every_steps = 50
     c.eval_every_epochs = 1
     c.checkpoint_every_steps = 1000
+    return _loop_keys(c)
+
+
+def _loop_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The one loop's keys the dense tasks share (checkpoints, divergence, stopping, TensorBoard)."""
     c.keep_checkpoints = 3  # the newest; besides them, the newest judged good is never rotated out
     # a loss above this many times the median of the last 50 is a divergence: the checkpoint before
     # it is not judged good (a non-finite loss or state stops the run; see train.checks.Health)

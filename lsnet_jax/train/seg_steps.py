@@ -80,3 +80,17 @@ def seg_train_step(state: SegTrainState, batch: dict[str, Array], *, graphdef: n
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
     return new, {"loss": loss, "acc_seg": acc}
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int
+               ) -> tuple[SegTrainState, nnx.GraphDef, nnx.GraphDef]:
+    """A dense-prediction run's starting state (segmentation's and detection's: the same fields),
+    and the model's training- and eval-mode graph definitions."""
+    model.train()
+    graphdef = nnx.graphdef(model)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    model.eval()
+    state = SegTrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                          opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)))
+    return state, graphdef, nnx.graphdef(model)
