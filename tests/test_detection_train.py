@@ -179,12 +179,13 @@ def digits_config(data_dir, **over):
     c = mod.get_config()
     c.data.data_dir = str(data_dir)
     c.data.max_train_examples = 16
-    c.data.max_eval_examples = 20
-    c.depth = (0, 2, 2, 2)  # every kind of backbone layer, a third of the blocks to trace and compile
+    c.data.max_eval_examples = 10
+    c.depth = (0, 1, 1, 1)  # the backbone's layers are checked elsewhere: here the detection task
     c.aug.scale = c.aug.test_scale = (256, 64)  # the 128x128 scenes at 64x64
     c.aug.pad_shape = (64, 64)
     c.batch_size, c.group_size, c.epochs, c.warmup_iters = 4, 2, 2, 2
     c.eval_batch_size = 10
+    c.eval_every_epochs = 2  # one evaluation, at the end
     c.checkpoint_every_steps = 2
     c.log_every_steps = 1
     c.async_checkpoint = False
@@ -220,7 +221,7 @@ def test_training_resumes_exactly_and_logs_mmdetections_keys(runs):
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in a)  # a 2-iteration warm-up spikes, as B's official start
     rows = read_jsonl(tmp / "full" / "log.txt")
-    assert [r["epoch"] for r in rows] == [1, 2] and [r["iter"] for r in rows] == [4, 8]
+    assert [r["epoch"] for r in rows] == [2] and [r["iter"] for r in rows] == [8]
     keys = {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l", "bbox_mAP_copypaste"}
     assert keys <= set(rows[-1]) and len(rows[-1]["bbox_mAP_copypaste"].split()) == 6
     assert full["bbox_mAP_copypaste"] == resumed["bbox_mAP_copypaste"] and full["detections"] == resumed["detections"]
@@ -241,6 +242,8 @@ def test_detection_config_errors_stop_at_start(tmp_path):
 
     with pytest.raises(ConfigError, match="must divide the per-device batch"):
         validate_config(digits_config(tmp_path, group_size=3), 1)
+    with pytest.raises(ConfigError, match="'linear'; use 'step'"):
+        validate_config(digits_config(tmp_path, lr_schedule="linear"), 1)
     with pytest.raises(ConfigError, match="detection needs a detector"):
         validate_config(digits_config(tmp_path, model="lsnet_t"), 1)
     with pytest.raises(ConfigError, match="multiple of 32"):

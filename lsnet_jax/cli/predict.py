@@ -19,6 +19,17 @@ and the classes found with their pixel shares printed (and in ``--json``). Image
 several folders (``a/x.jpg b/x.png``) keep their folders under ``--out-dir`` (``seg/a/x.png``,
 ``seg/b/x.png``). Existing label maps are refused unless ``--overwrite``; an output that would
 replace an input image or lie in the weights is refused always, before any image is read.
+
+Detection weights (``*_retinanet``) draw their boxes instead:
+
+    lsnet-predict street.jpg --checkpoint weights/lsnet_t_retinanet --out-dir det/ [--score-thr 0.3]
+
+``det/street.png``: the photo with every box scoring at least ``--score-thr`` drawn in its class's
+colour with the class name and score, and ``det/results.json``, every detection (scores above the
+official 0.05) in COCO's results format (``image_id`` the image's 1-based place on the command line,
+``bbox`` x, y, w, h in the image's pixels, ``category_id`` COCO's id of the label for an 80-class
+head, else the label + 1). Each image goes through
+the official test pipeline: OpenCV decoding, keep-ratio resize to ``--test-scale``, padding to 32.
 """
 
 from __future__ import annotations
@@ -43,13 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img-size", type=positive_int, default=None)
     ap.add_argument("--crop-pct", type=crop_fraction, default=None)
     ap.add_argument("--json", default=None, help="also write the predictions to this file")
-    ap.add_argument("--out-dir", default="predictions", help="segmentation: where the label PNGs go")
-    ap.add_argument("--overwrite", action="store_true", help="segmentation: replace existing label PNGs")
+    ap.add_argument("--out-dir", default="predictions", help="segmentation/detection: where the PNGs go")
+    ap.add_argument("--overwrite", action="store_true", help="segmentation/detection: replace existing PNGs")
     ap.add_argument("--overlay", type=fraction, default=0.0,
                     help="segmentation: also write the labels over the image with this opacity (0-1)")
     ap.add_argument("--test-scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"),
-                    help="segmentation: the keep-ratio test resize (default: the weights' own, else "
-                         "ADE20K's 2048 512)")
+                    help="segmentation/detection: the keep-ratio test resize (default: the weights' own, else "
+                         "ADE20K's 2048 512 / COCO's 1333 800)")
+    ap.add_argument("--score-thr", type=fraction, default=0.3,
+                    help="detection: draw the boxes scoring at least this (every detection goes to the json)")
     args = ap.parse_args(argv)
 
     from lsnet_jax.checkpoints.weights import check_report
@@ -63,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.json:  # before the work: a report that cannot be written is known now, not after it
             check_report(args.json, inputs)
-        spec = inference_spec(ckpt, args.model, args.img_size, args.crop_pct)
+        spec = inference_spec(ckpt, args.model, args.img_size, args.crop_pct, allow_detector=True)
     except (FileNotFoundError, ValueError) as e:  # FileNotFoundError: published weights offline, not cached
         print(f"error: {e}", file=sys.stderr)
         return 2
     if spec.name.endswith("_semfpn"):
         return segment_files(args, spec, inputs)
+    if spec.name.endswith("_retinanet"):
+        return detect_files(args, spec, inputs)
     transform = EvalTransform(spec.img_size, spec.crop_pct)
     batch, ok, failed = [], [], []
     for f in args.images:
@@ -181,6 +196,90 @@ def segment_files(args: argparse.Namespace, spec, inputs: list) -> int:
     if failed:
         print(f"{len(failed)} of {len(args.images)} images skipped as unreadable", file=sys.stderr)
     return 1 if failed else 0 if results else 1
+
+
+def detect_files(args: argparse.Namespace, spec, inputs: list) -> int:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from PIL import Image, ImageDraw
+
+    from lsnet_jax.checkpoints.weights import OutputError, check_inputs_kept, unwritable
+    from lsnet_jax.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+    from lsnet_jax.data.dense import decode_color, rescale_size, resize_linear
+    from lsnet_jax.data.detection import pad32
+    from lsnet_jax.data.segmentation import palette
+    from lsnet_jax.data.transforms import read_image_file
+    from lsnet_jax.inference.detection import detect_batch
+
+    out = Path(args.out_dir)
+    targets = label_paths(args.images, out)
+    coco = out / "results.json"
+    try:  # before any image is read: no output may replace an input, nor an earlier prediction unasked
+        why = unwritable(out / "x.png")
+        if why:
+            raise OutputError(f"cannot write the drawings into {out.absolute()}: {why}; give another --out-dir")
+        for t in [*targets, coco]:
+            check_inputs_kept(t, inputs)
+        existing = [t for t in [*targets, coco] if t.exists()]
+        if existing and not args.overwrite:
+            raise OutputError(f"{len(existing)} of the outputs exist already ({existing[0]}"
+                              f"{' ...' if len(existing) > 1 else ''}); give another --out-dir, or pass "
+                              f"--overwrite to replace them")
+        model = spec.create()
+    except (OutputError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    classes = model.cfg.num_classes
+    names = spec.meta.get("class_names") or (COCO_CLASSES if classes == 80 else [f"class {i}" for i in range(classes)])
+    colours = [tuple(int(v) for v in c) for c in palette(classes)]
+    cat_ids = list(COCO_CATEGORY_IDS) if classes == len(COCO_CATEGORY_IDS) else list(range(1, classes + 1))
+    scale = tuple(args.test_scale or spec.meta.get("test_scale") or (1333, 800))
+    graph, state = nnx.split(model)
+    fn = jax.jit(lambda s, b: detect_batch(nnx.merge(graph, s), b, spec.mean, spec.std))  # one program per size
+    results, report, failed = [], [], []
+    for image_id, (f, target) in enumerate(zip(args.images, targets), 1):
+        try:
+            image = decode_color(read_image_file(f))
+        except Exception as e:  # unreadable, truncated, not an image, missing
+            failed.append(f)
+            print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        h, w = image.shape[:2]
+        nh, nw = rescale_size(h, w, scale)
+        padded = np.zeros((pad32(nh), pad32(nw), 3), np.uint8)
+        padded[:nh, :nw] = resize_linear(image, (nh, nw))
+        batch = {"image": jnp.asarray(padded[None]), "img_shape": jnp.asarray([[nh, nw]], jnp.int32),
+                 "scale_factor": jnp.asarray([[nw / w, nh / h, nw / w, nh / h]], jnp.float32)}
+        det = fn(state, batch).to_lists()[0]
+        canvas = Image.fromarray(image)
+        draw = ImageDraw.Draw(canvas)
+        shown = []
+        for box, score, label in zip(det["boxes"], det["scores"], det["labels"]):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append({"image_id": image_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
+                            "category_id": cat_ids[int(label)]})
+            if score >= args.score_thr:
+                draw.rectangle([x1, y1, x2, y2], outline=colours[int(label)], width=2)
+                draw.text((x1 + 2, y1 + 1), f"{names[int(label)]} {score:.2f}", fill=colours[int(label)])
+                shown.append({"name": names[int(label)], "label": int(label), "score": float(score),
+                              "box": [x1, y1, x2, y2]})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(target)
+        print(f"{f} -> {target}: {len(det['boxes'])} detections, {len(shown)} at or above {args.score_thr}")
+        for r in shown[:args.topk]:
+            print(f"  {r['score']:.3f}  {r['name']} ({r['label']})  box {', '.join(f'{v:.1f}' for v in r['box'])}")
+        report.append({"file": f, "image_id": image_id, "drawing": str(target), "detections": len(det["boxes"]),
+                       "shown": shown})
+    out.mkdir(parents=True, exist_ok=True)
+    coco.write_text(json.dumps(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": spec.name, "checkpoint": str(args.checkpoint),
+                                               "results": str(coco), "predictions": report, "skipped": failed},
+                                              indent=2))
+    if failed:
+        print(f"{len(failed)} of {len(args.images)} images skipped as unreadable", file=sys.stderr)
+    return 1 if failed else 0 if report else 1
 
 
 def run() -> None:

@@ -49,8 +49,8 @@ def inference_spec(weights: str | os.PathLike | None, model: str | None = None, 
     if name is None:
         raise ValueError(f"{weights} does not name its model (no config.json); give --model (e.g. lsnet_t)")
     if str(name).endswith("_retinanet") and not allow_detector:
-        raise ValueError(f"{name} is a detector: lsnet-predict and lsnet-export take classifiers and segmenters "
-                         f"so far (lsnet-eval --task detection evaluates it); detect with lsnet_jax.inference.detection.detect (the model's raw "
+        raise ValueError(f"{name} is a detector: lsnet-export takes classifiers and segmenters so far "
+                         f"(lsnet-eval --task detection evaluates it, lsnet-predict draws its boxes); detect with lsnet_jax.inference.detection.detect (the model's raw "
                          f"outputs through the official post-processing)")
     return InferenceSpec(name=name, weights=weights, img_size=img_size or int(meta.get("img_size", 224)),
                          crop_pct=crop_pct or float(meta.get("crop_pct", 0.875)),
