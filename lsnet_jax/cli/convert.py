@@ -211,24 +211,23 @@ def to_torch(args: argparse.Namespace) -> None:
                                inputs=[args.ckpt])
         print(f"{args.ckpt} ({meta.get('model', 'RegNet')}) -> {out} (timm / DeiT layout)")
         return
+    mm = None  # (layout module, the dataset's class names, the family's name, the layout's name)
     if meta.get("task") == "detection" or any(p[0] == "bbox_head" for p in flat):
         from lsnet_jax.data.coco import COCO_CLASSES
         from lsnet_jax.models import retinanet_official
 
-        classes = meta.get("class_names") or (list(COCO_CLASSES) if meta.get("num_classes") == 80 else None)
-        out = write_state_dict(retinanet_official.jax_to_torch(flat), args.out, wrap="state_dict",
-                               meta={"CLASSES": tuple(classes)} if classes else {}, overwrite=args.overwrite,
-                               inputs=[args.ckpt])
-        print(f"{args.ckpt} ({meta.get('model', 'LSNet RetinaNet')}) -> {out} (MMDetection layout)")
-        return
-    if meta.get("task") == "segmentation" or any(p[0] == "decode_head" for p in flat):
+        mm = (retinanet_official, COCO_CLASSES, "LSNet RetinaNet", "MMDetection")
+    elif meta.get("task") == "segmentation" or any(p[0] == "decode_head" for p in flat):
         from lsnet_jax.data.segmentation import ADE20K_CLASSES
 
-        classes = meta.get("class_names") or (list(ADE20K_CLASSES) if meta.get("num_classes") == 150 else None)
-        out = write_state_dict(semfpn_official.jax_to_torch(flat), args.out, wrap="state_dict",
+        mm = (semfpn_official, ADE20K_CLASSES, "LSNet Semantic FPN", "MMSegmentation")
+    if mm is not None:
+        layout, known, family, where = mm
+        classes = meta.get("class_names") or (list(known) if meta.get("num_classes") == len(known) else None)
+        out = write_state_dict(layout.jax_to_torch(flat), args.out, wrap="state_dict",
                                meta={"CLASSES": tuple(classes)} if classes else {}, overwrite=args.overwrite,
                                inputs=[args.ckpt])
-        print(f"{args.ckpt} ({meta.get('model', 'LSNet Semantic FPN')}) -> {out} (MMSegmentation layout)")
+        print(f"{args.ckpt} ({meta.get('model', family)}) -> {out} ({where} layout)")
         return
     out = write_state_dict(jax_to_torch(flat), args.out, overwrite=args.overwrite, inputs=[args.ckpt])
     print(f"{args.ckpt} ({meta.get('model', 'LSNet')}) -> {out} (official state-dict layout)")

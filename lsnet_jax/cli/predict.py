@@ -206,8 +206,8 @@ def detect_files(args: argparse.Namespace, spec, inputs: list) -> int:
 
     from lsnet_jax.checkpoints.weights import OutputError, check_inputs_kept, unwritable
     from lsnet_jax.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
-    from lsnet_jax.data.dense import decode_color, rescale_size, resize_linear
-    from lsnet_jax.data.detection import pad32
+    from lsnet_jax.data.dense import decode_color
+    from lsnet_jax.data.detection import test_input
     from lsnet_jax.data.segmentation import palette
     from lsnet_jax.data.transforms import read_image_file
     from lsnet_jax.inference.detection import detect_batch
@@ -245,12 +245,7 @@ def detect_files(args: argparse.Namespace, spec, inputs: list) -> int:
             failed.append(f)
             print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)
             continue
-        h, w = image.shape[:2]
-        nh, nw = rescale_size(h, w, scale)
-        padded = np.zeros((pad32(nh), pad32(nw), 3), np.uint8)
-        padded[:nh, :nw] = resize_linear(image, (nh, nw))
-        batch = {"image": jnp.asarray(padded[None]), "img_shape": jnp.asarray([[nh, nw]], jnp.int32),
-                 "scale_factor": jnp.asarray([[nw / w, nh / h, nw / w, nh / h]], jnp.float32)}
+        batch = {k: jnp.asarray(v[None]) for k, v in test_input(image, scale).items()}
         det = fn(state, batch).to_lists()[0]
         canvas = Image.fromarray(image)
         draw = ImageDraw.Draw(canvas)

@@ -34,16 +34,31 @@ def objects(record: dict) -> dict:
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
-def _resize(record: dict, scale: tuple[int, int]) -> tuple[np.ndarray, dict, np.ndarray]:
+def rescale(img: np.ndarray, scale: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """mmdet's keep-ratio Resize of a decoded image: (resized image, ``scale_factor`` (w, h, w, h))."""
+    h, w = img.shape[:2]
+    nh, nw = rescale_size(h, w, scale)
+    return resize_linear(img, (nh, nw)), np.asarray([nw / w, nh / h, nw / w, nh / h], np.float32)
+
+
+def test_input(img: np.ndarray, scale: tuple[int, int], pad_shape: tuple[int, int] | None = None) -> dict:
+    """The test pipeline on a decoded RGB image: resized, padded to ``pad_shape`` (default: its own
+    multiples of 32, as the official single-image test), with ``img_shape`` and ``scale_factor``."""
+    img, sf = rescale(img, scale)
+    nh, nw = img.shape[:2]
+    return {"image": _pad(img, pad_shape or (pad32(nh), pad32(nw))), "img_shape": np.asarray([nh, nw], np.int32),
+            "scale_factor": sf}
+
+
+def _decode(record: dict) -> tuple[np.ndarray, dict]:
+    """The record's RGB image and objects; ``UnreadableImage`` if the image is not the size its
+    annotations are for."""
     img = decode_color(record["image"])
     obj = objects(record)
-    h, w = img.shape[:2]
-    if (h, w) != (obj["height"], obj["width"]):
-        raise UnreadableImage(f"decodes to {w}x{h}, its annotations are for {obj['width']}x{obj['height']}")
-    nh, nw = rescale_size(h, w, scale)
-    img = resize_linear(img, (nh, nw))
-    sf = np.asarray([nw / w, nh / h, nw / w, nh / h], np.float32)
-    return img, obj, sf
+    if img.shape[:2] != (obj["height"], obj["width"]):
+        raise UnreadableImage(f"decodes to {img.shape[1]}x{img.shape[0]}, its annotations are for "
+                              f"{obj['width']}x{obj['height']}")
+    return img, obj
 
 
 def _pad(img: np.ndarray, pad_shape: tuple[int, int]) -> np.ndarray:
@@ -72,7 +87,8 @@ class DetTrainTransform:
     max_boxes: int = 100
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        img, obj, sf = _resize(record, self.scale)
+        img, obj = _decode(record)
+        img, sf = rescale(img, self.scale)
         nh, nw = img.shape[:2]
         boxes = np.asarray(obj["boxes"], np.float32).reshape(-1, 4) * sf
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, nw)
@@ -101,9 +117,8 @@ class DetTestTransform:
     pad_shape: tuple[int, int] = (1344, 1344)
 
     def __call__(self, record: dict) -> dict[str, np.ndarray]:
-        img, obj, sf = _resize(record, self.scale)
-        return {"image": _pad(img, self.pad_shape), "img_shape": np.asarray(img.shape[:2], np.int32),
-                "scale_factor": sf, "image_id": np.asarray(obj["image_id"], np.int64)}
+        img, obj = _decode(record)
+        return test_input(img, self.scale, self.pad_shape) | {"image_id": np.asarray(obj["image_id"], np.int64)}
 
 
 def train_indices(source: Sequence[dict], min_size: int = 32) -> list[int]:

@@ -55,14 +55,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             raise ConfigError(f"config.{'aug.' if key == 'max_boxes' else ''}{key}={value!r} must be a positive integer")
     if not config.model.endswith("_retinanet"):
         raise ConfigError(f"config.model={config.model!r}: detection needs a detector, e.g. lsnet_t_retinanet")
-    if config.group_size < 1 or config.batch_size % num_devices == 0 and (config.batch_size // num_devices) % config.group_size:
+    validate_common(config, num_devices)  # first: the per-device batch below needs the batch to divide
+    if config.group_size < 1 or (config.batch_size // num_devices) % config.group_size:
         raise ConfigError(f"config.group_size={config.group_size} must divide the per-device batch "
                           f"({config.batch_size // num_devices}): each group of images has its own loss normaliser")
     if config.lr_schedule not in ("step", "cosine"):
         raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}; use 'step' (official) or 'cosine'")
     if any(s % 32 for s in config.aug.pad_shape):
         raise ConfigError(f"config.aug.pad_shape={tuple(config.aug.pad_shape)}: each side must be a multiple of 32")
-    validate_common(config, num_devices)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:

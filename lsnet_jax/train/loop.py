@@ -96,7 +96,7 @@ class LoopStats:
         self.loss_sum += sum(r["loss"] for r in rows)
         self.lr_sum += sum(r["lr"] for r in rows)
         self.steps += len(rows)
-        for k in (k for k in rows[0] if k not in ("step", "loss", "lr")) if rows else ():
+        for k in {k for r in rows for k in r} - {"step", "loss", "lr"}:  # the task's step_metrics
             self.sums[k] = self.sums.get(k, 0.0) + sum(r[k] for r in rows)
 
     def mean(self, key: str) -> float | None:
