@@ -7,10 +7,11 @@
     python train.py --config configs/retinanet_lsnet_b_coco.py --workdir runs/retinanet_lsnet_b \
         --config.backbone_weights=weights/lsnet_b --config.data.data_dir=~/tensorflow_datasets
 
-Not yet the official numbers: every image is padded to one 1344x1344 shape (one compiled program),
-where the official batches pad to their largest image (800 x up to 1344 for two landscape images);
-the backbone's last-stage attention attends over the padding, so outputs differ from the official
-ones. Batches grouped by orientation into a few padded shapes are the next step (issue 28).
+Static shapes: six padded training shapes (``aug.pad_shapes``: 800 x 1088/1216/1344 and their
+portrait twins), each batch drawn from one (MMDetection's GroupSampler by orientation, with widths):
+six train programs. Evaluation pads each image to its own multiples of 32 as the official test:
+one eval program per distinct size. ``python scripts/det_shapes.py instances_train2017.json``
+prints the programs and the padding against the official batches for any shape list.
 """
 
 from lsnet_jax.train.config import detection_config

@@ -92,7 +92,9 @@ def test_prepare_reports_and_leaves_out_bad_input(prepared):
     assert sorted(a["id"] for a in one["annotations"]) == [1, 2, 4, 5, 6]  # for COCOeval, as the file holds them
     assert by_id[6]["boxes"] == [] and by_id[6]["has_annotation"]  # crowd only: trains with no box
     assert not by_id[2]["has_annotation"]
-    kept = [objects(src[i])["image_id"] for i in train_indices(src)]
+    idx, sizes = train_indices(src)
+    kept = [objects(src[i])["image_id"] for i in idx]
+    assert sizes == [(objects(src[i])["height"], objects(src[i])["width"]) for i in idx]
     assert sorted(kept) == [1, 6]  # 2: no annotation (filter_empty_gt); 3: shorter side 20 < 32
     again = subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_coco.py"), "--root", str(tmp / "COCO"),
                             "--data_dir", str(tmp / "tfds")], capture_output=True, text=True)
@@ -121,7 +123,8 @@ def test_transforms_resize_flip_and_pad_boxes(prepared):
     tmp, _ = prepared
     src, _, _ = source.open_det_source("coco_detection", "train", str(tmp / "tfds"))
     rec = next(src[i] for i in range(len(src)) if objects(src[i])["image_id"] == 1)
-    plain = DetTrainTransform((1333, 800), 0.0, (1088, 1088), 4)(rec, np.random.default_rng(0))
+    shapes = ((1088, 1088), (1344, 1344))
+    plain = DetTrainTransform((1333, 800), 0.0, shapes, 4)(rec, np.random.default_rng(0))
     assert tuple(plain["img_shape"]) == (800, 1067) and tuple(plain["pad_shape"]) == (800, 1088)
     sx, sy = np.float32(1067 / 80), np.float32(800 / 60)
     want = np.asarray([[10, 5, 40, 25], [40, 30, 70, 55]], np.float32) * np.asarray([sx, sy, sx, sy], np.float32)
@@ -129,15 +132,17 @@ def test_transforms_resize_flip_and_pad_boxes(prepared):
     np.testing.assert_allclose(plain["boxes"][:2], want, rtol=1e-6)
     assert plain["box_valid"].tolist() == [True, True, False, False] and plain["labels"][:2].tolist() == [1, 2]
     assert plain["image"].shape == (1088, 1088, 3) and not plain["image"][800:].any() and not plain["image"][:, 1067:].any()
-    flipped = DetTrainTransform((1333, 800), 1.0, (1088, 1088), 4)(rec, np.random.default_rng(0))
+    flipped = DetTrainTransform((1333, 800), 1.0, shapes, 4)(rec, np.random.default_rng(0))
     np.testing.assert_allclose(flipped["boxes"][:2], np.stack([1067 - want[:, 2], want[:, 1], 1067 - want[:, 0],
                                                                want[:, 3]], 1), rtol=1e-6)
     assert np.array_equal(flipped["image"][:800, :1067], plain["image"][:800, :1067][:, ::-1])
-    test = DetTestTransform((1333, 800), (1088, 1088))(rec)
+    test = DetTestTransform((1333, 800), shapes)(rec)
     np.testing.assert_allclose(test["scale_factor"], [sx, sy, sx, sy])
     assert int(test["image_id"]) == 1 and np.array_equal(test["image"], plain["image"])
-    with pytest.raises(ValueError, match="does not fit the pad shape"):
-        DetTestTransform((1333, 800), (800, 800))(rec)
+    own = DetTestTransform((1333, 800))(rec)  # the official test: its own multiples of 32
+    assert own["image"].shape == (800, 1088, 3) and np.array_equal(own["image"], plain["image"][:800, :1088])
+    with pytest.raises(ValueError, match="fits none of the pad shapes"):
+        DetTestTransform((1333, 800), ((800, 800),))(rec)
 
 
 def test_lsnet_eval_detection_and_a_head_of_other_classes(prepared, tmp_path, capsys):

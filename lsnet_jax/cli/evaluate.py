@@ -14,11 +14,13 @@ any other TFDS image-classification split. Prints progress lines (images/s, ETA)
 
 Detection (``--task detection``, or any ``*_retinanet`` weights): COCOeval (pycocotools) of the
 official inference over a prepared COCO-format split (``scripts/prepare_coco.py``, or the digit
-scenes ``lsnet_det_digits``), every image resized to fit ``--test-scale`` and padded to one
-square shape; prints pycocotools' table and mmdet's ``bbox_mAP_copypaste``:
+scenes ``lsnet_det_digits``), every image resized to fit ``--test-scale`` and padded to its own
+multiples of 32 as the official test (batched by padded size: one compiled program per size; or
+``--pad SIDE``: all to one square, one program); prints pycocotools' table and mmdet's
+``bbox_mAP_copypaste``:
 
     lsnet-eval --weights weights/lsnet_t_retinanet --data coco_detection --split validation --data_dir D
-    lsnet-eval --weights W --data lsnet_det_digits --split test --data_dir data/tfds --test-scale 512 128 --pad 128
+    lsnet-eval --weights W --data lsnet_det_digits --split test --data_dir data/tfds --test-scale 512 128
 
 Segmentation (``--task segmentation``, or any ``*_semfpn`` weights):
 
@@ -71,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="segmentation/detection: the keep-ratio test resize (default: the weights' own, else "
                          "ADE20K's 2048 512 / COCO's 1333 800)")
     ap.add_argument("--pad", type=positive_int, default=None, metavar="SIDE",
-                    help="detection: every image padded to SIDE x SIDE (a multiple of 32; default: the test "
-                         "scale's long side rounded up to 32)")
+                    help="detection: every image padded to SIDE x SIDE (a multiple of 32): one compiled "
+                         "program, outputs a little off the official ones; default: each image to its own "
+                         "multiples of 32 as the official test (one program per distinct size)")
     args = ap.parse_args(argv)
     from lsnet_jax.checkpoints.weights import OutputError, check_report
 
@@ -263,7 +266,7 @@ def evaluate_detection(args: argparse.Namespace) -> int:
     from flax import nnx
 
     from lsnet_jax.data import source
-    from lsnet_jax.data.detection import DetTestTransform, pad32
+    from lsnet_jax.data.detection import DetTestTransform
     from lsnet_jax.inference.detection import detect_batch
     from lsnet_jax.inference.detection_eval import evaluate_detector
     from lsnet_jax.inference.loading import inference_spec
@@ -284,15 +287,15 @@ def evaluate_detection(args: argparse.Namespace) -> int:
               f"categories", file=sys.stderr)
         return 2
     scale = tuple(args.test_scale or spec.meta.get("test_scale") or (1333, 800))
-    side = args.pad or pad32(max(scale))
-    if side % 32:
+    side = args.pad
+    if side is not None and side % 32:
         print(f"error: --pad {side} is not a multiple of 32", file=sys.stderr)
         return 2
     graph, state = nnx.split(model)
     fn = jax.jit(lambda s, b: detect_batch(nnx.merge(graph, s), b, spec.mean, spec.std))
     t0 = time.time()
     try:
-        r = evaluate_detector(functools.partial(fn, state), src, categories, DetTestTransform(scale, (side, side)),
+        r = evaluate_detector(functools.partial(fn, state), src, categories, DetTestTransform(scale, ((side, side),) if side else ()),
                               min(args.batch, 8), progress_every=500)
     except ValueError as e:  # an image that does not fit the padded shape
         print(f"error: {e}", file=sys.stderr)

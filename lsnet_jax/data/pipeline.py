@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from lsnet_jax.data import transforms as T
-from lsnet_jax.data.sampler import Positions
+from lsnet_jax.data.sampler import GroupPositions, Positions
 from lsnet_jax.data.source import SourceInfo
 
 log = logging.getLogger(__name__)
@@ -258,14 +258,20 @@ def collate_seg(items: Sequence[dict | None]) -> dict[str, np.ndarray]:
 
 
 def seg_train_loader(source: Sequence[dict], info: SourceInfo, transform: Callable, global_batch: int,
-                     seed: int, num_steps: int, workers: int = 0, threads: int = 2, prefetch: int = 2) -> Loader:
+                     seed: int, num_steps: int, workers: int = 0, threads: int = 2, prefetch: int = 2,
+                     groups: np.ndarray | None = None) -> Loader:
     """Batches of ``{'image' (B_local, crop, crop, 3) uint8, 'label' (B_local, crop, crop) uint8,
-    'valid' (B_local, 2), 'skipped'}`` for at least ``num_steps`` steps, in reshuffled epochs."""
+    'valid' (B_local, 2), 'skipped'}`` (or what ``transform`` gives) for at least ``num_steps``
+    steps, in reshuffled epochs. ``groups`` (one id per record): every global batch is drawn from
+    one group (``sampler.group_epoch_records``), e.g. the records of one padded shape."""
     local = _local_batch(global_batch)
     if info.num_examples < global_batch:
         raise ValueError(f"the dataset has {info.num_examples} examples, fewer than one batch "
                          f"({global_batch}); lower batch_size")
-    pos = Positions(info.num_examples, global_batch, local, jax.process_index(), seed, 1, True)
+    if groups is not None:
+        pos = GroupPositions(np.asarray(groups), global_batch, local, jax.process_index(), seed)
+    else:
+        pos = Positions(info.num_examples, global_batch, local, jax.process_index(), seed, 1, True)
     steps = pos.steps_per_epoch()
     epochs = -(-num_steps // steps) + 1  # one more, as slack
     ds = grain.MapDataset.range(epochs * steps * local).map(pos)

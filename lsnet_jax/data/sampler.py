@@ -69,3 +69,55 @@ class Positions:
             self._cache = (epoch, epoch_records(self.seed, epoch, self.n, self.global_batch, self.repeats,
                                                 self.replicas))
         return q, int(self._cache[1][step, slot])
+
+
+def group_epoch_records(seed: int, epoch: int, groups: np.ndarray, global_batch: int) -> np.ndarray:
+    """``(steps, B)``: the records of every global batch of an epoch drawn by group, as
+    MMDetection's (Distributed)GroupSampler draws by aspect group: each group's records permuted
+    (from ``(seed, epoch, group)``), padded by repeating its own head to a whole number of global
+    batches and cut into batches; the batches of all groups then shuffled together (from
+    ``(seed, epoch)``). Every batch holds one group (one padded shape: one compiled program).
+    ``steps`` = the sum over groups of ``ceil(n_g / B)``, the same every epoch."""
+    blocks = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        perm = members[np.random.default_rng([seed, epoch, int(g)]).permutation(len(members))]
+        steps = -(-len(perm) // global_batch)
+        blocks.append(perm[np.arange(steps * global_batch) % len(perm)].reshape(steps, global_batch))
+    batches = np.concatenate(blocks)
+    return batches[np.random.default_rng([seed, epoch]).permutation(len(batches))]
+
+
+def group_steps(groups: np.ndarray, global_batch: int) -> int:
+    """The steps of an epoch drawn by group: the sum over groups of ``ceil(n_g / B)``."""
+    counts = np.unique(np.asarray(groups), return_counts=True)[1]
+    return int(sum(-(-int(c) // global_batch) for c in counts))
+
+
+@dataclasses.dataclass
+class GroupPositions:
+    """``Positions`` for batches drawn by group (``group_epoch_records``): local stream index ->
+    (global position, record index) for one process, which reads its contiguous slice of each
+    global batch."""
+
+    groups: np.ndarray
+    global_batch: int
+    local_batch: int
+    process_index: int
+    seed: int
+    _cache: tuple = (None, None)
+
+    def __post_init__(self):
+        self.groups = np.asarray(self.groups)
+        self._steps = group_steps(self.groups, self.global_batch)
+
+    def steps_per_epoch(self) -> int:
+        return self._steps
+
+    def __call__(self, k: int) -> tuple[int, int]:
+        b, j = divmod(k, self.local_batch)
+        slot = self.process_index * self.local_batch + j
+        epoch, step = divmod(b, self._steps)
+        if self._cache[0] != epoch:
+            self._cache = (epoch, group_epoch_records(self.seed, epoch, self.groups, self.global_batch))
+        return b * self.global_batch + slot, int(self._cache[1][step, slot])

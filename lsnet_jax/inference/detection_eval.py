@@ -1,5 +1,6 @@
 """A detector over a whole COCO-format split, as MMDetection's test + ``CocoDataset.evaluate``:
-every image through the test pipeline (one padded shape), ``detect`` in batches, COCOeval."""
+every image through the test pipeline, ``detect`` in batches of one padded shape each (one
+compiled program per shape), COCOeval."""
 
 from __future__ import annotations
 
@@ -18,21 +19,24 @@ KEYS = ("image", "img_shape", "scale_factor", "image_id")
 
 
 def batches(samples, size: int) -> Iterator[tuple[dict[str, np.ndarray] | None, int]]:
-    """Eval samples in batches of ``size`` (the last filled with copies of its last image):
+    """Eval samples in batches of ``size`` images of one padded shape (a batch leaves when it is
+    full; at the end each shape's last one, filled with copies of its last image):
     ``(batch, real count)``; an unreadable record comes as ``(None, 0)``."""
-    buf = []
+    bufs: dict[tuple[int, ...], list[dict]] = {}
     for s in samples:
         if "error" in s:
             yield None, 0
             continue
+        buf = bufs.setdefault(s["image"].shape, [])
         buf.append(s)
         if len(buf) == size:
             yield {k: np.stack([x[k] for x in buf]) for k in KEYS}, size
-            buf = []
-    if buf:
-        n = len(buf)
-        buf += [buf[-1]] * (size - n)
-        yield {k: np.stack([x[k] for x in buf]) for k in KEYS}, n
+            buf.clear()
+    for buf in bufs.values():
+        if buf:
+            n = len(buf)
+            buf += [buf[-1]] * (size - n)
+            yield {k: np.stack([x[k] for x in buf]) for k in KEYS}, n
 
 
 def evaluate_detector(detect_fn: Callable, source: Sequence[dict], categories: Sequence[dict], transform: Callable,

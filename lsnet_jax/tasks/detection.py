@@ -4,8 +4,10 @@
 AdamW (weight decay on every parameter but the attention biases), the step schedule by epoch with a
 linear warm-up (or the digit scenes' cosine), RetinaNet's assigner, focal and L1 losses with one
 avg_factor per ``group_size`` images (an official GPU's), the backbone's BatchNorms frozen.
-Images are padded to one ``aug.pad_shape``, boxes to ``aug.max_boxes``: the run compiles one train
-and one eval program. Evaluation after every ``eval_every_epochs`` epochs and at the end: the
+Training images are padded to a few ``aug.pad_shapes`` and every batch drawn from one
+(``lsnet_jax.data.detection``: the run compiles one train program per shape in use), boxes to
+``aug.max_boxes``; evaluation pads each image to its own multiples of 32 as the official test
+(``aug.test_pad_shapes=()``, one program per distinct size) or to ``aug.test_pad_shapes``. Evaluation after every ``eval_every_epochs`` epochs and at the end: the
 official inference (``lsnet_jax.inference.detection.detect``) and pycocotools' COCOeval over the
 whole split; ``log.txt`` gets one JSON line per evaluation with MMDetection's keys (``bbox_mAP``,
 ``bbox_mAP_50`` ... ``bbox_mAP_copypaste``) and the period's mean loss and lr.
@@ -25,9 +27,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lsnet_jax.data import pipeline, source
+from lsnet_jax.data.sampler import group_steps
 from lsnet_jax.tasks import dense
 from lsnet_jax.tasks.dense import validate_common
-from lsnet_jax.data.detection import DetTestTransform, DetTrainTransform, Subset, ground_truth, train_indices
+from lsnet_jax.data.detection import (DetTestTransform, DetTrainTransform, Subset, ground_truth, shape_groups,
+                                      train_indices)
 from lsnet_jax.inference.detection_eval import evaluate_detector
 from lsnet_jax.inference.detection import TestConfig
 from lsnet_jax.train import det_steps
@@ -61,8 +65,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                           f"({config.batch_size // num_devices}): each group of images has its own loss normaliser")
     if config.lr_schedule not in ("step", "cosine"):
         raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}; use 'step' (official) or 'cosine'")
-    if any(s % 32 for s in config.aug.pad_shape):
-        raise ConfigError(f"config.aug.pad_shape={tuple(config.aug.pad_shape)}: each side must be a multiple of 32")
+    for key in ("pad_shapes", "test_pad_shapes"):
+        shapes = config.aug[key]
+        if not all(len(s) == 2 and all(isinstance(v, int) and v > 0 and v % 32 == 0 for v in s) for s in shapes):
+            raise ConfigError(f"config.aug.{key}={shapes!r}: (H, W) pairs with sides positive multiples of 32")
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
@@ -91,20 +97,27 @@ class Detection:
         self.info = info
         self.num_classes = config.num_classes or info.num_classes
         check_head(self.num_classes, info.num_classes, f"{d.name}/{d.train_split}")
-        kept = train_indices(src, a.min_size)
-        self.src = Subset(src, kept[:d.max_train_examples] if d.max_train_examples else kept)
+        kept, sizes = train_indices(src, a.min_size)
+        if d.max_train_examples:
+            kept, sizes = kept[:d.max_train_examples], sizes[:d.max_train_examples]
+        self.src = Subset(src, kept)
         n = len(self.src)
+        pad_shapes = tuple(tuple(s) for s in a.pad_shapes)
+        try:
+            groups, self.train_shapes = shape_groups(sizes, tuple(a.scale), pad_shapes)
+        except ValueError as e:
+            raise ConfigError(f"config.aug.pad_shapes: {e}") from None
         self.fingerprint = workdirs.fingerprint(
-            "detection", config.model, self.num_classes, int(max(a.pad_shape)), d.name, d.train_split,
+            "detection", config.model, self.num_classes, int(max(a.scale)), d.name, d.train_split,
             architecture(config), data_version=info.version, data_examples=n, batch_size=config.batch_size,
-            seed=config.seed)
-        steps_per_epoch = n // config.batch_size
-        total = config.epochs * steps_per_epoch
-        tf = DetTrainTransform(tuple(a.scale), a.flip, tuple(a.pad_shape), a.max_boxes)
-        self.loader = pipeline.seg_train_loader(self.src, source.SourceInfo(n, info.num_classes), tf,
-                                                config.batch_size, config.seed, total, workers=d.workers,
-                                                threads=d.threads, prefetch=d.prefetch)
-        self.test_tf = DetTestTransform(tuple(a.test_scale), tuple(a.pad_shape))
+            seed=config.seed, pad_shapes=[list(s) for s in pad_shapes])
+        tf = DetTrainTransform(tuple(a.scale), a.flip, pad_shapes, a.max_boxes)
+        info_n = source.SourceInfo(n, info.num_classes)
+        total = config.epochs * group_steps(groups, config.batch_size)
+        self.loader = pipeline.seg_train_loader(self.src, info_n, tf, config.batch_size, config.seed, total,
+                                                workers=d.workers, threads=d.threads, prefetch=d.prefetch,
+                                                groups=groups)
+        self.test_tf = DetTestTransform(tuple(a.test_scale), tuple(tuple(s) for s in a.test_pad_shapes))
         self.cadence = Cadence(total_steps=total, steps_per_epoch=self.loader.steps_per_epoch,
                                period=self.loader.steps_per_epoch, eval_every=config.eval_every_epochs)
         self.global_batch = config.batch_size
@@ -153,6 +166,15 @@ class Detection:
                 "train_skipped": stats.skipped, "eval_skipped": ev["skipped"], "detections": ev["detections"],
                 "stats": ev["stats"]}
 
+    def train_row(self, step: int, last: list[dict]) -> dict[str, Any] | None:
+        """MMDetection's train row every ``log_every_steps`` iterations of an epoch (``iter``: the
+        iteration within the epoch, ``epoch`` 1-based), means over the last ``log_every_steps``."""
+        epoch, inner = divmod(step - 1, self.loader.steps_per_epoch)
+        if (inner + 1) % self.config.log_every_steps:
+            return None
+        return {"mode": "train", "epoch": epoch + 1, "iter": inner + 1, "step": step, "lr": last[-1]["lr"],
+                **{k: float(np.mean([r[k] for r in last])) for k in ("loss_cls", "loss_bbox", "loss")}}
+
     def summary(self, row: dict[str, Any]) -> str:
         return (f"epoch {row['epoch']} (iteration {row['iter']}): box AP {100 * row['bbox_mAP']:.1f} "
                 f"AP50 {100 * row['bbox_mAP_50']:.1f} AP75 {100 * row['bbox_mAP_75']:.1f}")
@@ -166,7 +188,7 @@ class Detection:
     def run_info(self) -> dict[str, Any]:
         c = self.config
         return {"model": c.model, "task": "detection", "num_classes": self.num_classes,
-                "img_size": int(max(c.aug.pad_shape)), "n_parameters": self.n_parameters,
+                "img_size": int(max(c.aug.scale)), "n_parameters": self.n_parameters,
                 "class_names": list(self.info.class_names)[:self.num_classes], "config": c.to_dict(),
                 **({"model_config": architecture(c)} if architecture(c) else {})}
 
@@ -174,7 +196,8 @@ class Detection:
         c = self.config
         return (f"{c.model}: {self.n_parameters} parameters, {self.num_classes} classes, {len(self.src)} train / "
                 f"{len(self.esrc)} eval images, {self.cadence.total_steps} iterations "
-                f"({c.epochs} epochs), lr {c.lr:.3g}, one padded shape {tuple(c.aug.pad_shape)}")
+                f"({c.epochs} epochs), lr {c.lr:.3g}, {len(self.train_shapes)} train shapes "
+                f"{self.train_shapes} (one program each)")
 
 
 def _step(state, batch: dict, constants: None, **kw):

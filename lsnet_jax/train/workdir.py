@@ -21,7 +21,7 @@ from lsnet_jax.train.checks import ConfigError
 RUN_FILE = "run.json"
 FINGERPRINT_KEYS = ("task", "model", "arch", "num_classes", "img_size", "data")
 # compared only where the run.json of the run being resumed records them (older ones do not)
-RECORDED_KEYS = ("data_version", "data_examples", "batch_size", "seed", "repeats", "bn_group_size")
+RECORDED_KEYS = ("data_version", "data_examples", "batch_size", "seed", "repeats", "bn_group_size", "pad_shapes")
 
 
 def fingerprint(task: str, model: str, num_classes: int, img_size: int, data_name: str,
