@@ -114,10 +114,17 @@ class Segmentation:
                                   progress_every=500)
 
     def row(self, done: int, stats: LoopStats, ev: dict[str, Any]) -> dict[str, Any]:
-        return {"iter": done, "step": done, "mIoU": ev["mIoU"], "aAcc": ev["aAcc"], "mAcc": ev["mAcc"],
+        return {"mode": "val", "iter": done, "step": done, "mIoU": ev["mIoU"], "aAcc": ev["aAcc"], "mAcc": ev["mAcc"],
                 "loss": stats.loss_sum / max(stats.steps, 1), "lr": float(self.schedule(done - 1)),
                 "n_parameters": self.n_parameters, "train_skipped": stats.skipped, "eval_skipped": ev["skipped"],
                 "IoU": {k: v["IoU"] for k, v in ev["per_class"].items()}}
+
+    def train_row(self, step: int, last: list[dict]) -> dict[str, Any] | None:
+        """mmseg's train row every ``log_every_steps`` iterations: means over them."""
+        if step % self.config.log_every_steps:
+            return None
+        loss = float(np.mean([r["loss"] for r in last]))
+        return {"mode": "train", "iter": step, "step": step, "lr": last[-1]["lr"], "decode.loss_ce": loss, "loss": loss}
 
     def summary(self, row: dict[str, Any]) -> str:
         return f"iteration {row['iter']}: mIoU {row['mIoU']:.2f} aAcc {row['aAcc']:.2f} mAcc {row['mAcc']:.2f}"

@@ -16,6 +16,7 @@ and imports no task: ``lsnet_jax.tasks.train_and_evaluate(config, workdir)`` pic
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import gc
@@ -280,6 +281,11 @@ def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: 
     end = cad.total_steps if config.max_steps is None else min(cad.total_steps, config.max_steps)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     extra = tuple(getattr(task, "step_metrics", ()))
+    # log.txt train rows (the official logs'): the task's row of the last log_every_steps steps, where it gives one
+    train_row = getattr(task, "train_row", None)
+    window: collections.deque[dict] = collections.deque(maxlen=config.log_every_steps)
+    if train_row is not None and is_main:  # a resumed run's first row averages the same steps as an unbroken one's
+        window.extend(reporting.read_jsonl(reporter.steps_path, step=True))
     last: dict[str, Any] = {}
 
     def flush(line: bool) -> None:
@@ -300,6 +306,12 @@ def _run(task: Task, config: ml_collections.ConfigDict, workdir: Path, devices: 
         if bad is not None:
             diverged(f"non-finite loss {bad['loss']} at step {bad['step']} ({task.where(bad['step'])})")
         stats.add(rows)
+        if train_row is not None:
+            for r in rows:
+                window.append(r)
+                row = train_row(r["step"], list(window))
+                if row is not None:
+                    reporter.train(row)
         if is_main and line:
             log.info(progress.line(rows[-1]["step"], rows[-1]["loss"], rows[-1]["lr"], stats.skipped))
 

@@ -139,6 +139,13 @@ class Reporter:
                     if k != "step":
                         self._tb.add_scalar(f"train/{k}", v, r["step"])
 
+    def train(self, row: dict) -> None:
+        """A train row of ``log.txt`` (the official logs': means over the logging interval)."""
+        if not self.write:
+            return
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
     def epoch(self, stats: dict, step: int) -> None:
         if not self.write:
             return
@@ -166,11 +173,11 @@ class Reporter:
             ax[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.7)
         ax[0].set(title="train loss", xlabel="step")
         for a, panel in zip(ax[1:], self.panels):
-            src = rows[panel.source]
             labelled = False
             for key, label, style in panel.lines:
-                if src and key in src[0]:
-                    a.plot([r[panel.x] for r in src], [r.get(key) for r in src], style, label=label)
+                src = [r for r in rows[panel.source] if key in r]  # log.txt: evaluation rows (not train rows)
+                if src:
+                    a.plot([r[panel.x] for r in src], [r[key] for r in src], style, label=label)
                     labelled |= label is not None
             a.set(title=panel.title, xlabel=panel.xlabel)
             if labelled:
