@@ -181,13 +181,15 @@ def digits_config(data_dir, **over):
     c.data.max_train_examples = 16
     c.data.max_eval_examples = 10
     c.depth = (0, 1, 1, 1)  # the backbone's layers are checked elsewhere: here the detection task
+    c.neck_channels = c.feat_channels = 32  # so is the head at the published widths (test_detection_model)
+    c.stacked_convs = 2
     c.aug.scale = c.aug.test_scale = (256, 64)  # the 128x128 scenes at 64x64
-    c.aug.pad_shape = (64, 64)
+    c.aug.pad_shapes = ((64, 64),)
     c.batch_size, c.group_size, c.epochs, c.warmup_iters = 4, 2, 2, 2
     c.eval_batch_size = 10
     c.eval_every_epochs = 2  # one evaluation, at the end
     c.checkpoint_every_steps = 2
-    c.log_every_steps = 1
+    c.log_every_steps = 2
     c.async_checkpoint = False
     c.tensorboard = False
     for k, v in over.items():
@@ -203,7 +205,11 @@ def runs(tmp_path_factory):
 
     from lsnet_jax.tasks import train_and_evaluate
 
+    from lsnet_jax.data.builders import LsnetDetDigits
+
     tmp = tmp_path_factory.mktemp("det")
+    # the real builder with 48 train scenes (the run reads 16): the same code as the 3,600, a tenth of the build
+    LsnetDetDigits(data_dir=str(tmp / "tfds"), train_scenes=48).download_and_prepare(file_format="array_record")
     devices = jax.devices()[:2]
     full = train_and_evaluate(digits_config(tmp / "tfds"), tmp / "full", devices)
     _, stopped = preempted_run(digits_config(tmp / "tfds"), tmp / "resumed", devices)
@@ -220,7 +226,15 @@ def test_training_resumes_exactly_and_logs_mmdetections_keys(runs):
     assert [r["step"] for r in a] == list(range(1, 9)) == [r["step"] for r in b]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in a)  # a 2-iteration warm-up spikes, as B's official start
-    rows = read_jsonl(tmp / "full" / "log.txt")
+    log = read_jsonl(tmp / "full" / "log.txt")
+    assert log == read_jsonl(tmp / "resumed" / "log.txt")  # train rows too: a resumed window is the same steps
+    train = [r for r in log if r["mode"] == "train"]  # mmdet's: every log_every_steps (2) iterations of an epoch
+    assert [(r["epoch"], r["iter"], r["step"]) for r in train] == [(1, 2, 2), (1, 4, 4), (2, 2, 6), (2, 4, 8)]
+    for r in train:
+        for k in ("loss", "loss_cls", "loss_bbox"):
+            assert r[k] == pytest.approx(np.mean([x[k] for x in a[r["step"] - 2:r["step"]]]))
+        assert r["lr"] == a[r["step"] - 1]["lr"]
+    rows = [r for r in log if r["mode"] == "val"]
     assert [r["epoch"] for r in rows] == [2] and [r["iter"] for r in rows] == [8]
     keys = {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l", "bbox_mAP_copypaste"}
     assert keys <= set(rows[-1]) and len(rows[-1]["bbox_mAP_copypaste"].split()) == 6
@@ -246,7 +260,7 @@ def test_detection_config_errors_stop_at_start(tmp_path):
         validate_config(digits_config(tmp_path, lr_schedule="linear"), 1)
     with pytest.raises(ConfigError, match="detection needs a detector"):
         validate_config(digits_config(tmp_path, model="lsnet_t"), 1)
-    with pytest.raises(ConfigError, match="multiple of 32"):
+    with pytest.raises(ConfigError, match="multiples of 32"):
         c = digits_config(tmp_path)
-        c.aug.pad_shape = (100, 100)
+        c.aug.pad_shapes = ((100, 100),)
         validate_config(c, 1)

@@ -178,10 +178,14 @@ def segmentation_config(model: str = "lsnet_t_semfpn") -> ml_collections.ConfigD
     return _loop_keys(c)
 
 
+HEAD_WIDTHS = ("neck_channels", "feat_channels", "stacked_convs")  # a detector's (0: the published ones)
+
+
 def architecture(config: ml_collections.ConfigDict) -> dict:
-    """The model settings a run changes from its variant's (``config.depth``), as ``create_model``
-    keyword arguments; ``{}`` for the published architecture."""
-    return {"depth": tuple(int(d) for d in config.depth)} if config.get("depth") else {}
+    """The model settings a run changes from its variant's (``config.depth``, a detector's
+    ``HEAD_WIDTHS``), as ``create_model`` keyword arguments; ``{}`` for the published architecture."""
+    out = {"depth": tuple(int(d) for d in config.depth)} if config.get("depth") else {}
+    return out | {k: int(config[k]) for k in HEAD_WIDTHS if config.get(k)}
 
 
 def detection_config(model: str = "lsnet_t_retinanet") -> ml_collections.ConfigDict:
@@ -196,6 +200,9 @@ def detection_config(model: str = "lsnet_t_retinanet") -> ml_collections.ConfigD
     c.dtype = "float32"
     c.impl = "auto"
     c.depth = ()  # the backbone's blocks per stage ((): the variant's)
+    c.neck_channels = 0  # the FPN's width (0: the published 256)
+    c.feat_channels = 0  # the head's conv width (0: the published 256)
+    c.stacked_convs = 0  # the head's convs per branch (0: the published 4)
     c.seed = 0
     c.backbone_weights = ""  # ImageNet classifier weights (official: lsnet_t.pth through lsnet-convert)
     c.init_weights = ""  # a whole detector's weights (fine-tuning); takes precedence over backbone_weights
@@ -229,7 +236,14 @@ def detection_config(model: str = "lsnet_t_retinanet") -> ml_collections.ConfigD
     c.aug.scale = (1333, 800)  # Resize: long side <= 1333, short side <= 800, ratio kept
     c.aug.test_scale = (1333, 800)
     c.aug.flip = 0.5
-    c.aug.pad_shape = (1344, 1344)  # every image is padded to this (H, W): one compiled program
+    # Training batches: each image padded (bottom/right) to the smallest of these (H, W) that holds
+    # it, each batch drawn from one shape (MMDetection's GroupSampler, with widths for its two aspect
+    # groups): one compiled train program per shape. COCO at (1333, 800) resizes 4:3 photos to
+    # 800x1067 (padded 800x1088), 3:2 to 800x1199 (800x1216), wider ones to 1333 wide (800x1344).
+    c.aug.pad_shapes = ((800, 1088), (800, 1216), (800, 1344), (1088, 800), (1216, 800), (1344, 800))
+    # Evaluation: () pads each image to its own multiples of 32 as the official test (outputs equal
+    # the official ones; one program per distinct size); or a list of shapes as above (fewer programs).
+    c.aug.test_pad_shapes = ()
     c.aug.max_boxes = 100  # gt boxes per image, padded with a mask
     c.aug.min_size = 32  # training images with a shorter side are left out (mmdet's filter)
     c.aug.mean = IMAGENET_DEFAULT_MEAN  # mmdet's (123.675, 116.28, 103.53) / 255 on RGB
