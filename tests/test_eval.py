@@ -24,9 +24,9 @@ from lsnet_jax.cli.evaluate import main as evaluate_main
 from lsnet_jax.inference.metrics import hits
 
 
-# the CLI's bookkeeping is under test, not the network: LSNet-T at depth (0, 2, 2, 2) (every kind of
-# layer), recorded in the weights' config as a training run records config.depth
-SHALLOW = {"depth": [0, 2, 2, 2]}
+# the CLI's bookkeeping is under test, not the network: LSNet-T at depth (0, 1, 1, 1) (every stage, one
+# block each), recorded in the weights' config as a training run records config.depth
+SHALLOW = {"depth": [0, 1, 1, 1]}
 
 
 def _naive_hits(logits: np.ndarray, labels: np.ndarray, classes) -> tuple[list[bool], list[bool]]:

@@ -61,10 +61,11 @@ def _losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
-# LSNet-T at depth (0, 2, 2, 2) (every kind of layer, a third of the blocks: a third of the tracing and
-# compiling every run and resumption pays) for the runs whose property is the loop's, not the model's
+# LSNet-T at depth (0, 1, 1, 1) (every stage and downsampling, one RepVGGDW block each: a sixth of the
+# blocks to trace and compile in every run and resumption) for the runs whose property is the loop's,
+# not the model's (every kind of layer is checked in test_model and test_convert_torch)
 SMALL = dict(batch_size=16, eval_batch_size=120, max_steps=6, log_every_steps=1, checkpoint_every_steps=1000,
-             async_checkpoint=False, depth=(0, 2, 2, 2))
+             async_checkpoint=False, depth=(0, 1, 1, 1))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_preempted_then_killed_mid_epoch_then_resumed_gives_the_same_losses(data
     extra = ["--config.epochs=1", "--config.log_every_steps=1", "--config.checkpoint_every_steps=4",
              "--config.tensorboard=False", "--config.eval_batch_size=120", "--config.model=lsnet_t_distill",
              "--config.distillation.type=hard", "--config.distillation.teacher_model=regnety_002",
-             f"--config.distillation.teacher_checkpoint={teacher}", "--config.depth=(0,2,2,2)"]
+             f"--config.distillation.teacher_checkpoint={teacher}", "--config.depth=(0,1,1,1)"]
     ref = _run_train(tmp_path / "ref", data_dir, extra, env)
     out, _ = ref.communicate(timeout=600)
     assert ref.returncode == 0, out[-3000:]
@@ -198,7 +199,7 @@ def test_preempted_then_killed_mid_epoch_then_resumed_gives_the_same_losses(data
     before = snapshot()
     same = {"epochs": 2, "eval_batch_size": 120, "model": "lsnet_t_distill", "distillation.type": "hard",
             "distillation.teacher_model": "regnety_002", "distillation.teacher_checkpoint": teacher,
-            "depth": (0, 2, 2, 2)}
+            "depth": (0, 1, 1, 1)}
     for override, what in (({"model": "lsnet_s_distill"}, "model 'lsnet_t_distill' -> 'lsnet_s_distill'"),
                            ({"img_size": 48}, "img_size 32 -> 48")):
         with pytest.raises(ConfigError) as e:
