@@ -493,18 +493,21 @@ def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
 
 
 def retina_postprocess(cls_scores, bbox_preds, img_shape, scale_factor, score_thr: float = 0.05,
-                       nms_pre: int = 1000, iou_threshold: float = 0.5, max_per_img: int = 100):
+                       nms_pre: int = 1000, iou_threshold: float = 0.5, max_per_img: int = 100,
+                       nms=nms_reference):
     """MMDetection 2.28's RetinaHead test path for one image (levels NCHW with batch 1): per level
     the (anchor, class) pairs above ``score_thr``, the top ``nms_pre`` of them, decoded; the levels
     joined, divided by ``scale_factor``; class-aware NMS (mmcv ``batched_nms``: boxes offset by
-    label * (max coordinate + 1)); the first ``max_per_img``. Returns (boxes (K, 4), scores, labels)."""
+    label * (max coordinate + 1)); the first ``max_per_img``. Returns (boxes (K, 4), scores, labels).
+    ``nms(boxes, scores, iou_threshold)``: the kept indices by descending score (the greedy loop
+    here; ``torchvision.ops.nms``, mmcv's compiled kernel's twin, for timing)."""
     all_boxes, all_scores, all_labels = [], [], []
     for level, (cls, reg) in enumerate(zip(cls_scores, bbox_preds)):
         _, ca, h, w = cls.shape
         num_classes = ca // 9
         scores = cls[0].permute(1, 2, 0).reshape(-1, num_classes).sigmoid()
         deltas = reg[0].permute(1, 2, 0).reshape(-1, 4)
-        anchors = retina_anchors(h, w, 8 * 2 ** level)
+        anchors = retina_anchors(h, w, 8 * 2 ** level).to(cls.device)
         valid = scores > score_thr
         kept = scores[valid]
         idxs = torch.nonzero(valid)
@@ -515,11 +518,11 @@ def retina_postprocess(cls_scores, bbox_preds, img_shape, scale_factor, score_th
         all_boxes.append(delta2bbox(anchors[anchor_idx], deltas[anchor_idx], img_shape))
         all_scores.append(kept)
         all_labels.append(labels)
-    boxes = torch.cat(all_boxes) / torch.as_tensor(scale_factor, dtype=torch.float32)
+    boxes = torch.cat(all_boxes) / torch.as_tensor(scale_factor, dtype=torch.float32, device=cls_scores[0].device)
     scores, labels = torch.cat(all_scores), torch.cat(all_labels)
     if len(boxes) == 0:
         return boxes, scores, labels
     offsets = labels.to(boxes) * (boxes.max() + 1)
-    keep = nms_reference(boxes + offsets[:, None], scores, iou_threshold)[:max_per_img]
+    keep = nms(boxes + offsets[:, None], scores, iou_threshold)[:max_per_img]
     return boxes[keep], scores[keep], labels[keep]
 

@@ -247,6 +247,285 @@ def _seg_train_setup(model, name: str, batch: int, img: int, dtype: str):
     return compiled, state, batch_in, time.perf_counter() - t0, _count(params)
 
 
+# ----------------------------------------------------------------------------- detectors
+
+def _det_batch(batch: int, hw: tuple[int, int], rng: np.random.Generator, boxes_per_image: int = 10,
+               max_boxes: int = 100) -> dict[str, np.ndarray]:
+    """A detection batch as the pipeline gives it, every image filling the padded shape: uint8
+    images, ``img_shape`` = ``pad_shape`` = (H, W), ``scale_factor`` 1, ``boxes_per_image``
+    random boxes of 16-400 px, padded to ``max_boxes``."""
+    h, w = hw
+    xy = rng.uniform(0, 0.6, (batch, max_boxes, 2)) * [w, h]
+    wh = rng.uniform(16, 400, (batch, max_boxes, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [w, h])], -1).astype(np.float32)
+    shape = np.tile(np.asarray([h, w], np.int32), (batch, 1))
+    return {"image": rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8), "img_shape": shape, "pad_shape": shape,
+            "scale_factor": np.ones((batch, 4), np.float32), "boxes": boxes,
+            "labels": rng.integers(0, 80, (batch, max_boxes)).astype(np.int32),
+            "box_valid": np.arange(max_boxes)[None].repeat(batch, 0) < boxes_per_image}
+
+
+def _busy_head(model) -> None:
+    """retina_cls's bias to 0 (scores near 0.5): every level fills its ``nms_pre`` candidates, the
+    busiest post-processing (a trained detector on a crowded image), for JAX and PyTorch alike."""
+    cls = model.bbox_head.retina_cls
+    if hasattr(cls, "bias") and isinstance(cls.bias, nnx.Variable):
+        cls.bias[...] = jnp.zeros(cls.bias.shape, cls.bias.dtype)
+    else:  # torch
+        import torch
+
+        with torch.no_grad():
+            cls.bias.zero_()
+
+
+def det_jax_rows(name: str, batch: int, hw: tuple[int, int], dtype: str, modes: list[str], min_time: float,
+                 warmup: int, peak_gflops: float | None = None, impl: str = "auto") -> list[dict]:
+    """A RetinaNet: ``deploy`` the folded forward (raw outputs), ``detect`` the folded forward with
+    the official post-processing (``inference.detection.detect_batch``: normalise, anchors, per-level
+    top-k, decode, class-aware NMS, 100 per image), ``unfolded``, ``train`` (``det_steps.det_train_step``:
+    frozen backbone BatchNorms, assigner, focal and L1 losses, AdamW)."""
+    from lsnet_jax.inference.detection import detect_batch
+    from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN as MEAN, IMAGENET_DEFAULT_STD as STD
+    from lsnet_jax.train import det_steps
+    from lsnet_jax.train.seg_steps import init_state
+
+    model = create_model(name, dtype=DTYPES[dtype], impl=impl)
+    _busy_head(model)
+    rng = np.random.default_rng(0)
+    b = {k: jnp.asarray(v) for k, v in _det_batch(batch, hw, rng).items()}
+    x = jnp.asarray(rng.standard_normal((batch, *hw, 3)), DTYPES[dtype])
+    rows = []
+    for mode in (["deploy", "detect"] if "deploy" in modes else []) + [m for m in modes if m != "deploy"]:
+        base = dict(model=name, impl="jax", kernels=model.impl, batch=batch, img_size=_size_label(hw), dtype=dtype,
+                    mode=mode, deploy=mode in ("deploy", "detect"), device=jax.devices()[0].device_kind)
+        t0 = time.perf_counter()
+        if mode == "train":
+            tx = det_steps.make_optimizer(det_steps.step_schedule(1e-4, 7330, (8, 11), 0.1, 500, 0.001), 0.05)
+            state, graphdef, _ = init_state(model, tx, 0)
+            params = _count(state.params)
+            step = functools.partial(det_steps.det_train_step, graphdef=graphdef, tx=tx, mean=MEAN, std=STD,
+                                     num_classes=model.cfg.num_classes,
+                                     loss_cfg=det_steps.LossConfig(group_size=min(2, batch)))
+            train_in = {k: b[k] for k in ("image", "img_shape", "pad_shape", "boxes", "labels", "box_valid")}
+            compiled = jax.jit(step, donate_argnums=0).lower(state, train_in).compile()
+            holder = [state]
+
+            def run():
+                holder[0], metrics = compiled(holder[0], train_in)
+                metrics["loss"].block_until_ready()
+        else:
+            m = fold(model) if mode in ("deploy", "detect") else model
+            graph, state = nnx.split(m)
+            params = _count(nnx.state(m, nnx.Param))
+            if mode == "detect":
+                test_in = {k: b[k] for k in ("image", "img_shape", "scale_factor")}
+                fn = lambda s, t, graph=graph: detect_batch(nnx.merge(graph, s), t, MEAN, STD)  # noqa: E731
+                compiled = jax.jit(fn).lower(state, test_in).compile()
+
+                def run(compiled=compiled, state=state, test_in=test_in):
+                    jax.block_until_ready(compiled(state, test_in))
+            else:
+                fn = lambda s, x, graph=graph: nnx.merge(graph, s)(x)  # noqa: E731
+                compiled = jax.jit(fn).lower(state, x).compile()
+
+                def run(compiled=compiled, state=state):
+                    jax.block_until_ready(compiled(state, x))
+        compile_s = time.perf_counter() - t0
+        per_batch = _timeit(run, min_time, warmup)
+        flops = _flops(compiled)
+        rows.append(base | dict(images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=compile_s,
+                                params=params, gflops_per_image=flops / batch / 1e9 if flops else None,
+                                matmul_peak_gflops=peak_gflops,
+                                pct_of_matmul_peak=(100 * flops / per_batch / 1e9 / peak_gflops
+                                                    if flops and peak_gflops else None),
+                                peak_mb=(_xla_bytes(compiled) or 0) / 2 ** 20,
+                                device_peak_mb=(_device_peak_bytes() or 0) / 2 ** 20 or None))
+        print(_fmt(rows[-1]), flush=True)
+    _post_share(rows)
+    return rows
+
+
+def _post_share(rows: list[dict]) -> None:
+    """The post-processing's share of a ``detect`` row: 1 - (the forward's time) / (detect's)."""
+    fwd = {r["impl"]: r for r in rows if r["mode"] == "deploy"}
+    for r in rows:
+        if r["mode"] == "detect" and r["impl"] in fwd:
+            r["postprocess_share"] = 1 - fwd[r["impl"]]["ms_per_batch"] / r["ms_per_batch"]
+            print(f"{r['model']} {r['impl']} {r['dtype']} batch {r['batch']}: post-processing "
+                  f"{100 * r['postprocess_share']:.0f}% of inference "
+                  f"({r['ms_per_batch'] - fwd[r['impl']]['ms_per_batch']:.1f} of {r['ms_per_batch']:.1f} ms)")
+
+
+def _torch_retina_loss(cls_scores, bbox_preds, boxes, labels, valid, num_classes: int):
+    """RetinaNet's training losses in PyTorch, for timing: mmdet's work (max-IoU assignment with
+    0.5 / 0.4 thresholds and each box's best anchor, sigmoid focal loss over the assigned anchors,
+    L1 on the encoded deltas of the positives, both over the positives' count) in plain torch ops,
+    on images that fill their padded shape (every anchor valid)."""
+    import torch
+
+    from lsnet_jax.torch_reference import retina_anchors
+
+    def box_iou(a, b):
+        lt, rb = torch.maximum(a[:, None, :2], b[None, :, :2]), torch.minimum(a[:, None, 2:], b[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+        return inter / (area(a)[:, None] + area(b)[None] - inter)
+
+    def sigmoid_focal_loss(x, t, alpha, gamma):
+        p = torch.sigmoid(x)
+        ce = torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none")
+        pt = p * t + (1 - p) * (1 - t)
+        return ((alpha * t + (1 - alpha) * (1 - t)) * ce * (1 - pt) ** gamma).sum()
+
+    dev = cls_scores[0].device
+    anchors = torch.cat([retina_anchors(c.shape[2], c.shape[3], 8 * 2 ** i).to(dev) for i, c in enumerate(cls_scores)])
+    cls = torch.cat([c.permute(0, 2, 3, 1).reshape(c.shape[0], -1, num_classes) for c in cls_scores], 1)
+    reg = torch.cat([r.permute(0, 2, 3, 1).reshape(r.shape[0], -1, 4) for r in bbox_preds], 1)
+    loss_cls = loss_bbox = 0.0
+    for i in range(cls.shape[0]):
+        gt, gl = boxes[i][valid[i]], labels[i][valid[i]]
+        iou = box_iou(anchors, gt)
+        best, idx = iou.max(1)
+        assigned = torch.full_like(best, -1, dtype=torch.long)
+        assigned[best < 0.4] = 0
+        assigned[best >= 0.5] = idx[best >= 0.5] + 1
+        gt_best = iou.argmax(0)
+        assigned[gt_best] = torch.arange(len(gt), device=dev) + 1
+        pos = assigned > 0
+        target = torch.zeros_like(cls[i])
+        target[pos, gl[assigned[pos] - 1]] = 1.0
+        n = max(int(pos.sum()), 1)
+        keep = assigned >= 0
+        loss_cls = loss_cls + sigmoid_focal_loss(cls[i][keep], target[keep], 0.25, 2.0) / n
+        a, g = anchors[pos], gt[assigned[pos] - 1]
+        pw, ph = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+        gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+        deltas = torch.stack([((g[:, 0] + g[:, 2]) - (a[:, 0] + a[:, 2])) * 0.5 / pw,
+                              ((g[:, 1] + g[:, 3]) - (a[:, 1] + a[:, 3])) * 0.5 / ph,
+                              torch.log(gw / pw), torch.log(gh / ph)], 1)
+        loss_bbox = loss_bbox + (reg[i][pos] - deltas).abs().sum() / n
+    return loss_cls / cls.shape[0], loss_bbox / cls.shape[0]
+
+
+def _torch_nms():
+    """The fastest NMS this PyTorch has, and its name: torchvision's compiled ``nms`` (the twin of
+    mmcv's kernel that MMDetection calls) where its C++ ops load, else a greedy walk over the
+    IoU matrix computed at once (same result as the reference's loop)."""
+    import torch
+
+    try:
+        from torchvision.ops import nms
+
+        nms(torch.zeros((1, 4)), torch.zeros(1), 0.5)
+        return nms, "torchvision nms"
+    except Exception:  # e.g. a torchvision built for another torch: its C++ ops do not load
+        pass
+
+    def matrix_nms(boxes, scores, iou_threshold):
+        order = torch.sort(scores, descending=True, stable=True).indices
+        b = boxes[order]
+        lt, rb = torch.maximum(b[:, None, :2], b[None, :, :2]), torch.minimum(b[:, None, 2:], b[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        over = (inter / (area[:, None] + area[None] - inter) > iou_threshold).cpu().numpy()
+        keep = np.ones(len(b), bool)
+        for i in range(len(b)):
+            if keep[i]:
+                keep[i + 1:] &= ~over[i, i + 1:]
+        return order[torch.from_numpy(keep).to(order.device)]
+
+    return matrix_nms, "IoU-matrix nms"
+
+
+def det_torch_rows(name: str, batch: int, hw: tuple[int, int], dtype: str, modes: list[str], min_time: float,
+                   warmup: int) -> list[dict]:
+    """The PyTorch reference detector (``torch_reference.create_torch_retinanet``): the folded
+    forward, the forward with MMDetection's post-processing per image (``retina_postprocess`` with
+    ``_torch_nms``), unfolded, and a training step (frozen backbone BatchNorms,
+    ``_torch_retina_loss``, AdamW)."""
+    import torch
+
+    from lsnet_jax.torch_reference import create_torch_retinanet, fuse_, retina_postprocess
+
+    nms, nms_name = _torch_nms()
+    print(f"PyTorch post-processing with {nms_name}")
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    rng = np.random.default_rng(0)
+    nb = _det_batch(batch, hw, rng)
+    x = torch.randn(batch, 3, *hw, device=dev, dtype=tdtype)
+    rows = []
+    for mode in (["deploy", "detect"] if "deploy" in modes else []) + [m for m in modes if m != "deploy"]:
+        model = create_torch_retinanet(name).to(dev)
+        _busy_head(model)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        if mode != "train":
+            if mode in ("deploy", "detect"):
+                with torch.no_grad():
+                    model = fuse_(model)
+            model = model.to(tdtype).eval()
+
+            def run(model=model, mode=mode):
+                with torch.inference_mode():
+                    cls, reg = model(x)
+                    if mode == "detect":
+                        for i in range(batch):
+                            retina_postprocess([c[i:i + 1].float() for c in cls], [r[i:i + 1].float() for r in reg],
+                                               tuple(nb["img_shape"][i]), nb["scale_factor"][i],
+                                               nms=nms)
+                sync()
+        else:
+            model = model.train()
+            for m in model.backbone.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+            tb = {k: torch.as_tensor(nb[k], device=dev) for k in ("boxes", "labels", "box_valid")}
+
+            def run(model=model, opt=opt, tb=tb):
+                with torch.autocast(dev.type, dtype=tdtype, enabled=tdtype != torch.float32):
+                    cls, reg = model(x.float())
+                lc, lb = _torch_retina_loss([c.float() for c in cls], [r.float() for r in reg], tb["boxes"],
+                                            tb["labels"].long(), tb["box_valid"], 80)
+                opt.zero_grad(set_to_none=True)
+                (lc + lb).backward()
+                opt.step()
+                sync()
+        params = sum(p.numel() for p in model.parameters())
+        per_batch = _timeit(run, min_time, warmup)
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else None
+        rows.append(dict(model=name, impl="torch-ref", batch=batch, img_size=_size_label(hw), dtype=dtype, mode=mode,
+                         deploy=mode in ("deploy", "detect"),
+                         device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+                         images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=None,
+                         params=params, gflops_per_image=None, peak_mb=peak, device_peak_mb=None,
+                         matmul_peak_gflops=None, pct_of_matmul_peak=None))
+        print(_fmt(rows[-1]), flush=True)
+    _post_share(rows)
+    return rows
+
+
+def _size_label(hw: tuple[int, int]) -> int | str:
+    return hw[0] if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``N`` (N x N) or ``HxW`` (a detector's input, e.g. 800x1216: sides multiples of 32)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N or HxW")
+    sides = [positive_int(p) for p in parts]
+    return (sides[0], sides[-1])
+
+
 # ----------------------------------------------------------------------------- PyTorch
 
 
@@ -401,12 +680,12 @@ def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], mi
 
 # ----------------------------------------------------------------------------- output
 
-_HEAD = (f"{'model':<16}{'impl':<24}{'mode':<10}{'dtype':<10}{'batch':>6}{'images/s':>11}{'ms/batch':>10}"
+_HEAD = (f"{'model':<20}{'impl':<24}{'mode':<10}{'dtype':<10}{'batch':>6}{'images/s':>11}{'ms/batch':>10}"
          f"{'compile s':>10}{'peak MB':>9}{'GFLOPs/img':>11}{'% peak':>8}{'params':>12}")
 
 
 def _fmt(r: dict) -> str:
-    return (f"{r['model']:<16}{r['impl']:<24}{r['mode']:<10}{r['dtype']:<10}{r['batch']:>6}"
+    return (f"{r['model']:<20}{r['impl']:<24}{r['mode']:<10}{r['dtype']:<10}{r['batch']:>6}"
             f"{r['images_per_s']:>11.1f}{r['ms_per_batch']:>10.1f}"
             f"{(format(r['compile_s'], '.1f') if r['compile_s'] is not None else '-'):>10}"
             f"{(format(r['peak_mb'], '.0f') if r['peak_mb'] else '-'):>9}"
@@ -450,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["lsnet_t"], choices=list_models())
     ap.add_argument("--batch", nargs="+", type=positive_int, default=[32])
-    ap.add_argument("--img-size", type=positive_int, default=224)
+    ap.add_argument("--img-size", type=image_size, default=(224, 224), metavar="N|HxW",
+                    help="N x N, or H x W for a detector (e.g. 800x1216, a resized COCO image padded to 32)")
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=sorted(DTYPES))
     ap.add_argument("--deploy", action="store_true", help="folded inference")
     ap.add_argument("--unfolded", action="store_true", help="inference with BN and RepVGG branches")
@@ -474,9 +754,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import platform
 
+    hw = args.img_size
+    if hw[0] != hw[1] and not all(n.endswith("_retinanet") for n in args.model):
+        ap.error(f"--img-size {hw[0]}x{hw[1]}: classifiers and segmenters take square sizes here")
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} ({jax.device_count()} device(s)), "
           f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-          f"{args.img_size}x{args.img_size}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')} "
+          f"{hw[0]}x{hw[1]}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')} "
           "(JAX and PyTorch alike: lsnet_jax.runtime)")
     peaks = {d: matmul_peak_gflops(d, args.min_time / 3, args.warmup) for d in args.dtype}
     print("XLA matmul peak (the '% peak' column's 100%): "
@@ -486,14 +769,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.model:
         for dtype in args.dtype:
             for batch in args.batch:
-                rows += jax_rows(name, batch, args.img_size, dtype, modes, args.min_time, args.warmup,
+                if name.endswith("_retinanet"):
+                    rows += det_jax_rows(name, batch, hw, dtype, modes, args.min_time, args.warmup, peaks[dtype],
+                                         args.impl)
+                    if args.torch or args.torch_compile or args.torch_repo:
+                        rows += det_torch_rows(name, batch, hw, dtype, modes, args.min_time, args.warmup)
+                    continue
+                rows += jax_rows(name, batch, hw[0], dtype, modes, args.min_time, args.warmup,
                                  peaks[dtype], args.impl)
                 if args.distill and "train" in modes and name.startswith("lsnet_") and "_semfpn" not in name:
-                    rows += distill_rows(name, args.distill, batch, args.img_size, dtype, args.min_time,
+                    rows += distill_rows(name, args.distill, batch, hw[0], dtype, args.min_time,
                                          args.warmup, peaks[dtype], args.impl)
                 if args.torch or args.torch_repo or args.torch_compile:
                     for compile_model in (False, True) if args.torch_compile else (False,):
-                        rows += torch_rows(name, batch, args.img_size, dtype, modes, args.min_time,
+                        rows += torch_rows(name, batch, hw[0], dtype, modes, args.min_time,
                                            args.warmup, args.torch_repo, compile_model)
     for line in ratios(rows):
         print(line)

@@ -2,7 +2,7 @@
 # The GPU measurements of the speed issue as one prepared run that fits a 10-minute call of the
 # device tool, each part under its own time limit so a slow part still leaves the others' results:
 #
-#   bash scripts/gpu_bench.sh OUTDIR [PARTS]      PARTS: comma-separated, from ops,infer,train,compile,distill
+#   bash scripts/gpu_bench.sh OUTDIR [PARTS]      PARTS: comma-separated, from ops,infer,train,compile,distill,det
 #                                                 (default ops,infer,train: about 9 minutes at most)
 #   device tool: run(command="bash scripts/gpu_bench.sh $OUT", timeout_s=600)
 #
@@ -15,10 +15,16 @@
 #   compile  LSNet-T under torch.compile as well (TorchInductor writes SKA as one Triton kernel)
 #   distill  LSNet-T's hard-distillation step at 256 with the RegNetY-160 teacher, and the teacher's
 #            forward alone: the teacher's share of a distillation step
+#   det      LSNet-T + RetinaNet at 800x1216 (a 3:2 COCO image resized to 1333x800, padded to 32):
+#            the folded forward and the official inference with post-processing at batch 8, the
+#            post-processing's share, the training step at 2 images (one official GPU's), float32,
+#            JAX against the PyTorch reference detector
 #
 # Needs python3 with jax (CUDA), flax, optax and torch; grain, TFDS and ml_collections are not
 # used. At most 8 files come back from the device tool, so the default parts write exactly 8.
-# INFER_BATCH, TRAIN_BATCH, IMG and MIN_TIME override the sizes (a smoke run on CPU: small ones).
+# INFER_BATCH, TRAIN_BATCH, IMG, DET_BATCH, DET_TRAIN_BATCH, DET_IMG and MIN_TIME override the
+# sizes (a smoke run on CPU: small ones). The det part is not in the default set (its 4 files would
+# pass the 8 the device tool returns): run it as its own call, bash scripts/gpu_bench.sh $OUT det.
 set -u
 out=${1:?usage: gpu_bench.sh OUTDIR [ops,infer,train,compile]}
 parts=",${2:-ops,infer,train},"
@@ -65,6 +71,12 @@ esac
 case $parts in *,compile,*)
     part compile 240 scripts/benchmark.py --model lsnet_t --batch "$infer_batch" --img-size "$img" \
         --dtype float32 bfloat16 --deploy --torch-compile --min-time "$min_time" --json "$out/compile.json" ;;
+esac
+case $parts in *,det,*)
+    part det 240 scripts/benchmark.py --model lsnet_t_retinanet --batch "${DET_BATCH:-8}" \
+        --img-size "${DET_IMG:-800x1216}" --deploy --torch --min-time "$min_time" --json "$out/det_infer.json"
+    part det_train 180 scripts/benchmark.py --model lsnet_t_retinanet --batch "${DET_TRAIN_BATCH:-2}" \
+        --img-size "${DET_IMG:-800x1216}" --train --torch --min-time "$min_time" --json "$out/det_train.json" ;;
 esac
 case $parts in *,distill,*)
     part distill 240 scripts/benchmark.py --model lsnet_t --batch "$train_batch" --img-size "$img" \

@@ -107,3 +107,34 @@ def test_benchmarks_import_without_the_data_stack():
                          env={**os.environ, "LSNET_JAX_HUGE_PAGES": "0"})
     assert out.returncode == 0, out.stderr
     assert "pipeline: not installed: grain" in out.stdout and out.stdout.strip().endswith("imported")
+
+
+def test_detector_rows_post_processing_share_and_the_fallback_nms(tmp_path, capsys):
+    """A RetinaNet at a tiny non-square size: the folded forward and the official inference in both
+    frameworks, the post-processing's share printed from them; the PyTorch NMS the benchmark falls
+    back to (torchvision's C++ ops may not load) keeps what the reference's greedy loop keeps."""
+    import torch
+
+    from lsnet_jax.torch_reference import nms_reference
+
+    rng = torch.Generator().manual_seed(0)
+    xy = torch.rand(300, 2, generator=rng) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(300, 2, generator=rng) * 40], 1)
+    scores = torch.rand(300, generator=rng)
+    nms, _ = benchmark._torch_nms()
+    for thr in (0.3, 0.5, 0.7):
+        assert nms(boxes, scores, thr).tolist() == nms_reference(boxes, scores, thr).tolist()
+    js = tmp_path / "det.json"
+    assert benchmark.main(["--model", "lsnet_t_retinanet", "--batch", "1", "--img-size", "64x96", "--deploy",
+                           "--torch", "--min-time", "0.01", "--warmup", "0", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(js.read_text())
+    assert [(r["impl"], r["mode"], r["img_size"]) for r in rows] == [
+        ("jax", "deploy", "64x96"), ("jax", "detect", "64x96"), ("torch-ref", "deploy", "64x96"),
+        ("torch-ref", "detect", "64x96")]
+    for r in (rows[1], rows[3]):
+        assert r["postprocess_share"] == pytest.approx(1 - rows[rows.index(r) - 1]["ms_per_batch"] / r["ms_per_batch"])
+        assert f"{r['impl']} float32 batch 1: post-processing {100 * r['postprocess_share']:.0f}% of inference" in out
+    assert "lsnet_t_retinanet detect float32 batch 1: JAX / torch-ref = " in out
+    with pytest.raises(SystemExit):
+        benchmark.main(["--model", "lsnet_t", "--img-size", "64x96"])  # classifiers take square sizes
