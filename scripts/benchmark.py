@@ -134,17 +134,21 @@ def jax_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], min_
                 metrics["loss"].block_until_ready()
 
             per_batch = _timeit(run, min_time, warmup)
-        flops = _flops(compiled)
-        rows.append(base | dict(images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch,
-                                compile_s=compile_s, params=params,
-                                gflops_per_image=flops / batch / 1e9 if flops else None,
-                                matmul_peak_gflops=peak_gflops,
-                                pct_of_matmul_peak=(100 * flops / per_batch / 1e9 / peak_gflops
-                                                    if flops and peak_gflops else None),
-                                peak_mb=(_xla_bytes(compiled) or 0) / 2 ** 20,
-                                device_peak_mb=(_device_peak_bytes() or 0) / 2 ** 20 or None))
+        rows.append(base | _jax_figures(compiled, batch, per_batch, compile_s, params, peak_gflops))
         print(_fmt(rows[-1]), flush=True)
     return rows
+
+
+def _jax_figures(compiled, batch: int, per_batch: float, compile_s: float, params: int,
+                 peak_gflops: float | None) -> dict:
+    """A JAX row's figures: rate, compile seconds, FLOPs (XLA's cost analysis), % of the matmul
+    peak, XLA's buffer estimate and the device's high-water mark."""
+    flops = _flops(compiled)
+    return dict(images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=compile_s, params=params,
+                gflops_per_image=flops / batch / 1e9 if flops else None, matmul_peak_gflops=peak_gflops,
+                pct_of_matmul_peak=100 * flops / per_batch / 1e9 / peak_gflops if flops and peak_gflops else None,
+                peak_mb=(_xla_bytes(compiled) or 0) / 2 ** 20,
+                device_peak_mb=(_device_peak_bytes() or 0) / 2 ** 20 or None)
 
 
 def _train_setup(model, name: str, batch: int, img: int, dtype: str):
@@ -332,14 +336,7 @@ def det_jax_rows(name: str, batch: int, hw: tuple[int, int], dtype: str, modes: 
                     jax.block_until_ready(compiled(state, x))
         compile_s = time.perf_counter() - t0
         per_batch = _timeit(run, min_time, warmup)
-        flops = _flops(compiled)
-        rows.append(base | dict(images_per_s=batch / per_batch, ms_per_batch=1000 * per_batch, compile_s=compile_s,
-                                params=params, gflops_per_image=flops / batch / 1e9 if flops else None,
-                                matmul_peak_gflops=peak_gflops,
-                                pct_of_matmul_peak=(100 * flops / per_batch / 1e9 / peak_gflops
-                                                    if flops and peak_gflops else None),
-                                peak_mb=(_xla_bytes(compiled) or 0) / 2 ** 20,
-                                device_peak_mb=(_device_peak_bytes() or 0) / 2 ** 20 or None))
+        rows.append(base | _jax_figures(compiled, batch, per_batch, compile_s, params, peak_gflops))
         print(_fmt(rows[-1]), flush=True)
     _post_share(rows)
     return rows
@@ -407,6 +404,20 @@ def _torch_retina_loss(cls_scores, bbox_preds, boxes, labels, valid, num_classes
     return loss_cls / cls.shape[0], loss_bbox / cls.shape[0]
 
 
+def _torch_device(dtype: str):
+    """PyTorch on all cores: the device (CUDA if there is one), the dtype, a device sync."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return dev, {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype], sync
+
+
 def _torch_nms():
     """The fastest NMS this PyTorch has, and its name: torchvision's compiled ``nms`` (the twin of
     mmcv's kernel that MMDetection calls) where its C++ ops load, else a greedy walk over the
@@ -450,13 +461,7 @@ def det_torch_rows(name: str, batch: int, hw: tuple[int, int], dtype: str, modes
     nms, nms_name = _torch_nms()
     print(f"PyTorch post-processing with {nms_name}")
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+    dev, tdtype, sync = _torch_device(dtype)
 
     rng = np.random.default_rng(0)
     nb = _det_batch(batch, hw, rng)
@@ -591,13 +596,7 @@ def torch_rows(name: str, batch: int, img: int, dtype: str, modes: list[str], mi
                repo: str | None, compile_model: bool = False) -> list[dict]:
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+    dev, tdtype, sync = _torch_device(dtype)
 
     rows = []
     for mode in modes:
