@@ -7,10 +7,12 @@ avg_factor per ``group_size`` images (an official GPU's), the backbone's BatchNo
 Training images are padded to a few ``aug.pad_shapes`` and every batch drawn from one
 (``lsnet_jax.data.detection``: the run compiles one train program per shape in use), boxes to
 ``aug.max_boxes``; evaluation pads each image to its own multiples of 32 as the official test
-(``aug.test_pad_shapes=()``, one program per distinct size) or to ``aug.test_pad_shapes``. Evaluation after every ``eval_every_epochs`` epochs and at the end: the
-official inference (``lsnet_jax.inference.detection.detect``) and pycocotools' COCOeval over the
-whole split; ``log.txt`` gets one JSON line per evaluation with MMDetection's keys (``bbox_mAP``,
-``bbox_mAP_50`` ... ``bbox_mAP_copypaste``) and the period's mean loss and lr.
+(``aug.test_pad_shapes=()``, one program per distinct size) or to ``aug.test_pad_shapes``.
+Evaluation after every ``eval_every_epochs`` epochs and at the end: the official inference
+(``lsnet_jax.inference.detection.detect``) and pycocotools' COCOeval over the whole split;
+``log.txt`` gets MMDetection's rows: one per evaluation (``"mode": "val"``, ``bbox_mAP``,
+``bbox_mAP_50`` ... ``bbox_mAP_copypaste``, the period's mean losses and lr) and a train row every
+``log_every_steps`` iterations of an epoch (``train_row``).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class Detection:
         except ValueError as e:
             raise ConfigError(f"config.aug.pad_shapes: {e}") from None
         self.fingerprint = workdirs.fingerprint(
-            "detection", config.model, self.num_classes, int(max(a.scale)), d.name, d.train_split,
+            "detection", config.model, self.num_classes, _largest_side(a.pad_shapes, a.scale), d.name, d.train_split,
             architecture(config), data_version=info.version, data_examples=n, batch_size=config.batch_size,
             seed=config.seed, pad_shapes=[list(s) for s in pad_shapes])
         tf = DetTrainTransform(tuple(a.scale), a.flip, pad_shapes, a.max_boxes)
@@ -188,7 +190,7 @@ class Detection:
     def run_info(self) -> dict[str, Any]:
         c = self.config
         return {"model": c.model, "task": "detection", "num_classes": self.num_classes,
-                "img_size": int(max(c.aug.scale)), "n_parameters": self.n_parameters,
+                "img_size": _largest_side(c.aug.pad_shapes, c.aug.scale), "n_parameters": self.n_parameters,
                 "class_names": list(self.info.class_names)[:self.num_classes], "config": c.to_dict(),
                 **({"model_config": architecture(c)} if architecture(c) else {})}
 
@@ -198,6 +200,12 @@ class Detection:
                 f"{len(self.esrc)} eval images, {self.cadence.total_steps} iterations "
                 f"({c.epochs} epochs), lr {c.lr:.3g}, {len(self.train_shapes)} train shapes "
                 f"{self.train_shapes} (one program each)")
+
+
+def _largest_side(pad_shapes, scale) -> int:
+    """The run's ``img_size`` (informative for a detector): the largest padded side it trains at
+    (with no ``pad_shapes``, each image at its own 32-multiple: the scale's long side's)."""
+    return int(max((max(s) for s in pad_shapes), default=-(-max(scale) // 32) * 32))
 
 
 def _step(state, batch: dict, constants: None, **kw):
