@@ -293,10 +293,11 @@ def evaluate_detection(args: argparse.Namespace) -> int:
         return 2
     graph, state = nnx.split(model)
     fn = jax.jit(lambda s, b: detect_batch(nnx.merge(graph, s), b, spec.mean, spec.std))
+    transform = DetTestTransform(scale, ((side, side),) if side else ())
     t0 = time.time()
     try:
-        r = evaluate_detector(functools.partial(fn, state), src, categories, DetTestTransform(scale, ((side, side),) if side else ()),
-                              min(args.batch, 8), progress_every=500)
+        r = evaluate_detector(functools.partial(fn, state), src, categories, transform, min(args.batch, 8),
+                              progress_every=500)
     except ValueError as e:  # an image that does not fit the padded shape
         print(f"error: {e}", file=sys.stderr)
         return 2

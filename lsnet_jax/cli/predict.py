@@ -87,12 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     transform = EvalTransform(spec.img_size, spec.crop_pct)
     batch, ok, failed = [], [], []
     for f in args.images:
-        try:
-            batch.append(transform(read_image_file(f))["image"])
+        x = read_or_skip(f, lambda p: transform(read_image_file(p))["image"], failed)
+        if x is not None:
+            batch.append(x)
             ok.append(f)
-        except Exception as e:  # unreadable, truncated, not an image, missing
-            failed.append(f)
-            print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)
     if not ok:
         print("error: none of the images could be read", file=sys.stderr)
         return 1
@@ -170,11 +168,8 @@ def segment_files(args: argparse.Namespace, spec, inputs: list) -> int:
     transform = SegTestTransform(scale, int(spec.meta.get("size_divisor", 32)))
     results, failed = [], []
     for f, target in zip(args.images, targets):
-        try:
-            image = decode_image(read_image_file(f))
-        except Exception as e:  # unreadable, truncated, not an image, missing
-            failed.append(f)
-            print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)
+        image = read_or_skip(f, lambda p: decode_image(read_image_file(p)), failed)
+        if image is None:
             continue
         labels = predict_labels(fn, image, transform)
         colours = colorize(labels, classes)
@@ -196,6 +191,17 @@ def segment_files(args: argparse.Namespace, spec, inputs: list) -> int:
     if failed:
         print(f"{len(failed)} of {len(args.images)} images skipped as unreadable", file=sys.stderr)
     return 1 if failed else 0 if results else 1
+
+
+def read_or_skip(f: str, read, failed: list[str]):
+    """``read(f)``; or, where the file is unreadable, truncated, not an image or missing, None with
+    ``f`` added to ``failed`` and a line on stderr saying why."""
+    try:
+        return read(f)
+    except Exception as e:
+        failed.append(f)
+        print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
 
 
 def detect_files(args: argparse.Namespace, spec, inputs: list) -> int:
@@ -239,11 +245,8 @@ def detect_files(args: argparse.Namespace, spec, inputs: list) -> int:
     fn = jax.jit(lambda s, b: detect_batch(nnx.merge(graph, s), b, spec.mean, spec.std))  # one program per size
     results, report, failed = [], [], []
     for image_id, (f, target) in enumerate(zip(args.images, targets), 1):
-        try:
-            image = decode_color(read_image_file(f))
-        except Exception as e:  # unreadable, truncated, not an image, missing
-            failed.append(f)
-            print(f"skipped {f}: cannot read it as an image ({type(e).__name__}: {e})", file=sys.stderr)
+        image = read_or_skip(f, lambda p: decode_color(read_image_file(p)), failed)
+        if image is None:
             continue
         batch = {k: jnp.asarray(v[None]) for k, v in test_input(image, scale).items()}
         det = fn(state, batch).to_lists()[0]

@@ -121,7 +121,7 @@ class DetTrainTransform:
 
     scale: tuple[int, int] = (1333, 800)
     flip: float = 0.5
-    pad_shapes: tuple[tuple[int, int], ...] = ((800, 1344), (1344, 800))
+    pad_shapes: tuple[tuple[int, int], ...] = ()  # (): each image at its own multiples of 32
     max_boxes: int = 100
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
