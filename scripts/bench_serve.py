@@ -94,12 +94,17 @@ def _ort(path: Path):
     return lambda b: (lambda x: sess.run(None, {name: x})[0])
 
 
-def onnx_runner(name: str, img: int, tmp: Path) -> Callable[[int], Runner]:
+def onnx_runner(name: str, img: int, tmp: Path, converter: str = "graph", ska_form: str = "conv",
+                batch: int | None = None) -> Callable[[int], Runner]:
     from lsnet_jax import create_model
     from lsnet_jax.inference import serving as E
 
     model = create_model(name, img_size=img, deploy=True, impl="reference")  # as lsnet-export --format onnx
-    return _ort(E.save_onnx(model, img, tmp / "m.onnx"))
+    if batch is None:
+        return _ort(E.save_onnx(model, img, tmp / "m.onnx", converter=converter, ska_form=ska_form))
+    one = _ort(E.save_onnx(model, img, tmp / "m1.onnx", 1, converter=converter, ska_form=ska_form))
+    many = _ort(E.save_onnx(model, img, tmp / "mb.onnx", batch, converter=converter, ska_form=ska_form))
+    return lambda b: (one if b == 1 else many)(b)
 
 
 def _torch_model(name: str, img: int):
@@ -172,16 +177,22 @@ def measure(for_batch: Callable[[int], Runner], img: int, batch: int, calls: int
             f"batch{batch}_images_per_s": n * batch / (time.perf_counter() - t0)}
 
 
-RUNTIMES = {  # key: (label, dtype, builder(name, img, tmp))
-    "jax": ("JAX jit", "float32", lambda n, i, t: jax_runner(n, i, "float32")),
-    "jax-bf16": ("JAX jit", "bfloat16", lambda n, i, t: jax_runner(n, i, "bfloat16")),
-    "stablehlo": ("StableHLO export (jax.export)", "float32", stablehlo_runner),
-    "tflite": ("TFLite export (LiteRT, XNNPACK)", "float32", tflite_runner),
-    "onnx": ("ONNX export (jax2onnx) in ONNX Runtime", "float32", onnx_runner),
-    "torch": ("PyTorch reference, eager", "float32", lambda n, i, t: torch_runner(n, i, "eager")),
-    "torch-bf16": ("PyTorch reference, eager (autocast)", "bfloat16", lambda n, i, t: torch_runner(n, i, "bfloat16")),
-    "torch-compile": ("PyTorch reference, torch.compile", "float32", lambda n, i, t: torch_runner(n, i, "compile")),
-    "torch-onnx": ("PyTorch reference, torch.onnx.export in ONNX Runtime", "float32", torch_onnx_runner),
+RUNTIMES = {  # key: (label, dtype, builder(name, img, tmp, batch))
+    "jax": ("JAX jit", "float32", lambda n, i, t, b: jax_runner(n, i, "float32")),
+    "jax-bf16": ("JAX jit", "bfloat16", lambda n, i, t, b: jax_runner(n, i, "bfloat16")),
+    "stablehlo": ("StableHLO export (jax.export)", "float32", lambda n, i, t, b: stablehlo_runner(n, i, t)),
+    "tflite": ("TFLite export (LiteRT, XNNPACK)", "float32", lambda n, i, t, b: tflite_runner(n, i, t)),
+    "onnx": ("ONNX export (lsnet-export) in ONNX Runtime", "float32", lambda n, i, t, b: onnx_runner(n, i, t)),
+    "onnx-static": ("ONNX export, static batch, in ONNX Runtime", "float32",
+                    lambda n, i, t, b: onnx_runner(n, i, t, batch=b)),
+    "onnx-slices": ("ONNX export, SKA as nine slices, in ONNX Runtime", "float32",
+                    lambda n, i, t, b: onnx_runner(n, i, t, ska_form="slices")),
+    "onnx-jax2onnx": ("ONNX export (jax2onnx) in ONNX Runtime", "float32",
+                      lambda n, i, t, b: onnx_runner(n, i, t, converter="jax2onnx")),
+    "torch": ("PyTorch reference, eager", "float32", lambda n, i, t, b: torch_runner(n, i, "eager")),
+    "torch-bf16": ("PyTorch reference, eager (autocast)", "bfloat16", lambda n, i, t, b: torch_runner(n, i, "bfloat16")),
+    "torch-compile": ("PyTorch reference, torch.compile", "float32", lambda n, i, t, b: torch_runner(n, i, "compile")),
+    "torch-onnx": ("PyTorch reference, torch.onnx.export in ONNX Runtime", "float32", lambda n, i, t, b: torch_onnx_runner(n, i, t)),
 }
 
 
@@ -226,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             label, dtype, build = RUNTIMES[key]
             t = time.perf_counter()
             try:
-                for_batch = build(args.model, args.img, Path(d))
+                for_batch = build(args.model, args.img, Path(d), args.batch)
                 for_batch(1), for_batch(args.batch)  # compile / convert / load, outside the timing
                 built = time.perf_counter() - t
                 r = measure(for_batch, args.img, args.batch, args.calls, args.min_time)

@@ -8,7 +8,8 @@
 
 Formats: ``stablehlo`` (``jax.export``, serialized), ``savedmodel`` (TF SavedModel, signature
 ``serving_default``) and ``tflite``, which go through jax2tf and need the ``[tf]`` extra, and
-``onnx`` (jax2onnx; checked in ONNX Runtime: the ``[onnx]`` extra).
+``onnx`` (LSNet classifiers and segmenters written directly as the NCHW graph ONNX Runtime runs
+best, other models through jax2onnx; checked in ONNX Runtime: the ``[onnx]`` extra).
 Inputs are float32 NHWC images normalised as the model expects. The batch dimension is symbolic
 unless ``--batch`` is given. The script reloads the file in its own runtime, runs it on random
 images and prints the largest logit difference against the in-memory model (exit 1 above 1e-4 of
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     size = spec.img_size
-    # ONNX: the plain lax formulations, which become ONNX Conv / Einsum operators (1,924 nodes for
-    # LSNet-T; XLA:CPU's tuned forms become 7,273 slices and multiply-adds, 24% slower in ONNX Runtime)
+    # ONNX: LSNet classifiers and segmenters are written as a direct graph (onnx_graph); other
+    # models go through jax2onnx, for which the plain lax formulations become ONNX Conv / Einsum
+    # operators (XLA:CPU's tuned forms become thousands of slices and multiply-adds, slower in ORT)
     model = spec.create(deploy=args.deploy, impl="reference" if args.format == "onnx" else "auto")
     try:
         if args.format == "stablehlo":

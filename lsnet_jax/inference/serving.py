@@ -5,9 +5,11 @@
 - a TensorFlow SavedModel and a TFLite flatbuffer, through ``jax2tf`` (JAX's maintained converter,
   which embeds the same StableHLO) and TensorFlow's TFLite converter. These need TensorFlow: the
   ``[tf]`` extra.
-- an ONNX graph, through ``jax2onnx`` (which converts JAX's primitives to ONNX operators directly;
-  jax2tf + tf2onnx cannot, as tf2onnx does not convert the XlaCallModule op that embeds StableHLO),
-  run by ONNX Runtime: the ``[onnx]`` extra.
+- an ONNX graph run by ONNX Runtime (the ``[onnx]`` extra): LSNet classifiers and segmenters
+  written directly as the NCHW graph ORT runs best (``lsnet_jax.inference.onnx_graph``), other
+  models through ``jax2onnx``, which converts JAX's primitives to ONNX operators (jax2tf + tf2onnx
+  cannot: tf2onnx does not convert the XlaCallModule op that embeds StableHLO); int8 through ONNX
+  Runtime's quantization (``quantize_onnx``).
 
 Inputs are float32 NHWC images normalised as the model expects; outputs float32 logits. The batch
 dimension is symbolic unless a batch size is given, so one file serves every batch size.
@@ -147,11 +149,31 @@ def run_tflite(path: str | os.PathLike, images) -> np.ndarray:
 
 
 def save_onnx(model: nnx.Module, img_size: int, path: str | os.PathLike, batch: int | None = None,
-              name: str = "lsnet") -> Path:
-    """``model`` as an ONNX model (``jax2onnx``): input ``images`` float32 NHWC with a symbolic
-    batch ``B`` unless ``batch`` is given, output float32 logits; the weights are initializers.
-    Build ``model`` with ``impl="reference"``: its plain lax operations become ONNX Conv and
-    Einsum nodes, XLA:CPU's tuned forms many more, slower ones (``lsnet-export`` does so)."""
+              name: str = "lsnet", converter: str = "auto", ska_form: str = "conv") -> Path:
+    """``model`` as an ONNX model: input ``images`` float32 NHWC with a symbolic batch ``B``
+    unless ``batch`` is given, output float32 ``logits``; the weights are initializers.
+
+    ``converter``: ``"graph"`` writes LSNet classifiers and segmenters directly as the NCHW graph
+    ONNX Runtime runs best (``lsnet_jax.inference.onnx_graph``: Conv nodes, folded BatchNorms,
+    static reshapes; a model in training form is folded first); ``"jax2onnx"`` converts JAX's
+    primitives one by one (any model; build it with ``impl="reference"``, whose plain lax
+    operations become ONNX Conv and Einsum nodes); ``"auto"``: the graph where it applies.
+    """
+    from lsnet_jax.inference import onnx_graph
+
+    if converter not in ("auto", "graph", "jax2onnx"):
+        raise ValueError(f"converter={converter!r}; choose auto, graph or jax2onnx")
+    if converter == "graph" or (converter == "auto" and onnx_graph.supports(model)):
+        try:
+            import onnx  # noqa: F401
+        except ImportError as e:
+            raise ImportError("the ONNX export needs onnx and onnxruntime: pip install 'lsnet-jax[onnx]'") from e
+        if not model.deploy:
+            from lsnet_jax.models.fold import fold
+
+            model = fold(model)
+        proto = onnx_graph.model_proto(model, img_size, batch, name=name, ska_form=ska_form)
+        return _write(path, proto.SerializeToString())
     try:
         from jax2onnx import to_onnx
     except ImportError as e:
