@@ -1,15 +1,19 @@
 """Serving LSNet on a CPU, every way a user can: one table, a PNG and JSON.
 
     python scripts/bench_serve.py [--model lsnet_t] [--img 224] [--batch 32] [--calls 100]
-        [--min-time 3] [--only jax onnx ...] [--json serve.json] [--plot serve.png]
+        [--min-time 3] [--rounds 5] [--only jax onnx ...] [--json serve.json] [--plot serve.png]
 
 Runtimes, each on the folded (deploy) model with the same input size: this project's JAX jit
 (float32, bfloat16), its StableHLO export (``jax.export``), its TFLite export (LiteRT's XNNPACK
-delegate), its ONNX export (jax2onnx) in ONNX Runtime; beside them the PyTorch reference
+delegate), its ONNX exports in ONNX Runtime (the direct graph ``lsnet-export`` writes, with a
+symbolic and a static batch, with SKA as nine slices, int8 static and dynamic, and through
+jax2onnx); beside them the PyTorch reference
 (``lsnet_jax.torch_reference``, BN folded) eager (float32, bfloat16 autocast), under
 ``torch.compile``, and its own ``torch.onnx.export`` in ONNX Runtime. Per runtime: latency at
 batch 1 (median and p90 over ``--calls`` calls) and throughput at ``--batch`` (images/s over
-``--min-time`` seconds), after warm-up; build time (compile / convert) apart. Weights are random:
+``--min-time`` seconds), after warm-up; build time (compile / convert) apart. Every runtime is
+built first, then all are timed in turn, ``--rounds`` times, each round a share of the calls and
+seconds: a shared machine's drifting speed falls on every runtime alike. Weights are random:
 speed does not depend on their values. Every runtime uses all cores.
 """
 
@@ -69,7 +73,8 @@ def tflite_runner(name: str, img: int, tmp: Path) -> Callable[[int], Runner]:
     from lsnet_jax import create_model
     from lsnet_jax.inference import serving as E
 
-    path = E.save_tflite(create_model(name, img_size=img, deploy=True), img, tmp / "m.tflite")
+    # as lsnet-export --format tflite builds it (the plain lax forms: 2.7x faster under XNNPACK)
+    path = E.save_tflite(create_model(name, img_size=img, deploy=True, impl="reference"), img, tmp / "m.tflite")
 
     def for_batch(b: int) -> Runner:
         interp = Interpreter(model_path=str(path), num_threads=os.cpu_count())
@@ -95,15 +100,24 @@ def _ort(path: Path):
 
 
 def onnx_runner(name: str, img: int, tmp: Path, converter: str = "graph", ska_form: str = "conv",
-                batch: int | None = None) -> Callable[[int], Runner]:
+                batch: int | None = None, quantize: str | None = None) -> Callable[[int], Runner]:
     from lsnet_jax import create_model
     from lsnet_jax.inference import serving as E
 
     model = create_model(name, img_size=img, deploy=True, impl="reference")  # as lsnet-export --format onnx
+
+    def save(path: Path, b: int | None) -> Path:
+        path = E.save_onnx(model, img, path, b, converter=converter, ska_form=ska_form)
+        if quantize is None:
+            return path
+        from lsnet_jax.testing import diverse_images
+
+        calib = diverse_images(16, img, seed=0).transpose(0, 2, 3, 1)  # speed does not depend on the ranges
+        return E.quantize_onnx(path, path.with_suffix(".int8.onnx"), quantize, calib)
+
     if batch is None:
-        return _ort(E.save_onnx(model, img, tmp / "m.onnx", converter=converter, ska_form=ska_form))
-    one = _ort(E.save_onnx(model, img, tmp / "m1.onnx", 1, converter=converter, ska_form=ska_form))
-    many = _ort(E.save_onnx(model, img, tmp / "mb.onnx", batch, converter=converter, ska_form=ska_form))
+        return _ort(save(tmp / "m.onnx", None))
+    one, many = _ort(save(tmp / "m1.onnx", 1)), _ort(save(tmp / "mb.onnx", batch))
     return lambda b: (one if b == 1 else many)(b)
 
 
@@ -154,7 +168,10 @@ def torch_onnx_runner(name: str, img: int, tmp: Path) -> Callable[[int], Runner]
     return lambda b: (lambda x: session(b)(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
 
 
-def measure(for_batch: Callable[[int], Runner], img: int, batch: int, calls: int, min_time: float) -> dict:
+def measure_round(for_batch: Callable[[int], Runner], img: int, batch: int, calls: int, min_time: float
+                  ) -> tuple[list[float], int, float]:
+    """One round for one runtime: ``calls`` timed batch-1 calls, then batch calls for at least
+    ``min_time`` seconds; (batch-1 seconds per call, batch calls made, their seconds)."""
     rng = np.random.default_rng(0)
     one = rng.standard_normal((1, img, img, 3)).astype(np.float32)
     many = rng.standard_normal((batch, img, img, 3)).astype(np.float32)
@@ -172,9 +189,13 @@ def measure(for_batch: Callable[[int], Runner], img: int, batch: int, calls: int
     while (time.perf_counter() - t0) < min_time or n < 2:
         run_b(many)
         n += 1
+    return lat, n, time.perf_counter() - t0
+
+
+def summarize(lat: list[float], n: int, seconds: float, batch: int) -> dict:
     return {"batch1_median_ms": 1e3 * statistics.median(lat),
             "batch1_p90_ms": 1e3 * float(np.percentile(lat, 90)),
-            f"batch{batch}_images_per_s": n * batch / (time.perf_counter() - t0)}
+            f"batch{batch}_images_per_s": n * batch / seconds}
 
 
 RUNTIMES = {  # key: (label, dtype, builder(name, img, tmp, batch))
@@ -187,6 +208,10 @@ RUNTIMES = {  # key: (label, dtype, builder(name, img, tmp, batch))
                     lambda n, i, t, b: onnx_runner(n, i, t, batch=b)),
     "onnx-slices": ("ONNX export, SKA as nine slices, in ONNX Runtime", "float32",
                     lambda n, i, t, b: onnx_runner(n, i, t, ska_form="slices")),
+    "onnx-int8": ("ONNX export, int8 static (QDQ, calibrated), in ONNX Runtime", "int8",
+                  lambda n, i, t, b: onnx_runner(n, i, t, quantize="static")),
+    "onnx-int8-dynamic": ("ONNX export, int8 dynamic, in ONNX Runtime", "int8",
+                          lambda n, i, t, b: onnx_runner(n, i, t, quantize="dynamic")),
     "onnx-jax2onnx": ("ONNX export (jax2onnx) in ONNX Runtime", "float32",
                       lambda n, i, t, b: onnx_runner(n, i, t, converter="jax2onnx")),
     "torch": ("PyTorch reference, eager", "float32", lambda n, i, t, b: torch_runner(n, i, "eager")),
@@ -224,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=positive_int, default=32)
     ap.add_argument("--calls", type=positive_int, default=100, help="batch-1 calls timed")
     ap.add_argument("--min-time", type=positive_float, default=3.0, help="seconds of batch calls timed")
+    ap.add_argument("--rounds", type=positive_int, default=5,
+                    help="the runtimes are timed in turn this many times (--calls and --min-time split among them)")
     ap.add_argument("--only", nargs="+", choices=list(RUNTIMES), default=list(RUNTIMES))
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
@@ -231,23 +258,39 @@ def main(argv: list[str] | None = None) -> int:
     import platform
 
     cpu = f"{platform.machine()} x{os.cpu_count()}"
-    rows = []
+    built = {}  # key: (for_batch, build seconds); all held at once so that the rounds interleave
     with tempfile.TemporaryDirectory() as d:
         for key in args.only:
             label, dtype, build = RUNTIMES[key]
             t = time.perf_counter()
             try:
-                for_batch = build(args.model, args.img, Path(d), args.batch)
+                (Path(d) / key).mkdir()
+                for_batch = build(args.model, args.img, Path(d) / key, args.batch)
                 for_batch(1), for_batch(args.batch)  # compile / convert / load, outside the timing
-                built = time.perf_counter() - t
-                r = measure(for_batch, args.img, args.batch, args.calls, args.min_time)
+                measure_round(for_batch, args.img, args.batch, 1, 0.0)  # and one call of each
             except Exception as e:  # a runtime that is not installed or cannot run this model: say so
                 print(f"{label} ({dtype}): not measured ({type(e).__name__}: {str(e).splitlines()[0][:150]})",
                       file=sys.stderr)
                 continue
-            rows.append({"runtime": label, "dtype": dtype, "model": args.model, "img": args.img, "cpu": cpu,
-                         "build_s": built, **r})
-            print(f"{label} ({dtype}): {r}", file=sys.stderr, flush=True)
+            built[key] = (for_batch, time.perf_counter() - t)
+            print(f"{label} ({dtype}): built in {built[key][1]:.1f} s", file=sys.stderr, flush=True)
+        # the machine's speed drifts (shared hosts): every runtime is timed in each of --rounds
+        # rounds, in turn, and its figures pool its rounds
+        pooled = {key: ([], 0, 0.0) for key in built}
+        calls, secs = max(1, args.calls // args.rounds), args.min_time / args.rounds
+        for i in range(args.rounds):
+            for key, (for_batch, _) in built.items():
+                lat, n, t = measure_round(for_batch, args.img, args.batch, calls, secs)
+                p = pooled[key]
+                pooled[key] = (p[0] + lat, p[1] + n, p[2] + t)
+            print(f"round {i + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    rows = []
+    for key, (lat, n, t) in pooled.items():
+        label, dtype, _ = RUNTIMES[key]
+        r = summarize(lat, n, t, args.batch)
+        rows.append({"runtime": label, "dtype": dtype, "model": args.model, "img": args.img, "cpu": cpu,
+                     "build_s": built[key][1], **r})
+        print(f"{label} ({dtype}): {r}", file=sys.stderr, flush=True)
     tp = f"batch{args.batch}_images_per_s"
     print(f"{args.model} at {args.img}px, folded, on {cpu}")
     print(f"| runtime | dtype | batch 1 median ms | batch 1 p90 ms | batch {args.batch} images/s | build s |")

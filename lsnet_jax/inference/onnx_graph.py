@@ -82,12 +82,12 @@ class Graph:
 
     def op(self, op_type: str, inputs: list[str], stem: str | None = None, **attrs) -> str:
         out = self.fresh(stem or op_type.lower())
-        self.nodes.append(self.helper.make_node(op_type, inputs, [out], **attrs))
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
     def ops(self, op_type: str, inputs: list[str], n: int, **attrs) -> list[str]:
         outs = [self.fresh(op_type.lower()) for _ in range(n)]
-        self.nodes.append(self.helper.make_node(op_type, inputs, outs, **attrs))
+        self.nodes.append(self.helper.make_node(op_type, inputs, outs, name=outs[0], **attrs))
         return outs
 
     def reshape(self, x: str, shape: tuple[int, ...]) -> str:

@@ -115,7 +115,10 @@ def save_saved_model(model: nnx.Module, img_size: int, path: str | os.PathLike, 
 
 
 def save_tflite(model: nnx.Module, img_size: int, path: str | os.PathLike, batch: int | None = None) -> Path:
-    """Write a TFLite flatbuffer (builtin ops only, float32)."""
+    """Write a TFLite flatbuffer (builtin ops only, float32). Build ``model`` with
+    ``impl="reference"`` (``lsnet-export`` does): XLA:CPU's tuned forms convert to 4,023 ops
+    for LSNet-T, the plain lax ones to 2,333, 2.7x faster under XNNPACK. Even so TFLite runs
+    LSNet-T several times slower than ONNX Runtime on x86 (docs/performance.md says why)."""
     tf, module = _tf_module(model, img_size, batch)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -197,3 +200,103 @@ def run_onnx(path: str | os.PathLike, images, threads: int | None = None) -> np.
         opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: np.asarray(images, np.float32)})[0]
+
+
+QUANT_MODES = ("static", "dynamic")
+QUANT_OPS = ("Conv", "MatMul", "Gemm")  # the products: what int8 speeds up; the rest stays float
+
+
+def calibration_images(folder: str | os.PathLike, img_size: int, mean, std, crop_pct: float = 0.875,
+                       limit: int = 256) -> tuple[np.ndarray, list[str]]:
+    """Up to ``limit`` images of ``folder`` (its image files, sorted, not below), as the model sees
+    them: the eval resize and centre crop to ``img_size``, normalised; float32 NHWC. Unreadable
+    files are skipped and returned by name, with a line on stderr each. Raises ``ValueError`` when
+    the folder holds no readable image."""
+    import sys
+
+    from lsnet_jax.data.builders import IMAGE_EXTENSIONS
+    from lsnet_jax.data.transforms import EvalTransform, read_image_file
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"calibration: {folder} is not a folder of images")
+    files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())[:limit]
+    transform = EvalTransform(img_size, crop_pct)
+    images, skipped = [], []
+    for f in files:
+        try:
+            images.append(transform(read_image_file(f))["image"])
+        except Exception as e:  # a corrupt, truncated or hostile file: skipped and counted
+            skipped.append(str(f))
+            print(f"calibration: skipped {f} ({type(e).__name__}: {e})", file=sys.stderr)
+    if not images:
+        raise ValueError(f"calibration: no readable image ({', '.join(IMAGE_EXTENSIONS)}) in {folder}"
+                         + (f" ({len(skipped)} unreadable)" if skipped else ""))
+    x = np.stack(images).astype(np.float32) / 255.0
+    return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32), skipped
+
+
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "static",
+                  calibration: np.ndarray | None = None, op_types: tuple[str, ...] = QUANT_OPS,
+                  per_channel: bool = True) -> Path:
+    """An int8 copy of the float ONNX model ``src`` (``save_onnx``'s), by ONNX Runtime's quantizer.
+
+    ``"static"``: weights int8 per output channel, activations uint8 with ranges calibrated on
+    ``calibration`` (float32 NHWC, normalised as the model's input: see ``calibration_images``)
+    as the 0.001 / 99.999 percentiles, written as QuantizeLinear / DequantizeLinear pairs around
+    the convolutions and matrix products, which ORT fuses into its int8 kernels. ``"dynamic"``:
+    int8 weights, each activation's range measured at run time (no calibration). Only
+    ``op_types`` are quantized: the normalisations, SKA's products and the softmax stay float.
+    Weights use 7 bits (``reduce_range``): x86 CPUs without VNNI multiply uint8 x int8 pairs into
+    saturating int16 sums. On the digits classifier (docs/performance.md) the percentile ranges
+    and 7-bit weights halve the largest logit error of min/max ranges and 8 bits (0.86 against
+    1.70 of the logits' std) and keep its top-1.
+    """
+    import tempfile
+
+    try:
+        from onnxruntime import quantization as q
+    except ImportError as e:
+        raise ImportError("ONNX quantization needs onnxruntime: pip install 'lsnet-jax[onnx]'") from e
+    if mode not in QUANT_MODES:
+        raise ValueError(f"quantization mode {mode!r}; choose one of {QUANT_MODES}")
+    src, dst = Path(src), Path(dst)
+    with tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent if dst.parent.exists() else None) as d:
+        out = Path(d) / "int8.onnx"
+        if mode == "dynamic":
+            q.quantize_dynamic(src, out, op_types_to_quantize=list(op_types), per_channel=per_channel,
+                               reduce_range=True, weight_type=q.QuantType.QInt8)
+        else:
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("static quantization needs calibration images (calibration_images(folder, ...))")
+            q.quantize_static(src, out, _Calibration(src, np.asarray(calibration, np.float32)),
+                              quant_format=q.QuantFormat.QDQ, op_types_to_quantize=list(op_types),
+                              per_channel=per_channel, reduce_range=True, activation_type=q.QuantType.QUInt8,
+                              weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.Percentile)
+        return _write(dst, out.read_bytes())
+
+
+def _Calibration(model: Path, images: np.ndarray):
+    """ORT's calibration reader over ``images`` in batches the model's input accepts (a static
+    batch: chunks of that size, the last filled from the start)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+
+    inp = onnx.load(str(model), load_external_data=False).graph.input[0]
+    dim = inp.type.tensor_type.shape.dim[0]
+    size = dim.dim_value if dim.HasField("dim_value") else min(8, len(images))
+    chunks = [images[i:i + size] for i in range(0, len(images), size)]
+    if len(chunks[-1]) < size:  # filled from the start (cyclically, when there are fewer images than a batch)
+        chunks[-1] = np.resize(np.concatenate([chunks[-1], images]), (size, *images.shape[1:]))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(chunks)
+
+        def get_next(self):
+            return next(({inp.name: c} for c in self._it), None)
+
+        def rewind(self):
+            self._it = iter(chunks)
+
+    return Reader()
