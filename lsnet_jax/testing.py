@@ -22,3 +22,15 @@ def diverse_images(n: int, size: int, seed: int = 0, width: int | None = None) -
     contrast = rng.uniform(0.3, 1.5, (n, 1, 1, 1))
     noise = rng.standard_normal((n, 3, size, width))
     return (offset + contrast * (field + 0.5 * noise)).astype(np.float32)
+
+
+def random_boxes(n: int, height: int, width: int, seed: int = 0, max_ratio: float = 3.0) -> np.ndarray:
+    """``(n, 4)`` float32 boxes (x1, y1, x2, y2) for RoI-head checks: square roots of areas
+    log-uniform in [8, 1.8 * max side] (every RoIAlign level P2..P5 gets some above 256 px), aspect ratios up to
+    ``max_ratio``, centres anywhere in the image (some boxes cross its border)."""
+    rng = np.random.default_rng(seed)
+    s = np.exp(rng.uniform(np.log(8.0), np.log(1.8 * max(height, width)), n))
+    r = np.exp(rng.uniform(-np.log(max_ratio), np.log(max_ratio), n))
+    w, h = s * np.sqrt(r), s / np.sqrt(r)
+    cx, cy = rng.uniform(0, width, n), rng.uniform(0, height, n)
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).astype(np.float32)

@@ -526,3 +526,169 @@ def retina_postprocess(cls_scores, bbox_preds, img_shape, scale_factor, score_th
     keep = nms(boxes + offsets[:, None], scores, iou_threshold)[:max_per_img]
     return boxes[keep], scores[keep], labels[keep]
 
+
+
+# ----- Mask R-CNN (DETECTION_SPEC.md): LSNetFPN with a finer level, RPN, RoIAlign, box and mask heads -----
+
+def roi_align_reference(x: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float
+                        ) -> torch.Tensor:
+    """MMCV's / torchvision's RoIAlign (``aligned=True``, ``sampling_ratio=0``, average), restated
+    from the kernel's definition in plain torch, one RoI at a time with ITS sample count (no bound):
+    ``x`` NCHW, ``rois (K, 5)`` as (batch index, x1, y1, x2, y2); differentiable in ``x`` by autograd
+    (the same sums of sample weights torchvision's backward scatters). torchvision's compiled
+    ``roi_align`` does not load beside the CPU torch build (its wheel is built for CUDA), hence this."""
+    _, _, height, width = x.shape
+    outs = []
+    for roi in rois:
+        b = int(roi[0])
+        x1, y1, x2, y2 = (float(v) * spatial_scale - 0.5 for v in roi[1:])
+        bin_h, bin_w = (y2 - y1) / output_size, (x2 - x1) / output_size
+        gh, gw = max(math.ceil(bin_h), 0), max(math.ceil(bin_w), 0)
+        count = max(gh * gw, 1)
+        res = x.new_zeros((x.shape[1], output_size, output_size))
+        if gh and gw:
+            py = torch.arange(output_size, dtype=torch.float64)[:, None]
+            iy = torch.arange(gh, dtype=torch.float64)[None]
+            ix = torch.arange(gw, dtype=torch.float64)[None]
+            ys = (y1 + py * bin_h + (iy + 0.5) * bin_h / gh).reshape(-1)  # (out * gh,)
+            xs = (x1 + py * bin_w + (ix + 0.5) * bin_w / gw).reshape(-1)
+            Y, X = torch.meshgrid(ys, xs, indexing="ij")
+            vals = _bilinear(x[b], Y, X, height, width)  # (C, out * gh, out * gw)
+            res = vals.reshape(x.shape[1], output_size, gh, output_size, gw).sum((2, 4)) / count
+        outs.append(res)
+    return torch.stack(outs) if outs else x.new_zeros((0, x.shape[1], output_size, output_size))
+
+
+def _bilinear(img: torch.Tensor, y: torch.Tensor, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """torchvision's ``bilinear_interpolate`` at every (y, x): ``img (C, H, W)`` -> ``(C, *y.shape)``."""
+    outside = (y < -1.0) | (y > height) | (x < -1.0) | (x > width)
+    y, x = y.clamp(min=0), x.clamp(min=0)
+    y_low, x_low = y.floor().long(), x.floor().long()
+    y_edge, x_edge = y_low >= height - 1, x_low >= width - 1
+    y_low, x_low = torch.where(y_edge, height - 1, y_low), torch.where(x_edge, width - 1, x_low)
+    y_high = torch.where(y_edge, height - 1, y_low + 1)
+    x_high = torch.where(x_edge, width - 1, x_low + 1)
+    y, x = torch.where(y_edge, y_low.to(y), y), torch.where(x_edge, x_low.to(x), x)
+    ly, lx = (y - y_low).to(img.dtype), (x - x_low).to(img.dtype)
+    hy, hx = 1 - ly, 1 - lx
+    v = (hy * hx * img[:, y_low, x_low] + hy * lx * img[:, y_low, x_high] + ly * hx * img[:, y_high, x_low]
+         + ly * lx * img[:, y_high, x_high])
+    return torch.where(outside, torch.zeros((), dtype=img.dtype), v)
+
+
+def map_roi_levels(rois: torch.Tensor, num_levels: int = 4, finest_scale: float = 56.0) -> torch.Tensor:
+    """SingleRoIExtractor.map_roi_levels on ``(K, 4)`` boxes."""
+    scale = torch.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
+    return torch.floor(torch.log2(scale / finest_scale + 1e-6)).clamp(min=0, max=num_levels - 1).long()
+
+
+def roi_extract(feats, rois: torch.Tensor, output_size: int, strides=(4, 8, 16, 32)) -> torch.Tensor:
+    """SingleRoIExtractor: each RoI (batch index, x1, y1, x2, y2) RoIAligned on its level."""
+    levels = map_roi_levels(rois[:, 1:])
+    out = feats[0].new_zeros((len(rois), feats[0].shape[1], output_size, output_size))
+    for i, stride in enumerate(strides):
+        sel = levels == i
+        if sel.any():
+            out[sel] = roi_align_reference(feats[i], rois[sel], output_size, 1.0 / stride)
+    return out
+
+
+class MaskFPN(LSNetFPN):
+    """``LSNetFPN`` with ``num_extra_trans_convs=1``: P2 = 3x3 conv of a 2x2 stride-2 transposed conv
+    of the top-down ``lat[0]``; outputs (P2, P3, P4, P5, P6)."""
+
+    def __init__(self, in_channels, out_channels: int = 256):
+        super().__init__(in_channels, out_channels)
+        trans = ConvModule(out_channels, out_channels, 1, False)
+        trans.conv = nn.ConvTranspose2d(out_channels, out_channels, 2, stride=2)
+        self.extra_trans_convs = nn.ModuleList([trans])
+        self.extra_fpn_convs = nn.ModuleList([ConvModule(out_channels, out_channels, 3, False)])
+
+    def forward(self, feats):
+        lat = [conv(x) for conv, x in zip(self.lateral_convs, feats)]
+        for i in range(len(lat) - 1, 0, -1):
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[2:], mode="nearest")
+        outs = [conv(x) for conv, x in zip(self.fpn_convs, lat)]
+        return [self.extra_fpn_convs[0](self.extra_trans_convs[0](lat[0]))] + outs
+
+
+class RPNHead(nn.Module):
+    def __init__(self, channels: int = 256, num_anchors: int = 3):
+        super().__init__()
+        self.rpn_conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.rpn_cls = nn.Conv2d(channels, num_anchors, 1)
+        self.rpn_reg = nn.Conv2d(channels, num_anchors * 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.rpn_conv(x))
+        return self.rpn_cls(x), self.rpn_reg(x)
+
+
+class Shared2FCBBoxHead(nn.Module):
+    def __init__(self, num_classes: int = 80, channels: int = 256, roi: int = 7, fc: int = 1024):
+        super().__init__()
+        self.shared_fcs = nn.ModuleList([nn.Linear(channels * roi * roi, fc), nn.Linear(fc, fc)])
+        self.fc_cls = nn.Linear(fc, num_classes + 1)
+        self.fc_reg = nn.Linear(fc, num_classes * 4)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for fc in self.shared_fcs:
+            x = F.relu(fc(x))
+        return self.fc_cls(x), self.fc_reg(x)
+
+
+class FCNMaskHead(nn.Module):
+    def __init__(self, num_classes: int = 80, channels: int = 256):
+        super().__init__()
+        self.convs = nn.ModuleList([ConvModule(channels, channels, 3, False) for _ in range(4)])
+        self.upsample = nn.ConvTranspose2d(channels, channels, 2, stride=2)
+        self.conv_logits = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.conv_logits(F.relu(self.upsample(x)))
+
+
+class RoIHead(nn.Module):
+    def __init__(self, num_classes: int = 80):
+        super().__init__()
+        self.bbox_head = Shared2FCBBoxHead(num_classes)
+        self.mask_head = FCNMaskHead(num_classes)
+
+
+class MaskRCNN(nn.Module):
+    def __init__(self, embed_dim, depth, num_classes: int = 80):
+        super().__init__()
+        self.backbone = LSNet(embed_dim, depth, backbone=True)
+        self.neck = MaskFPN(embed_dim)
+        self.rpn_head = RPNHead()
+        self.roi_head = RoIHead(num_classes)
+
+    def features(self, x):
+        """(P2, P3, P4, P5, P6), NCHW."""
+        return self.neck(self.backbone(x))
+
+    def forward(self, x):
+        """The RPN's (cls_scores, bbox_preds) per level (strides 4 ... 64) and the FPN levels."""
+        feats = self.features(x)
+        out = [self.rpn_head(f) for f in feats]
+        return [c for c, _ in out], [r for _, r in out], feats
+
+    def bbox_forward(self, feats, rois: torch.Tensor):
+        """RoI head on ``rois (K, 5)``: (cls_score (K, 81), bbox_pred (K, 320))."""
+        return self.roi_head.bbox_head(roi_extract(feats[:4], rois, 7))
+
+    def mask_forward(self, feats, rois: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``(K, 80, 28, 28)`` on ``rois (K, 5)``."""
+        return self.roi_head.mask_head(roi_extract(feats[:4], rois, 14))
+
+
+def create_torch_maskrcnn(name: str, num_classes: int = 80, depth=None) -> MaskRCNN:
+    """The reference for ``lsnet_{t,s,b}_maskrcnn`` (``depth``: a shallower backbone), in eval mode."""
+    base = name.removesuffix("_maskrcnn")
+    if base not in _VARIANTS or not name.endswith("_maskrcnn"):
+        raise ValueError(f"unknown detector {name!r}")
+    e, d = _VARIANTS[base]
+    return MaskRCNN(e, depth or d, num_classes).eval()

@@ -52,7 +52,7 @@ def randomize_(model: nn.Module, seed: int, img_size: int = 224, logit_scale: fl
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
             m.weight.copy_(rand(m.weight.shape, 0.5, 1.5))
             m.bias.copy_(rand(m.bias.shape, -0.3, 0.3))
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and m.bias is not None:
             m.bias.copy_(rand(m.bias.shape, -0.2, 0.2))
         if hasattr(m, "attention_biases"):
             m.attention_biases.copy_(torch.randn(m.attention_biases.shape, generator=g))
@@ -73,6 +73,22 @@ def randomize_(model: nn.Module, seed: int, img_size: int = 224, logit_scale: fl
             m.running_var.mul_(rand(m.running_var.shape, 0.95, 1.05))  # not exactly the batch's
             m.running_mean.add_(rand(m.running_mean.shape, -0.02, 0.02))
     model.eval()
+    if hasattr(model, "roi_head"):  # Mask R-CNN: RPN logits of order 2, RoI class logits of order logit_scale
+        from lsnet_jax.testing import random_boxes
+
+        x = torch.from_numpy(diverse_images(1, img_size, seed + 2))
+        cls, reg, feats = model(x)
+        rois = torch.cat([torch.zeros(64, 1), torch.from_numpy(random_boxes(64, img_size, img_size, seed))], 1)
+        box_cls, box_reg = model.bbox_forward(feats, rois)
+        masks = model.mask_forward(feats, rois)
+        head = model.roi_head
+        for layer, outs, scale in ((model.rpn_head.rpn_cls, cls, 2.0), (model.rpn_head.rpn_reg, reg, 0.5),
+                                   (head.bbox_head.fc_cls, [box_cls], logit_scale),
+                                   (head.bbox_head.fc_reg, [box_reg], 0.5), (head.mask_head.conv_logits, [masks], 2.0)):
+            std = torch.cat([o.flatten() for o in outs]).std()
+            layer.weight.mul_(scale / std)
+            layer.bias.mul_(scale / std)
+        return model
     if hasattr(model, "bbox_head"):  # a detector: class logits of order logit_scale, deltas of order 0.5
         cls, reg = model(torch.from_numpy(diverse_images(1, img_size, seed + 2)))
         for conv, outs, scale in ((model.bbox_head.retina_cls, cls, logit_scale), (model.bbox_head.retina_reg, reg, 0.5)):

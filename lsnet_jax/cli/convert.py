@@ -12,7 +12,9 @@ segmenters (``{'meta', 'state_dict': {backbone.*, neck.*, decode_head.*}}``, e.g
 ``lsnet_t_semfpn.pth``) are recognised by their keys and converted to ``lsnet_{t,s,b}_semfpn``,
 MMDetection RetinaNet checkpoints (``{backbone.*, neck.*, bbox_head.*}``, ``lsnet_t_retinanet.pth``)
 to ``lsnet_{t,s,b}_retinanet`` (``--check`` compares raw outputs and detections with the PyTorch
-reference detector);
+reference detector), MMDetection Mask R-CNN checkpoints (``{backbone.*, neck.*, rpn_head.*,
+roi_head.*}``, ``lsnet_t_maskrcnn.pth``) to ``lsnet_{t,s,b}_maskrcnn`` (``--check`` compares the RPN's
+raw outputs and both RoI heads on given boxes);
 timm / DeiT RegNet checkpoints (DeiT's distillation teacher ``regnety_160-a5fe301d.pth``, timm's
 ``regnety_160.deit_in1k``) to ``regnet{x,y}_*`` (``--check`` compares with timm's own model: the
 test extra). Writes OUT/orbax, OUT/model.safetensors and
@@ -51,7 +53,11 @@ def to_jax(args: argparse.Namespace) -> None:
     if meta.get("task") == "detection" and num_classes == len(COCO_CLASSES):
         meta["class_names"] = list(COCO_CLASSES)
     out = save_weights(args.out, flat, meta, overwrite=args.overwrite, inputs=[args.ckpt])
-    if meta.get("task") == "detection":
+    if meta.get("task") == "detection" and name.endswith("_maskrcnn"):
+        print(f"{args.ckpt}: {name} (Mask R-CNN), {num_classes} classes -> {out}")
+        if args.check:
+            check_maskrcnn(sd, name, num_classes, out)
+    elif meta.get("task") == "detection":
         print(f"{args.ckpt}: {name} (RetinaNet), {num_classes} classes -> {out}")
         if args.check:
             check_detector(sd, name, num_classes, out)
@@ -169,6 +175,65 @@ def check_detector(sd: dict[str, np.ndarray], name: str, num_classes: int, out: 
     return res
 
 
+def check_maskrcnn(sd: dict[str, np.ndarray], name: str, num_classes: int, out: Path,
+                   size: tuple[int, int] = (384, 512), rois: int = 64, seed: int = 0) -> dict[str, float]:
+    """The PyTorch reference Mask R-CNN against the converted one on one random ``size`` image: the
+    largest difference, in units of each output's std, of the RPN's raw outputs per level (folded
+    and not), of the box head's class logits and deltas and of the mask head's logits on ``rois``
+    given random boxes (every RoI level)."""
+    import jax.numpy as jnp
+    import torch
+
+    from lsnet_jax.models.registry import create_model
+    from lsnet_jax.testing import diverse_images, random_boxes
+    from lsnet_jax.torch_reference import create_torch_maskrcnn
+
+    tm = create_torch_maskrcnn(name, num_classes)
+    tm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
+    x = diverse_images(1, size[0], seed, width=size[1])
+    boxes = random_boxes(rois, *size, seed=seed)
+    troi = torch.cat([torch.zeros(rois, 1), torch.from_numpy(boxes)], 1)
+    with torch.inference_mode():
+        ref_cls, ref_reg, feats = tm(torch.from_numpy(x))
+        ref_heads = (*tm.bbox_forward(feats, troi), tm.mask_forward(feats, troi))
+    xj, bj = jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(boxes[None])
+
+    def err(ours, theirs, nchw=True):
+        theirs = theirs.numpy()
+        theirs = theirs.transpose(0, 2, 3, 1) if nchw else theirs
+        return float(np.abs(np.asarray(ours).reshape(theirs.shape) - theirs).max() / theirs.std())
+
+    res = {}
+    for deploy in (False, True):
+        jm = create_model(name, pretrained=out, deploy=deploy)
+        cls, reg, heads = _maskrcnn_outputs(jm, xj, bj)
+        res["folded" if deploy else "unfolded"] = max(err(o, t) for o, t in zip((*cls, *reg), (*ref_cls, *ref_reg)))
+        if not deploy:
+            res["bbox_head"] = max(err(heads[0][0], ref_heads[0], False), err(heads[1][0], ref_heads[1], False))
+            res["mask_head"] = err(heads[2][0], ref_heads[2])
+    print(f"check on a {size[0]}x{size[1]} random image (seed {seed}): largest |JAX - PyTorch| of the RPN outputs "
+          f"{res['unfolded']:.2g} of their std, folded {res['folded']:.2g}; on {rois} given RoIs: box head "
+          f"{res['bbox_head']:.2g}, mask head {res['mask_head']:.2g}")
+    return res
+
+
+def _maskrcnn_outputs(model, x, boxes):
+    """One compiled call: the RPN outputs and the box and mask heads on ``boxes``."""
+    import jax
+    from flax import nnx
+
+    graph, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, x, boxes):
+        m = nnx.merge(graph, state)
+        feats = m.features(x)
+        cls, reg = m.rpn(feats)
+        return cls, reg, (*m.bbox_forward(feats, boxes), m.mask_forward(feats, boxes))
+
+    return run(state, x, boxes)
+
+
 def check(sd: dict[str, np.ndarray], name: str, num_classes: int, img_size: int, out: Path,
           batch: int = 2, seed: int = 0) -> dict[str, float]:
     """Largest |logit difference| between the PyTorch reference and the converted JAX model."""
@@ -212,7 +277,12 @@ def to_torch(args: argparse.Namespace) -> None:
         print(f"{args.ckpt} ({meta.get('model', 'RegNet')}) -> {out} (timm / DeiT layout)")
         return
     mm = None  # (layout module, the dataset's class names, the family's name, the layout's name)
-    if meta.get("task") == "detection" or any(p[0] == "bbox_head" for p in flat):
+    if str(meta.get("model", "")).endswith("_maskrcnn") or any(p[0] == "roi_head" for p in flat):
+        from lsnet_jax.data.coco import COCO_CLASSES
+        from lsnet_jax.models import maskrcnn_official
+
+        mm = (maskrcnn_official, COCO_CLASSES, "LSNet Mask R-CNN", "MMDetection")
+    elif meta.get("task") == "detection" or any(p[0] == "bbox_head" for p in flat):
         from lsnet_jax.data.coco import COCO_CLASSES
         from lsnet_jax.models import retinanet_official
 

@@ -1,5 +1,5 @@
 """An official PyTorch state dict to lsnet_jax weights, for every model family: LSNet classifiers,
-the MMSegmentation Semantic FPN segmenters, the MMDetection RetinaNet detectors and timm / DeiT
+the MMSegmentation Semantic FPN segmenters, the MMDetection RetinaNet and Mask R-CNN detectors and timm / DeiT
 RegNets. The family, variant, class
 count and input size are read from the keys and shapes (or given); every key and shape is
 checked against the model both ways. No torch: the state dict is numpy (``read_checkpoint``)."""
@@ -14,8 +14,17 @@ from lsnet_jax.checkpoints.state import JaxPath
 def from_official(sd: dict[str, np.ndarray], model: str | None = None, img_size: int = 224,
                   what: str = "checkpoint") -> tuple[dict[JaxPath, np.ndarray], dict]:
     """(flat weights, their ``config.json`` fields: model, num_classes, img_size or task)."""
-    from lsnet_jax.models import regnet_official, retinanet_official, semfpn_official
+    from lsnet_jax.models import maskrcnn_official, regnet_official, retinanet_official, semfpn_official
     from lsnet_jax.models.lsnet_official import detect_variant, expected_jax_shapes, torch_to_jax
+
+    if maskrcnn_official.is_maskrcnn(sd) or (model or "").endswith("_maskrcnn"):
+        if model:
+            name, num_classes = model, maskrcnn_official.num_classes_of(sd)
+        else:
+            name, num_classes = maskrcnn_official.detect_variant(sd)
+        flat = maskrcnn_official.torch_to_jax(sd, maskrcnn_official.expected_jax_shapes(name, num_classes),
+                                              what=what)
+        return flat, dict(model=name, num_classes=num_classes, task="detection")
 
     if retinanet_official.is_retinanet(sd) or (model or "").endswith("_retinanet"):
         if model:

@@ -2,9 +2,9 @@
 
 Each family is a ``Family`` (``lsnet_jax.models.family``) defined in its own module: how to build a
 model from its name, and how to fit a checkpoint's arrays to a model built with other settings
-(another class count, another input size). Four families, listed in ``FAMILIES``: LSNet (the
+(another class count, another input size). Five families, listed in ``FAMILIES``: LSNet (the
 classifiers), LSNet + Semantic FPN (the ADE20K segmenters), LSNet + RetinaNet (the COCO
-detectors) and RegNet (DeiT's RegNetY-160 distillation teacher and its design space, as timm 0.5.4).
+detectors), LSNet + Mask R-CNN (the COCO instance segmenters) and RegNet (DeiT's RegNetY-160 distillation teacher and its design space, as timm 0.5.4).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from flax import nnx
 
 from lsnet_jax.checkpoints.state import JaxPath, load_flat
 from lsnet_jax.checkpoints.weights import load_weights, read_meta
-from lsnet_jax.models import hub, lsnet, regnet, retinanet, semfpn
+from lsnet_jax.models import hub, lsnet, maskrcnn, regnet, retinanet, semfpn
 from lsnet_jax.models.layers import abstract
 from lsnet_jax.models.family import Family
 from lsnet_jax.models.fold import fold
@@ -39,7 +39,7 @@ Flat = dict[JaxPath, np.ndarray]
 # defines its ``FAMILY`` (names, build, checkpoint fitting) beside its model, so a new family is
 # that module plus one line here. A table rather than registration at import time: which names
 # exist does not depend on which modules happen to have been imported, and one line lists them all.
-FAMILIES: tuple[Family, ...] = (lsnet.FAMILY, semfpn.FAMILY, retinanet.FAMILY, regnet.FAMILY)
+FAMILIES: tuple[Family, ...] = (lsnet.FAMILY, semfpn.FAMILY, retinanet.FAMILY, maskrcnn.FAMILY, regnet.FAMILY)
 
 
 def _family(name: str) -> Family:
