@@ -692,3 +692,66 @@ def create_torch_maskrcnn(name: str, num_classes: int = 80, depth=None) -> MaskR
         raise ValueError(f"unknown detector {name!r}")
     e, d = _VARIANTS[base]
     return MaskRCNN(e, depth or d, num_classes).eval()
+
+
+def rpn_proposals(cls_scores, bbox_preds, img_shape, nms_pre: int = 1000, max_per_img: int = 1000,
+                  iou_threshold: float = 0.7, nms=nms_reference):
+    """MMDetection 2.28's RPNHead test path for one image (levels NCHW, batch 1): per level sigmoid
+    scores, the top ``nms_pre`` when there are more, decoded and clamped; joined; boxes with w or
+    h <= 0 dropped; NMS within each level (mmcv ``batched_nms`` with the level as the class); the
+    first ``max_per_img``. Returns (boxes (K, 4), scores (K,))."""
+    boxes, scores, ids = [], [], []
+    for level, (cls, reg) in enumerate(zip(cls_scores, bbox_preds)):
+        _, a, h, w = cls.shape
+        s = cls[0].permute(1, 2, 0).reshape(-1).sigmoid()
+        d = reg[0].permute(1, 2, 0).reshape(-1, 4)
+        anchors = retina_anchors(h, w, 4 * 2 ** level, octave_base_scale=8.0, scales_per_octave=1).to(cls.device)
+        if s.shape[0] > nms_pre:
+            s, order = s.sort(descending=True)
+            s, order = s[:nms_pre], order[:nms_pre]
+            d, anchors = d[order], anchors[order]
+        boxes.append(delta2bbox(anchors, d, img_shape))
+        scores.append(s)
+        ids.append(torch.full(s.shape, level, dtype=torch.long))
+    boxes, scores, ids = torch.cat(boxes), torch.cat(scores), torch.cat(ids)
+    ok = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+    boxes, scores, ids = boxes[ok], scores[ok], ids[ok]
+    offsets = ids.to(boxes) * (boxes.max() + 1)
+    keep = nms(boxes + offsets[:, None], scores, iou_threshold)[:max_per_img]
+    return boxes[keep], scores[keep]
+
+
+def rcnn_postprocess(rois: torch.Tensor, cls_score: torch.Tensor, bbox_pred: torch.Tensor, img_shape, scale_factor,
+                     score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_img: int = 100, nms=nms_reference):
+    """MMDetection 2.28's ``BBoxHead.get_bboxes`` + ``multiclass_nms`` for one image: softmax, the
+    class-specific deltas decoded on their RoI (stds 0.1, 0.1, 0.2, 0.2), clamped, divided by
+    ``scale_factor``; every (RoI, class) pair above ``score_thr``; class-aware NMS; the first
+    ``max_per_img``. Returns (boxes (K, 4), scores, labels)."""
+    num_classes = cls_score.shape[1] - 1
+    scores = F.softmax(cls_score, -1)[:, :num_classes]
+    r = rois[:, None, :].expand(-1, num_classes, -1).reshape(-1, 4)
+    boxes = delta2bbox(r, bbox_pred.reshape(-1, 4), img_shape, stds=(0.1, 0.1, 0.2, 0.2))
+    boxes = boxes / torch.as_tensor(scale_factor, dtype=boxes.dtype)
+    scores = scores.reshape(-1)
+    labels = torch.arange(num_classes).repeat(len(rois))
+    ok = scores > score_thr
+    boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+    if len(boxes) == 0:
+        return boxes, scores, labels
+    offsets = labels.to(boxes) * (boxes.max() + 1)
+    keep = nms(boxes + offsets[:, None], scores, iou_threshold)[:max_per_img]
+    return boxes[keep], scores[keep], labels[keep]
+
+
+def paste_masks_reference(masks: torch.Tensor, boxes: torch.Tensor, img_h: int, img_w: int) -> torch.Tensor:
+    """``_do_paste_mask`` over the WHOLE image (its GPU path, skip_empty False): ``masks (K, m, m)``
+    probabilities, ``F.grid_sample`` at every pixel centre of an ``img_h x img_w`` image."""
+    x1, y1, x2, y2 = (boxes[:, i:i + 1] for i in range(4))
+    img_y = torch.arange(img_h, dtype=masks.dtype) + 0.5
+    img_x = torch.arange(img_w, dtype=masks.dtype) + 0.5
+    img_y = (img_y[None] - y1) / (y2 - y1) * 2 - 1
+    img_x = (img_x[None] - x1) / (x2 - x1) * 2 - 1
+    gx = img_x[:, None, :].expand(len(boxes), img_h, img_w)
+    gy = img_y[:, :, None].expand(len(boxes), img_h, img_w)
+    grid = torch.stack([gx, gy], dim=3)
+    return F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]

@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs the [torch] extra")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import convert_torch  # noqa: E402
@@ -18,6 +19,7 @@ from lsnet_jax import create_model  # noqa: E402
 from lsnet_jax.checkpoints.state import flat_state  # noqa: E402
 from lsnet_jax.checkpoints.torch_io import read_checkpoint  # noqa: E402
 from lsnet_jax.cli.convert import _maskrcnn_outputs  # noqa: E402
+from lsnet_jax.inference import maskrcnn as mrcnn  # noqa: E402
 from lsnet_jax.models import maskrcnn_official  # noqa: E402
 from lsnet_jax.testing import diverse_images, random_boxes  # noqa: E402
 from lsnet_jax import torch_reference as ref  # noqa: E402
@@ -32,6 +34,7 @@ ROIS = 48
 def converted(tmp_path_factory):
     """A random reference Mask R-CNN saved as MMDetection does, converted by the CLI; its RPN
     outputs on one image, its box and mask heads on random boxes over all four RoI levels."""
+    torch.manual_seed(7)  # the layers' default init
     tm = randomize_(ref.create_torch_maskrcnn(NAME), seed=7, img_size=256, logit_scale=3.0)
     d = tmp_path_factory.mktemp("maskrcnn")
     torch.save({"meta": {"CLASSES": ("a",) * 80}, "state_dict": tm.state_dict()}, d / f"{NAME}.pth")
@@ -138,3 +141,103 @@ def test_new_class_count_reinitialises_the_class_heads(converted):
     full = converted["jm"]
     assert np.array_equal(ten.rpn_head.rpn_cls.kernel[...], full.rpn_head.rpn_cls.kernel[...])
     assert np.array_equal(head.mask_head.upsample.kernel[...], full.roi_head.mask_head.upsample.kernel[...])
+
+
+def _nhwc(levels):
+    return tuple(jnp.asarray(a[0].numpy().transpose(1, 2, 0)) for a in levels)
+
+
+def test_proposals_fed_the_reference_outputs_equal_mmdetection(converted):
+    """The reference's RPN outputs through both proposal generators, with a resized image smaller
+    than its padding (box clamps): the same proposals in the same order (up to equal scores),
+    boxes within 1e-3 px, scores within 1e-6; the top-``nms_pre`` cut binds on P2 and P3, and the
+    ``max_per_img`` cap binds at 1000 and not at 3000."""
+    img_shape = (250, 301)
+    for cap in (1000, 3000):
+        boxes, scores = ref.rpn_proposals(converted["cls"], converted["reg"], img_shape, max_per_img=cap)
+        assert (len(boxes) == 1000) if cap == 1000 else (1000 < len(boxes) < cap)
+        cfg = mrcnn.RPNConfig(max_per_img=cap)
+        ob, os_, ok = jax.jit(mrcnn.rpn_proposals, static_argnums=(3,))(
+            _nhwc(converted["cls"]), _nhwc(converted["reg"]), jnp.asarray(img_shape, jnp.float32), cfg)
+        ok = np.asarray(ok)
+        assert ok.sum() == len(boxes) and ok[:len(boxes)].all()
+        ob, os_ = np.asarray(ob)[ok], np.asarray(os_)[ok]
+        assert np.abs(os_ - scores.numpy()).max() < 1e-6
+        # equal scores (sigmoids of 3,000 random logits tie in float32) may come in either order
+        by_score = lambda b, s: np.lexsort((b[:, 1], b[:, 0], -s))  # noqa: E731
+        theirs = boxes.numpy()[by_score(boxes.numpy(), scores.numpy())]
+        assert np.abs(ob[by_score(ob, os_)] - theirs).max() < 1e-3
+
+
+def test_rcnn_postprocess_fed_the_reference_outputs_equals_mmdetection(converted):
+    """The reference box head's outputs on 200 proposals (padded to 256 with invalid ones) through
+    both ``get_bboxes`` + ``multiclass_nms``, with a scale factor: the same 100 detections, labels,
+    boxes within 1e-3 px, scores within 1e-6."""
+    tm, feats = converted["tm"], converted["feats"]
+    img_shape, scale = (250, 301), (1.5, 1.25, 1.5, 1.25)
+    props, _ = ref.rpn_proposals(converted["cls"], converted["reg"], img_shape)
+    props = props[:200]
+    with torch.inference_mode():
+        cls, reg = tm.bbox_forward(feats, torch.cat([torch.zeros(len(props), 1), props], 1))
+    boxes, scores, labels = ref.rcnn_postprocess(props, cls, reg, img_shape, scale)
+    assert len(boxes) == 100
+    pad = lambda a: np.concatenate([a.numpy(), np.full((56, a.shape[1]), 7.0, np.float32)])  # noqa: E731
+    valid = np.arange(256) < 200
+    ob, os_, ol, ok = jax.jit(mrcnn.bbox_postprocess)(jnp.asarray(pad(props)), jnp.asarray(valid), jnp.asarray(pad(cls)),
+                                                      jnp.asarray(pad(reg)), jnp.asarray(img_shape, jnp.float32),
+                                                      jnp.asarray(scale, jnp.float32))
+    ok = np.asarray(ok)
+    assert ok.all()
+    assert np.array_equal(np.asarray(ol), labels.numpy())
+    assert np.abs(np.asarray(ob) - boxes.numpy()).max() < 1e-3
+    assert np.abs(np.asarray(os_) - scores.numpy()).max() < 1e-6
+
+
+def test_paste_masks_equals_grid_sample_over_the_whole_image():
+    """Pasting inside each box's region against ``F.grid_sample`` over the whole image in float64
+    (the GPU path): values within 1e-5 inside the region, every binary pixel equal; boxes across the
+    border, sub-pixel, fractional and larger than the image."""
+    rng = np.random.default_rng(4)
+    probs = rng.random((10, 28, 28)).astype(np.float32)
+    boxes = np.asarray([[3.3, 4.7, 40.2, 30.9], [-10, -5, 20, 25], [50, 40, 79, 59], [10.5, 10.5, 11.2, 11.4],
+                        [-20, -20, 100, 80], [0, 0, 80, 60], [60.1, 2.2, 95.0, 18.8], [30, 30, 30.9, 55],
+                        [5, 50, 70, 58], [77.6, 57.3, 79.9, 59.9]], np.float32)
+    ours = mrcnn.paste_masks(probs, boxes, (60, 80))
+    want = ref.paste_masks_reference(torch.from_numpy(probs).double(), torch.from_numpy(boxes).double(), 60, 80).numpy()
+    region = ours != 0
+    assert region.sum() > 0.3 * ours.size / 10
+    assert np.abs(ours - want)[region].max() < 1e-5
+    assert np.array_equal(ours >= 0.5, want >= 0.5)
+
+
+def test_detect_end_to_end_against_the_reference(converted):
+    """``detect`` (one compiled program) against the reference cascade on the fixture's image:
+    detections matched one to one by label and box (0.01 px), scores within 1e-4, but for at most
+    two at the 100th detection's cut; each matched mask differs in under 0.5% of its box's pixels
+    (binary, pasted into a 200x240 original with scale factor 1.25 / 1.3333)."""
+    tm, feats, x = converted["tm"], converted["feats"], converted["x"]
+    img_shape, scale, ori = (250, 320), (1.3333334, 1.25, 1.3333334, 1.25), (200, 240)
+    props, _ = ref.rpn_proposals(converted["cls"], converted["reg"], img_shape)
+    with torch.inference_mode():
+        cls, reg = tm.bbox_forward(feats, torch.cat([torch.zeros(len(props), 1), props], 1))
+        boxes, scores, labels = ref.rcnn_postprocess(props, cls, reg, img_shape, scale)
+        sb = boxes * torch.tensor(scale)
+        logits = tm.mask_forward(feats, torch.cat([torch.zeros(len(sb), 1), sb], 1))
+        probs = logits[torch.arange(len(labels)), labels].sigmoid()
+        masks = ref.paste_masks_reference(probs.double(), boxes.double(), *ori).numpy() >= 0.5
+    det = jax.jit(mrcnn.detect)(converted["jm"], jnp.asarray(x.transpose(0, 2, 3, 1)),
+                                jnp.asarray([img_shape], jnp.float32), jnp.asarray([scale], jnp.float32))
+    got = det.to_lists([ori])[0]
+    assert len(got["boxes"]) == len(boxes) == 100 and got["masks"].shape == (100, *ori)
+    matched = 0
+    for b, s, lab, m in zip(got["boxes"], got["scores"], got["labels"], got["masks"]):
+        hit = np.flatnonzero((np.abs(boxes.numpy() - b).max(-1) < 0.01) & (labels.numpy() == lab))
+        if len(hit) != 1:
+            continue
+        j = hit[0]
+        assert abs(scores[j].item() - s) < 1e-4
+        x1, y1, x2, y2 = b
+        area = max((x2 - x1) * (y2 - y1), 1.0)
+        assert (m != masks[j]).sum() <= max(0.005 * area, 1), (j, (m != masks[j]).sum(), area)
+        matched += 1
+    assert matched >= 98
