@@ -48,3 +48,27 @@ def test_shifted_boxes_give_the_hand_computed_ap():
 def test_no_detections_is_zero_not_an_error():
     m = evaluate_boxes(_gt(), [], category_ids=[3, 5])
     assert m["bbox_mAP"] == 0.0 and m["stats"]["AP50"] == 0.0
+
+
+def test_segm_on_known_masks_gives_the_hand_computed_ap():
+    """Ten ground-truth instances whose masks (polygons, as COCO's files hold them) fill their
+    100x100 boxes; the detections' boxes are exact (bbox AP 100) and their masks cut to the left
+    80 columns (mask IoU 0.8): the masks match at thresholds 0.50-0.80 only, so segm AP = 7/10,
+    AP75 1. The masks go through ``results_json`` as RLEs of boolean arrays."""
+    gt = _gt()
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        a["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    boxes = _boxes(np.zeros(10))
+    masks = np.zeros((10, 300, 2000), bool)
+    for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
+        m[y1:y2, x1:x1 + 80] = True
+    det = {"boxes": boxes, "scores": np.linspace(0.9, 0.5, 10), "labels": np.zeros(10, int), "masks": masks}
+    results = results_json([(7, det)], [3, 5])
+    assert all(set(r["segmentation"]) == {"size", "counts"} and r["segmentation"]["size"] == [300, 2000]
+               for r in results)
+    box = evaluate_boxes(gt, results, category_ids=[3, 5])
+    segm = evaluate_boxes(gt, results, category_ids=[3, 5], iou_type="segm")
+    assert box["bbox_mAP"] == 1.0
+    assert segm["stats"]["AP"] == pytest.approx(0.7) and segm["stats"]["AP75"] == pytest.approx(1.0)
+    assert segm["segm_mAP"] == 0.7 and segm["segm_mAP_copypaste"].startswith("0.7000 1.0000 1.0000")

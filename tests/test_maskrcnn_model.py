@@ -241,3 +241,38 @@ def test_detect_end_to_end_against_the_reference(converted):
         assert (m != masks[j]).sum() <= max(0.005 * area, 1), (j, (m != masks[j]).sum(), area)
         matched += 1
     assert matched >= 98
+
+
+def test_predict_draws_masks_and_eval_scores_segm(converted, tmp_path):
+    """lsnet-predict on a shipped photo with the converted random Mask R-CNN: the drawing differs
+    from the photo, results.json holds RLE masks at the photo's size that decode to the drawn
+    instances' pixels; ``evaluate_detector`` adds segm COCOeval keys (the detections of the random
+    model scored against themselves as ground truth: 100 AP for both)."""
+    import json
+    from pathlib import Path
+
+    import sklearn.datasets
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from lsnet_jax.cli import predict
+    from lsnet_jax.inference.coco_eval import evaluate_boxes
+
+    photo = str(next((Path(sklearn.datasets.__file__).parent / "images").glob("china.jpg")))
+    argv = [photo, "--checkpoint", str(converted["dir"] / "jax"), "--out-dir", str(tmp_path / "det"),
+            "--test-scale", "320", "256", "--score-thr", "0.0"]
+    assert predict.main(argv) == 0
+    drawn = np.asarray(Image.open(tmp_path / "det" / "china.png"))
+    assert drawn.shape == (427, 640, 3) and not np.array_equal(drawn, np.asarray(Image.open(photo).convert("RGB")))
+    results = json.loads((tmp_path / "det" / "results.json").read_text())
+    assert 0 < len(results) <= 100 and all(r["segmentation"]["size"] == [427, 640] for r in results)
+    masks = mask_utils.decode([dict(r["segmentation"], counts=r["segmentation"]["counts"].encode()) for r in results])
+    assert masks.any(axis=(0, 1)).sum() > 0
+    gt = {"images": [{"id": 1, "height": 427, "width": 640}], "categories": [{"id": c} for c in
+                                                                              sorted({r["category_id"] for r in results})],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": r["category_id"], "bbox": r["bbox"], "iscrowd": 0,
+                           "area": float(r["bbox"][2] * r["bbox"][3]), "segmentation": r["segmentation"]}
+                          for i, r in enumerate(results) if masks[..., i].any()]}
+    kept = [r for r, i in zip(results, range(len(results))) if masks[..., i].any()]
+    for iou_type in ("bbox", "segm"):
+        assert evaluate_boxes(gt, kept, iou_type=iou_type)[f"{iou_type}_mAP"] > 0.99

@@ -12,12 +12,12 @@ their metrics are described in ``lsnet_jax.inference.eval_sets``; ``--data``/``-
 any other TFDS image-classification split. Prints progress lines (images/s, ETA) and writes
 ``--json``.
 
-Detection (``--task detection``, or any ``*_retinanet`` weights): COCOeval (pycocotools) of the
+Detection (``--task detection``, or any ``*_retinanet`` / ``*_maskrcnn`` weights): COCOeval (pycocotools) of the
 official inference over a prepared COCO-format split (``scripts/prepare_coco.py``, or the digit
 scenes ``lsnet_det_digits``), every image resized to fit ``--test-scale`` and padded to its own
 multiples of 32 as the official test (batched by padded size: one compiled program per size; or
 ``--pad SIDE``: all to one square, one program); prints pycocotools' table and mmdet's
-``bbox_mAP_copypaste``:
+``bbox_mAP_copypaste`` (and for Mask R-CNN the masks' ``segm`` COCOeval and ``segm_mAP_copypaste``):
 
     lsnet-eval --weights weights/lsnet_t_retinanet --data coco_detection --split validation --data_dir D
     lsnet-eval --weights W --data lsnet_det_digits --split test --data_dir data/tfds --test-scale 512 128
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                          "to the head's class of the same name, from the weights' class_names) or a JSON file "
                          "with the head index of each dataset label; scored among those head classes only")
     ap.add_argument("--task", choices=("classification", "segmentation", "detection"), default=None,
-                    help="default: segmentation for *_semfpn weights, detection for *_retinanet, else classification")
+                    help="default: segmentation for *_semfpn weights, detection for *_retinanet and *_maskrcnn, else classification")
     ap.add_argument("--test-scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                     help="segmentation/detection: the keep-ratio test resize (default: the weights' own, else "
                          "ADE20K's 2048 512 / COCO's 1333 800)")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         name = args.model or ""
     if args.task == "segmentation" or (args.task is None and name.endswith("_semfpn")):
         return evaluate_segmentation(args)
-    if args.task == "detection" or (args.task is None and name.endswith("_retinanet")):
+    if args.task == "detection" or (args.task is None and name.endswith(("_retinanet", "_maskrcnn"))):
         return evaluate_detection(args)
 
     import jax
@@ -267,6 +267,7 @@ def evaluate_detection(args: argparse.Namespace) -> int:
 
     from lsnet_jax.data import source
     from lsnet_jax.data.detection import DetTestTransform
+    from lsnet_jax.inference import maskrcnn
     from lsnet_jax.inference.detection import detect_batch
     from lsnet_jax.inference.detection_eval import evaluate_detector
     from lsnet_jax.inference.loading import inference_spec
@@ -274,8 +275,8 @@ def evaluate_detection(args: argparse.Namespace) -> int:
     data = args.data or "coco_detection"
     try:
         spec = inference_spec(args.weights, args.model, allow_detector=True)
-        if not spec.name.endswith("_retinanet"):
-            raise ValueError(f"{spec.name} is not a detector; detection needs *_retinanet weights")
+        if not spec.name.endswith(("_retinanet", "_maskrcnn")):
+            raise ValueError(f"{spec.name} is not a detector; detection needs *_retinanet or *_maskrcnn weights")
         src, info, categories = source.open_det_source(data, args.split, args.data_dir)
         model = spec.create(deploy=args.deploy)
     except (ValueError, FileNotFoundError) as e:
@@ -292,7 +293,8 @@ def evaluate_detection(args: argparse.Namespace) -> int:
         print(f"error: --pad {side} is not a multiple of 32", file=sys.stderr)
         return 2
     graph, state = nnx.split(model)
-    fn = jax.jit(lambda s, b: detect_batch(nnx.merge(graph, s), b, spec.mean, spec.std))
+    det_fn = maskrcnn.detect_batch if spec.name.endswith("_maskrcnn") else detect_batch
+    fn = jax.jit(lambda s, b: det_fn(nnx.merge(graph, s), b, spec.mean, spec.std))
     transform = DetTestTransform(scale, ((side, side),) if side else ())
     t0 = time.time()
     try:
@@ -302,7 +304,8 @@ def evaluate_detection(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(r["summary"], end="")
-    print(f"{data}/{args.split}: bbox_mAP_copypaste {r['bbox_mAP_copypaste']} on {r['images']} images "
+    segm = f", segm_mAP_copypaste {r['segm_mAP_copypaste']}" if "segm_mAP_copypaste" in r else ""
+    print(f"{data}/{args.split}: bbox_mAP_copypaste {r['bbox_mAP_copypaste']}{segm} on {r['images']} images "
           f"({r['skipped']} unreadable skipped), {r['detections']} detections")
     summary = {"model": spec.name, "weights": str(args.weights), "task": "detection", "data": data,
                "split": args.split, "test_scale": scale, "pad": side, "deploy": args.deploy,

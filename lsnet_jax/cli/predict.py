@@ -20,7 +20,8 @@ several folders (``a/x.jpg b/x.png``) keep their folders under ``--out-dir`` (``
 ``seg/b/x.png``). Existing label maps are refused unless ``--overwrite``; an output that would
 replace an input image or lie in the weights is refused always, before any image is read.
 
-Detection weights (``*_retinanet``) draw their boxes instead:
+Detection weights (``*_retinanet``, ``*_maskrcnn``) draw their boxes instead (Mask R-CNN its
+instance masks too, tinted in the class colour, and their RLEs as ``segmentation`` in the results):
 
     lsnet-predict street.jpg --checkpoint weights/lsnet_t_retinanet --out-dir det/ [--score-thr 0.3]
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if spec.name.endswith("_semfpn"):
         return segment_files(args, spec, inputs)
-    if spec.name.endswith("_retinanet"):
+    if spec.name.endswith(("_retinanet", "_maskrcnn")):
         return detect_files(args, spec, inputs)
     transform = EvalTransform(spec.img_size, spec.crop_pct)
     batch, ok, failed = [], [], []
@@ -216,6 +217,8 @@ def detect_files(args: argparse.Namespace, spec, inputs: list) -> int:
     from lsnet_jax.data.detection import test_input
     from lsnet_jax.data.segmentation import palette
     from lsnet_jax.data.transforms import read_image_file
+    from lsnet_jax.inference import maskrcnn
+    from lsnet_jax.inference.coco_eval import mask_rles
     from lsnet_jax.inference.detection import detect_batch
 
     out = Path(args.out_dir)
@@ -242,21 +245,29 @@ def detect_files(args: argparse.Namespace, spec, inputs: list) -> int:
     cat_ids = list(COCO_CATEGORY_IDS) if classes == len(COCO_CATEGORY_IDS) else list(range(1, classes + 1))
     scale = tuple(args.test_scale or spec.meta.get("test_scale") or (1333, 800))
     graph, state = nnx.split(model)
-    fn = jax.jit(lambda s, b: detect_batch(nnx.merge(graph, s), b, spec.mean, spec.std))  # one program per size
+    with_masks = spec.name.endswith("_maskrcnn")
+    det_fn = maskrcnn.detect_batch if with_masks else detect_batch
+    fn = jax.jit(lambda s, b: det_fn(nnx.merge(graph, s), b, spec.mean, spec.std))  # one program per size
     results, report, failed = [], [], []
     for image_id, (f, target) in enumerate(zip(args.images, targets), 1):
         image = read_or_skip(f, lambda p: decode_color(read_image_file(p)), failed)
         if image is None:
             continue
         batch = {k: jnp.asarray(v[None]) for k, v in test_input(image, scale).items()}
-        det = fn(state, batch).to_lists()[0]
-        canvas = Image.fromarray(image)
+        out_det = fn(state, batch)
+        det = (out_det.to_lists([image.shape[:2]]) if with_masks else out_det.to_lists())[0]
+        drawn = image.astype(np.float32)
+        for m, score, label in zip(det.get("masks", ()), det["scores"], det["labels"]):
+            if score >= args.score_thr:  # each shown instance's mask tinted in its class colour
+                drawn[m] = 0.5 * drawn[m] + 0.5 * np.asarray(colours[int(label)], np.float32)
+        canvas = Image.fromarray(np.round(drawn).astype(np.uint8))
+        rles = mask_rles(det["masks"]) if with_masks else [None] * len(det["boxes"])
         draw = ImageDraw.Draw(canvas)
         shown = []
-        for box, score, label in zip(det["boxes"], det["scores"], det["labels"]):
+        for box, score, label, rle in zip(det["boxes"], det["scores"], det["labels"], rles):
             x1, y1, x2, y2 = (float(v) for v in box)
             results.append({"image_id": image_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
-                            "category_id": cat_ids[int(label)]})
+                            "category_id": cat_ids[int(label)]} | ({"segmentation": rle} if rle else {}))
             if score >= args.score_thr:
                 draw.rectangle([x1, y1, x2, y2], outline=colours[int(label)], width=2)
                 draw.text((x1 + 2, y1 + 1), f"{names[int(label)]} {score:.2f}", fill=colours[int(label)])

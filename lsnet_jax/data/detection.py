@@ -49,11 +49,12 @@ def rescale(img: np.ndarray, scale: tuple[int, int]) -> tuple[np.ndarray, np.nda
 def test_input(img: np.ndarray, scale: tuple[int, int], pad_shapes: Sequence[tuple[int, int]] = ()) -> dict:
     """The test pipeline on a decoded RGB image: resized, padded to its ``batch_shape`` (with no
     ``pad_shapes``: its own multiples of 32, as the official single-image test), with
-    ``img_shape`` and ``scale_factor``."""
+    ``img_shape``, ``scale_factor`` and ``ori_shape`` (the decoded image's, where masks are pasted)."""
+    ori = np.asarray(img.shape[:2], np.int32)
     img, sf = rescale(img, scale)
     nh, nw = img.shape[:2]
     return {"image": _pad(img, batch_shape(nh, nw, pad_shapes)), "img_shape": np.asarray([nh, nw], np.int32),
-            "scale_factor": sf}
+            "scale_factor": sf, "ori_shape": ori}
 
 
 def batch_shape(resized_h: int, resized_w: int, pad_shapes: Sequence[tuple[int, int]] = ()) -> tuple[int, int]:

@@ -19,15 +19,29 @@ LOG_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")  # the first s
 
 def results_json(detections: Iterable[tuple[int, Mapping[str, np.ndarray]]],
                  category_ids: Sequence[int]) -> list[dict]:
-    """COCO results from ``(image_id, {'boxes' (k, 4) x1y1x2y2, 'scores', 'labels'})`` pairs; label i
-    is ``category_ids[i]``."""
+    """COCO results from ``(image_id, {'boxes' (k, 4) x1y1x2y2, 'scores', 'labels'[, 'masks' (k, H, W)
+    bool]})`` pairs; label i is ``category_ids[i]``; masks become ``segmentation`` RLEs (the box's
+    score is the mask's, as MMDetection)."""
     out = []
     for image_id, det in detections:
-        for box, score, label in zip(np.asarray(det["boxes"], np.float64), det["scores"], det["labels"]):
+        masks = det.get("masks")
+        rles = mask_rles(masks) if masks is not None else [None] * len(det["boxes"])
+        for box, score, label, rle in zip(np.asarray(det["boxes"], np.float64), det["scores"], det["labels"], rles):
             x1, y1, x2, y2 = (float(v) for v in box)
-            out.append({"image_id": int(image_id), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
-                        "category_id": int(category_ids[int(label)])})
+            r = {"image_id": int(image_id), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
+                 "category_id": int(category_ids[int(label)])}
+            out.append(r if rle is None else r | {"segmentation": rle})
     return out
+
+
+def mask_rles(masks: np.ndarray) -> list[dict]:
+    """pycocotools RLEs (``counts`` as text, JSON-ready) of boolean ``(k, H, W)`` masks."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, np.uint8).transpose(1, 2, 0)))
+    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode()} for r in rles]
 
 
 def coco_from_dict(annotations: Mapping) -> object:

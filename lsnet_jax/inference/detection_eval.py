@@ -1,6 +1,7 @@
 """A detector over a whole COCO-format split, as MMDetection's test + ``CocoDataset.evaluate``:
 every image through the test pipeline, ``detect`` in batches of one padded shape each (one
-compiled program per shape), COCOeval."""
+compiled program per shape), COCOeval of the boxes, and of the masks too when the detector has them
+(Mask R-CNN: ``segm_mAP`` ..., RLE masks at each original size through pycocotools)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from lsnet_jax.data.detection import ground_truth
 from lsnet_jax.inference.coco_eval import evaluate_boxes, results_json
 
 log = logging.getLogger(__name__)
-KEYS = ("image", "img_shape", "scale_factor", "image_id")
+KEYS = ("image", "img_shape", "scale_factor", "ori_shape", "image_id")
 
 
 def batches(samples, size: int) -> Iterator[tuple[dict[str, np.ndarray] | None, int]]:
@@ -41,22 +42,30 @@ def batches(samples, size: int) -> Iterator[tuple[dict[str, np.ndarray] | None, 
 
 def evaluate_detector(detect_fn: Callable, source: Sequence[dict], categories: Sequence[dict], transform: Callable,
                       batch_size: int, gt: dict | None = None, threads: int = 2, progress_every: int = 0) -> dict:
-    """COCOeval of ``detect_fn(batch) -> Detections`` over ``source``: the 12 stats, mmdet's keys,
+    """COCOeval of ``detect_fn(batch) -> Detections`` (or ``MaskDetections``) over ``source``: the
+    12 stats, mmdet's keys (``bbox_*``, and ``segm_*`` with ``segm_stats`` for masks),
     ``detections`` (how many), ``images`` and ``skipped`` (unreadable records, counted)."""
     gt = gt if gt is not None else ground_truth(source, categories)
     ids = [c["id"] for c in categories]
-    results, skipped, done, t0 = [], 0, 0, time.monotonic()
+    results, skipped, done, t0, with_masks = [], 0, 0, time.monotonic(), False
     # every process evaluates the whole split (COCOeval needs every image's detections in one place)
     samples = pipeline.seg_eval_samples(source, transform, threads=threads, shard=False)
     for batch, n in batches(samples, batch_size):
         if batch is None:
             skipped += 1
             continue
-        dets = detect_fn(batch).to_lists()[:n]
+        out = detect_fn(batch)
+        dets = (out.to_lists(batch["ori_shape"]) if hasattr(out, "mask_probs") else out.to_lists())[:n]
+        with_masks = with_masks or hasattr(out, "mask_probs")
         results += results_json(zip(batch["image_id"][:n], dets), ids)
         done += n
         if progress_every and done % progress_every < n:
             rate = done / max(time.monotonic() - t0, 1e-9)
             log.info("%d/%d images, %.1f images/s, ETA %.0f s", done, len(source), rate,
                      (len(source) - done - skipped) / rate)
-    return evaluate_boxes(gt, results, ids) | {"detections": len(results), "images": done, "skipped": skipped}
+    report = evaluate_boxes(gt, results, ids) | {"detections": len(results), "images": done, "skipped": skipped}
+    if with_masks:
+        segm = evaluate_boxes(gt, results, ids, iou_type="segm")
+        report |= {k: v for k, v in segm.items() if k.startswith("segm_")} | {
+            "segm_stats": segm["stats"], "summary": report["summary"] + segm["summary"]}
+    return report

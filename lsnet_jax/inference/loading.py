@@ -48,7 +48,7 @@ def inference_spec(weights: str | os.PathLike | None, model: str | None = None, 
     name = model or meta.get("model")
     if name is None:
         raise ValueError(f"{weights} does not name its model (no config.json); give --model (e.g. lsnet_t)")
-    if str(name).endswith("_retinanet") and not allow_detector:
+    if str(name).endswith(("_retinanet", "_maskrcnn")) and not allow_detector:
         raise ValueError(f"{name} is a detector: lsnet-export takes classifiers and segmenters so far "
                          f"(lsnet-eval --task detection evaluates it, lsnet-predict draws its boxes); detect with lsnet_jax.inference.detection.detect (the model's raw "
                          f"outputs through the official post-processing)")

@@ -22,7 +22,7 @@ HF_REPO = "jameslahm/lsnet"  # the official README's Hugging Face repository
 PUBLISHED: dict[str, tuple[str, str]] = {
     name: (HF_REPO, f"{name}.pth")
     for v in ("t", "s", "b")
-    for name in (f"lsnet_{v}", f"lsnet_{v}_distill", f"lsnet_{v}_semfpn", f"lsnet_{v}_retinanet")
+    for name in (f"lsnet_{v}", f"lsnet_{v}_distill", f"lsnet_{v}_semfpn", f"lsnet_{v}_retinanet", f"lsnet_{v}_maskrcnn")
 }
 DEFAULT_FILES = ("model.safetensors", "pytorch_model.bin")
 PREFIX = "hf-hub:"
