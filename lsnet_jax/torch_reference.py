@@ -755,3 +755,113 @@ def paste_masks_reference(masks: torch.Tensor, boxes: torch.Tensor, img_h: int, 
     gy = img_y[:, :, None].expand(len(boxes), img_h, img_w)
     grid = torch.stack([gx, gy], dim=3)
     return F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
+# ----- Mask R-CNN training targets and losses (mmdet 2.28.2), the samplers in their first-k mode -----
+
+def bbox_overlaps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / torch.clamp(area_a[:, None] + area_b[None] - inter, min=1e-6)
+
+
+def max_iou_assign(bboxes: torch.Tensor, gt: torch.Tensor, pos_thr: float, neg_thr: float, min_pos_iou: float
+                   ) -> torch.Tensor:
+    """MaxIoUAssigner.assign_wrt_overlaps (gt_max_assign_all, match_low_quality): -1 / 0 / gt + 1."""
+    assigned = torch.full((len(bboxes),), -1, dtype=torch.long)
+    if len(gt) == 0:
+        assigned[:] = 0
+        return assigned
+    overlaps = bbox_overlaps(gt, bboxes)
+    max_overlaps, argmax = overlaps.max(0)
+    gt_max, _ = overlaps.max(1)
+    assigned[(max_overlaps >= 0) & (max_overlaps < neg_thr)] = 0
+    pos = max_overlaps >= pos_thr
+    assigned[pos] = argmax[pos] + 1
+    for i in range(len(gt)):
+        if gt_max[i] >= min_pos_iou:
+            assigned[overlaps[i] == gt_max[i]] = i + 1
+    return assigned
+
+
+def first_k_sample(assigned: torch.Tensor, num: int, pos_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RandomSampler with its random draws replaced by the first candidates: (pos, neg) indices."""
+    pos = torch.nonzero(assigned > 0)[:, 0][:int(num * pos_fraction)]
+    neg = torch.nonzero(assigned == 0)[:, 0][:num - len(pos)]
+    return pos, neg
+
+
+def bbox2delta(p: torch.Tensor, g: torch.Tensor, stds=(1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
+    px, py = (p[:, 0] + p[:, 2]) * 0.5, (p[:, 1] + p[:, 3]) * 0.5
+    pw, ph = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+    gx, gy = (g[:, 0] + g[:, 2]) * 0.5, (g[:, 1] + g[:, 3]) * 0.5
+    gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+    d = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], -1)
+    return d / d.new_tensor(stds)
+
+
+EPS = float(torch.finfo(torch.float32).eps)
+
+
+def rpn_loss_reference(rpn_cls, rpn_reg, gt_boxes, img_count: int = 2):
+    """One GPU's RPN losses (its images NCHW levels): (loss_rpn_cls, loss_rpn_bbox), every anchor of
+    the padded batch valid (the images' pad shapes are the batch's)."""
+    lc = lb = 0.0
+    avg = 0
+    for i in range(img_count):
+        anchors = torch.cat([retina_anchors(c.shape[2], c.shape[3], 4 * 2 ** lv, 8.0, 1)
+                             for lv, c in enumerate(rpn_cls)])
+        cls = torch.cat([c[i].permute(1, 2, 0).reshape(-1) for c in rpn_cls])
+        reg = torch.cat([r[i].permute(1, 2, 0).reshape(-1, 4) for r in rpn_reg])
+        assigned = max_iou_assign(anchors, gt_boxes[i], 0.7, 0.3, 0.3)
+        pos, neg = first_k_sample(assigned, 256, 0.5)
+        idx = torch.cat([pos, neg])
+        target = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+        lc = lc + F.binary_cross_entropy_with_logits(cls[idx], target, reduction="sum")
+        lb = lb + (reg[pos] - bbox2delta(anchors[pos], gt_boxes[i][assigned[pos] - 1])).abs().sum()
+        avg += max(len(pos), 1) + max(len(neg), 1)
+    return lc / (avg + EPS), lb / (avg + EPS)
+
+
+def rcnn_loss_reference(model: MaskRCNN, feats, proposals, gt_boxes, gt_labels, gt_masks, num_classes: int = 80):
+    """One GPU's RoI-head losses on given proposals (per image (P, 4)): gts prepended, assigned,
+    first-k sampled (512, a quarter positive), box head, mask targets (RoIAlign of each positive's gt
+    mask over its clipped box at scale 1, 28x28, >= 0.5) and mask head. Returns loss_cls,
+    loss_bbox, acc, loss_mask."""
+    rois, labels, targets, pos_rois, pos_labels, mask_t = [], [], [], [], [], []
+    for i, props in enumerate(proposals):
+        assigned = max_iou_assign(props, gt_boxes[i], 0.5, 0.5, 0.5)
+        cand = torch.cat([gt_boxes[i], props])
+        assigned = torch.cat([torch.arange(1, len(gt_boxes[i]) + 1), assigned])
+        pos, neg = first_k_sample(assigned, 512, 0.25)
+        gt = assigned[pos] - 1
+        idx = torch.cat([pos, neg])
+        rois.append(torch.cat([torch.full((len(idx), 1), float(i)), cand[idx]], 1))
+        labels.append(torch.cat([gt_labels[i][gt], torch.full((len(neg),), num_classes, dtype=torch.long)]))
+        targets.append(bbox2delta(cand[pos], gt_boxes[i][gt], (0.1, 0.1, 0.2, 0.2)))
+        pos_rois.append(torch.cat([torch.full((len(pos), 1), float(i)), cand[pos]], 1))
+        pos_labels.append(gt_labels[i][gt])
+        h, w = gt_masks[i].shape[1:]
+        clipped = cand[pos].clone()
+        clipped[:, [0, 2]] = clipped[:, [0, 2]].clamp(0, w)
+        clipped[:, [1, 3]] = clipped[:, [1, 3]].clamp(0, h)
+        for g, box in zip(gt.tolist(), clipped):
+            m = gt_masks[i][g][None, None].double()
+            mask_t.append(roi_align_reference(m, torch.cat([torch.zeros(1), box.double()])[None], 28, 1.0)[0, 0] >= 0.5)
+    rois, labels = torch.cat(rois), torch.cat(labels)
+    cls_score, bbox_pred = model.roi_head.bbox_head(roi_extract(feats[:4], rois, 7))
+    n = len(rois)
+    loss_cls = F.cross_entropy(cls_score, labels, reduction="sum") / (max(n, 1) + EPS)
+    pos = labels < num_classes
+    own = bbox_pred.reshape(n, -1, 4)[pos, labels[pos]]
+    loss_bbox = (own - torch.cat(targets)).abs().sum() / (n + EPS)
+    acc = 100.0 * (cls_score.argmax(1) == labels).float().mean()
+    pr = torch.cat(pos_rois)
+    logits = model.roi_head.mask_head(roi_extract(feats[:4], pr, 14))
+    picked = logits[torch.arange(len(pr)), torch.cat(pos_labels)]
+    loss_mask = F.binary_cross_entropy_with_logits(picked, torch.stack(mask_t).to(picked), reduction="mean")
+    return loss_cls, loss_bbox, acc, loss_mask

@@ -106,7 +106,7 @@ def test_loader_batches_by_shape_and_resumes():
 def test_eval_batches_keep_one_shape_each():
     def sample(i, shape):
         return {"image": np.zeros(shape + (3,), np.uint8), "img_shape": np.asarray(shape), "scale_factor": np.ones(4),
-                "image_id": np.asarray(i)}
+                "ori_shape": np.asarray(shape), "image_id": np.asarray(i)}
 
     shapes = [(32, 64), (64, 32), (32, 64), (32, 64), (64, 32)]
     samples = [sample(i, s) for i, s in enumerate(shapes)] + [{"error": "bad", "index": 5}]

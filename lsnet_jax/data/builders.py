@@ -413,7 +413,8 @@ class CocoDetection(tfds.core.GeneratorBasedBuilder):
     whose decoded size is not the one the file gives are reported, left out and counted in
     ``self.left_out``. The categories (sorted by id: label i is the i-th) are in the metadata."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "each record's annotations keep their segmentation (segm COCOeval)"}
 
     def __init__(self, *, splits: dict[str, tuple[str, str]] | None = None, **kwargs):
         self._splits = splits or {}
@@ -503,8 +504,9 @@ class LsnetDetDigits(CocoDetection):
     in the same iterations, configs/det_digits.py). Test: the spec's 200 scenes (seed 2, the other
     20% of the glyphs)."""
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.1.0": "3,600 train scenes (the first 1,200 are 1.0.0's)"}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.1.0": "3,600 train scenes (the first 1,200 are 1.0.0's)",
+                     "1.2.0": "each record's annotations keep their segmentation (segm COCOeval)"}
 
     def __init__(self, *, train_scenes: int = 3600, **kwargs):
         self._train_scenes = int(train_scenes)

@@ -127,7 +127,8 @@ def read_split(annotation_file: str | os.PathLike, image_dir: str | os.PathLike
             boxes.append((x, y, x + bw, y + bh))
             labels.append(label_of[ann["category_id"]])
             masks.append(_rle(ann.get("segmentation"), h, w))
-        kept = [{k: a[k] for k in ("id", "category_id", "bbox", "area", "iscrowd", "ignore") if k in a} for a in anns]
+        kept = [{k: a[k] for k in ("id", "category_id", "bbox", "area", "iscrowd", "ignore", "segmentation") if k in a}
+                for a in anns]  # COCOeval's ground truth: the segmentation for segm, crowd regions too
         images.append(CocoImage(int(info["id"]), path, info["file_name"], h, w,
                                 np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
                                 masks, kept, bool(anns)))

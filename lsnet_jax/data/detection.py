@@ -114,16 +114,42 @@ def pad32(n: int) -> int:
     return int(math.ceil(n / 32)) * 32
 
 
+def instance_masks(obj: dict, resized: tuple[int, int], shape: tuple[int, int], max_boxes: int,
+                   flipped: bool) -> np.ndarray:
+    """``(max_boxes, H, W)`` uint8: the record's instance masks (RLE at the original size, one per
+    kept box, in the boxes' order) resized nearest to ``resized``, flipped, padded to ``shape``."""
+    from pycocotools import mask as mask_utils
+
+    from lsnet_jax.data.dense import resize_nearest
+
+    rles = obj.get("masks") or []
+    if len(rles) != len(obj["boxes"]):
+        raise UnreadableImage(f"{len(obj['boxes'])} boxes but {len(rles)} masks")
+    out = np.zeros((max_boxes, *shape), np.uint8)
+    nh, nw = resized
+    for i, rle in enumerate(rles):
+        size = [int(v) for v in rle["size"]]
+        if size != [obj["height"], obj["width"]]:
+            raise UnreadableImage(f"a mask of size {size} on a {obj['height']}x{obj['width']} image")
+        counts = rle["counts"].encode() if isinstance(rle["counts"], str) else rle["counts"]
+        m = resize_nearest(np.ascontiguousarray(mask_utils.decode({"size": size, "counts": counts})), (nh, nw))
+        out[i, :nh, :nw] = m[:, ::-1] if flipped else m
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class DetTrainTransform:
     """One training sample: ``image (H, W, 3)`` uint8 padded to its ``batch_shape``, ``img_shape (2,)``
     (the resized size), ``pad_shape (2,)`` (its multiples of 32), ``boxes (max_boxes, 4)`` float32
-    in the resized (flipped) image's pixels, ``labels``, ``box_valid``."""
+    in the resized (flipped) image's pixels, ``labels``, ``box_valid``; with ``with_masks`` also
+    ``masks (max_boxes, H, W)`` uint8, each box's instance mask decoded from its RLE at the original
+    size, resized nearest (mmdet's ``BitmapMasks.rescale``), flipped and padded with 0 as the image."""
 
     scale: tuple[int, int] = (1333, 800)
     flip: float = 0.5
     pad_shapes: tuple[tuple[int, int], ...] = ()  # (): each image at its own multiples of 32
     max_boxes: int = 100
+    with_masks: bool = False
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
         img, obj = _decode(record)
@@ -133,7 +159,8 @@ class DetTrainTransform:
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, nw)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, nh)
         labels = np.asarray(obj["labels"], np.int32)
-        if rng.random() < self.flip:
+        flipped = bool(rng.random() < self.flip)
+        if flipped:
             img = img[:, ::-1]
             boxes = np.stack([nw - boxes[:, 2], boxes[:, 1], nw - boxes[:, 0], boxes[:, 3]], 1)
         k = len(boxes)
@@ -142,9 +169,13 @@ class DetTrainTransform:
         out_boxes = np.zeros((self.max_boxes, 4), np.float32)
         out_labels = np.zeros(self.max_boxes, np.int32)
         out_boxes[:k], out_labels[:k] = boxes, labels
-        return {"image": _pad(img, batch_shape(nh, nw, self.pad_shapes)), "img_shape": np.asarray([nh, nw], np.int32),
-                "pad_shape": np.asarray([pad32(nh), pad32(nw)], np.int32), "boxes": out_boxes,
-                "labels": out_labels, "box_valid": np.arange(self.max_boxes) < k}
+        shape = batch_shape(nh, nw, self.pad_shapes)
+        out = {"image": _pad(img, shape), "img_shape": np.asarray([nh, nw], np.int32),
+               "pad_shape": np.asarray([pad32(nh), pad32(nw)], np.int32), "boxes": out_boxes,
+               "labels": out_labels, "box_valid": np.arange(self.max_boxes) < k}
+        if self.with_masks:
+            out["masks"] = instance_masks(obj, (nh, nw), shape, self.max_boxes, flipped)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

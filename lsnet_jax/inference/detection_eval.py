@@ -65,6 +65,12 @@ def evaluate_detector(detect_fn: Callable, source: Sequence[dict], categories: S
                      (len(source) - done - skipped) / rate)
     report = evaluate_boxes(gt, results, ids) | {"detections": len(results), "images": done, "skipped": skipped}
     if with_masks:
+        anns = gt["annotations"] if isinstance(gt, dict) else list(gt.anns.values())
+        missing = [a.get("id") for a in anns if not a.get("segmentation")]
+        if missing:
+            raise ValueError(f"{len(missing)} ground-truth annotations (ids {missing[:5]}) have no segmentation, "
+                             "which the masks' COCOeval needs: prepare the split again with this version "
+                             "(its records keep each annotation's segmentation)")
         segm = evaluate_boxes(gt, results, ids, iou_type="segm")
         report |= {k: v for k, v in segm.items() if k.startswith("segm_")} | {
             "segm_stats": segm["stats"], "summary": report["summary"] + segm["summary"]}

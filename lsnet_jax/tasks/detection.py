@@ -1,5 +1,9 @@
-"""Object detection (``config.task == "detection"``): the official LSNet + RetinaNet recipe
-(DETECTION_SPEC.md) as a task of the one loop (``lsnet_jax.train.loop``).
+"""Object detection (``config.task == "detection"``): the official LSNet + RetinaNet and LSNet +
+Mask R-CNN recipes (DETECTION_SPEC.md) as a task of the one loop (``lsnet_jax.train.loop``).
+A ``*_maskrcnn`` model trains with instance masks in its batches, the RPN / RoI samplers keyed by
+the run's key and the step (``lsnet_jax.train.maskrcnn_steps``), logs the official Mask R-CNN keys
+(``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``acc``, ``loss_bbox``, ``loss_mask``) and is
+evaluated on boxes and masks (``segm_mAP`` ...).
 
 AdamW (weight decay on every parameter but the attention biases), the step schedule by epoch with a
 linear warm-up (or the digit scenes' cosine), RetinaNet's assigner, focal and L1 losses with one
@@ -36,7 +40,7 @@ from lsnet_jax.data.detection import (DetTestTransform, DetTrainTransform, Subse
                                       train_indices)
 from lsnet_jax.inference.detection_eval import evaluate_detector
 from lsnet_jax.inference.detection import TestConfig
-from lsnet_jax.train import det_steps
+from lsnet_jax.train import det_steps, maskrcnn_steps
 from lsnet_jax.train import workdir as workdirs
 from lsnet_jax.train.checks import ConfigError, check_head
 from lsnet_jax.train.config import architecture
@@ -59,8 +63,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         value = config.aug[key] if key == "max_boxes" else config[key]
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"config.{'aug.' if key == 'max_boxes' else ''}{key}={value!r} must be a positive integer")
-    if not config.model.endswith("_retinanet"):
-        raise ConfigError(f"config.model={config.model!r}: detection needs a detector, e.g. lsnet_t_retinanet")
+    if not config.model.endswith(("_retinanet", "_maskrcnn")):
+        raise ConfigError(f"config.model={config.model!r}: detection needs a detector, e.g. lsnet_t_retinanet or "
+                          "lsnet_t_maskrcnn")
     validate_common(config, num_devices)  # first: the per-device batch below needs the batch to divide
     if config.group_size < 1 or (config.batch_size // num_devices) % config.group_size:
         raise ConfigError(f"config.group_size={config.group_size} must divide the per-device batch "
@@ -91,6 +96,14 @@ class Detection:
     def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
         validate_config(config, mesh.size)
         self.config, self.mesh = config, mesh
+        self.masks = config.model.endswith("_maskrcnn")
+        if self.masks:
+            self.step_metrics = maskrcnn_steps.LOG_KEYS
+            self.curves = (
+                Panel("AP", "log", "epoch", "epoch", (("bbox_mAP", "box AP", "o-"), ("segm_mAP", "mask AP", "s-"))),
+                Panel("losses", "steps", "step", "iteration", tuple((k, k, "-") for k in maskrcnn_steps.LOG_KEYS
+                                                                    if k != "acc")),
+                Panel("lr", "steps", "step", "iteration", (("lr", None, "-"),)))
         d, a = config.data, config.aug
         src, info, self.categories = source.open_det_source(d.name, d.train_split, d.data_dir)
         self.esrc, self.einfo, _ = source.open_det_source(d.name, d.eval_split, d.data_dir)
@@ -113,7 +126,7 @@ class Detection:
             "detection", config.model, self.num_classes, _largest_side(a.pad_shapes, a.scale), d.name, d.train_split,
             architecture(config), data_version=info.version, data_examples=n, batch_size=config.batch_size,
             seed=config.seed, pad_shapes=[list(s) for s in pad_shapes])
-        tf = DetTrainTransform(tuple(a.scale), a.flip, pad_shapes, a.max_boxes)
+        tf = DetTrainTransform(tuple(a.scale), a.flip, pad_shapes, a.max_boxes, with_masks=self.masks)
         info_n = source.SourceInfo(n, info.num_classes)
         total = config.epochs * group_steps(groups, config.batch_size)
         self.loader = pipeline.seg_train_loader(self.src, info_n, tf, config.batch_size, config.seed, total,
@@ -139,6 +152,19 @@ class Detection:
         del model
         mean, std = tuple(config.aug.mean), tuple(config.aug.std)
         t = config.test
+        if self.masks:
+            from lsnet_jax.inference.maskrcnn import RCNNConfig, RPNConfig
+
+            rpn_cfg = RPNConfig(t.rpn_nms_pre, t.rpn_max_per_img, t.rpn_iou_threshold)
+            rcnn_cfg = RCNNConfig(t.score_thr, t.iou_threshold, t.max_per_img)
+            self._eval_fn = jax.jit(functools.partial(maskrcnn_steps.maskrcnn_eval_outputs, graphdef=eval_graphdef,
+                                                      mean=mean, std=std, rpn_cfg=rpn_cfg, rcnn_cfg=rcnn_cfg))
+            tr = config.train_cfg
+            cfg = maskrcnn_steps.MaskRCNNTrainConfig(
+                rpn_num=tr.rpn_num, proposals=RPNConfig(tr.proposal_nms_pre, tr.proposal_max_per_img, 0.7),
+                rcnn_num=tr.rcnn_num, group_size=config.group_size)
+            step = functools.partial(_mask_step, graphdef=graphdef, tx=self.tx, mean=mean, std=std, cfg=cfg)
+            return Init(state, None, step)
         test_cfg = TestConfig(t.score_thr, t.nms_pre, t.iou_threshold, t.max_per_img)
         self._eval_fn = jax.jit(functools.partial(det_steps.det_eval_outputs, graphdef=eval_graphdef, mean=mean,
                                                   std=std, test_cfg=test_cfg))
@@ -161,9 +187,10 @@ class Detection:
 
     def row(self, done: int, stats: LoopStats, ev: dict[str, Any]) -> dict[str, Any]:
         epoch = done // self.loader.steps_per_epoch
-        keys = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l", "bbox_mAP_copypaste")
+        keys = [f"{t}_{k}" for t in (("bbox", "segm") if self.masks else ("bbox",))
+                for k in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l", "mAP_copypaste")]
         return {"mode": "val", "epoch": epoch, "iter": done, "step": done, **{k: ev[k] for k in keys},
-                "loss_cls": stats.mean("loss_cls"), "loss_bbox": stats.mean("loss_bbox"), "loss": stats.mean("loss"),
+                **{k: stats.mean(k) for k in (*self.step_metrics, "loss")},
                 "lr": float(self.schedule(done - 1)), "n_parameters": self.n_parameters,
                 "train_skipped": stats.skipped, "eval_skipped": ev["skipped"], "detections": ev["detections"],
                 "stats": ev["stats"]}
@@ -175,11 +202,13 @@ class Detection:
         if (inner + 1) % self.config.log_every_steps:
             return None
         return {"mode": "train", "epoch": epoch + 1, "iter": inner + 1, "step": step, "lr": last[-1]["lr"],
-                **{k: float(np.mean([r[k] for r in last])) for k in ("loss_cls", "loss_bbox", "loss")}}
+                **{k: float(np.mean([r[k] for r in last])) for k in (*self.step_metrics, "loss")}}
 
     def summary(self, row: dict[str, Any]) -> str:
+        masks = (f"; mask AP {100 * row['segm_mAP']:.1f} AP50 {100 * row['segm_mAP_50']:.1f} "
+                 f"AP75 {100 * row['segm_mAP_75']:.1f}") if self.masks else ""
         return (f"epoch {row['epoch']} (iteration {row['iter']}): box AP {100 * row['bbox_mAP']:.1f} "
-                f"AP50 {100 * row['bbox_mAP_50']:.1f} AP75 {100 * row['bbox_mAP_75']:.1f}")
+                f"AP50 {100 * row['bbox_mAP_50']:.1f} AP75 {100 * row['bbox_mAP_75']:.1f}{masks}")
 
     def best_state(self, state) -> Any:
         return {"params": state.params, "batch_stats": state.batch_stats}
@@ -206,6 +235,12 @@ def _largest_side(pad_shapes, scale) -> int:
     """The run's ``img_size`` (informative for a detector): the largest padded side it trains at
     (with no ``pad_shapes``, each image at its own 32-multiple: the scale's long side's)."""
     return int(max((max(s) for s in pad_shapes), default=-(-max(scale) // 32) * 32))
+
+
+def _mask_step(state, batch: dict, constants: None, **kw):
+    """``maskrcnn_train_step`` in the loop's signature (no constants)."""
+    del constants
+    return maskrcnn_steps.maskrcnn_train_step(state, batch, **kw)
 
 
 def _step(state, batch: dict, constants: None, **kw):

@@ -178,7 +178,7 @@ def segmentation_config(model: str = "lsnet_t_semfpn") -> ml_collections.ConfigD
     return _loop_keys(c)
 
 
-HEAD_WIDTHS = ("neck_channels", "feat_channels", "stacked_convs")  # a detector's (0: the published ones)
+HEAD_WIDTHS = ("neck_channels", "feat_channels", "stacked_convs", "fc_channels")  # a detector's (0: published)
 
 
 def architecture(config: ml_collections.ConfigDict) -> dict:
@@ -260,6 +260,26 @@ def detection_config(model: str = "lsnet_t_retinanet") -> ml_collections.ConfigD
     c.eval_every_epochs = 1
     c.checkpoint_every_steps = 1000
     return _loop_keys(c)
+
+
+def maskrcnn_config(model: str = "lsnet_t_maskrcnn") -> ml_collections.ConfigDict:
+    """LSNet + Mask R-CNN on COCO as published (DETECTION_SPEC.md, the official
+    configs/mask_rcnn_lsnet_*_fpn_1x_coco.py): the RetinaNet recipe's optimizer, schedule, data and
+    batches (``detection_config``), the two-stage model's ``train_cfg`` and ``test_cfg``, instance
+    masks in the batches."""
+    c = detection_config(model)
+    del c.feat_channels, c.stacked_convs  # RetinaNet's head widths
+    c.fc_channels = 0  # the box head's fc width (0: the published 1024)
+    c.train_cfg = ml_collections.ConfigDict()
+    c.train_cfg.rpn_num = 256  # RPN RandomSampler (a half positive)
+    c.train_cfg.proposal_nms_pre = 2000  # train_cfg.rpn_proposal
+    c.train_cfg.proposal_max_per_img = 1000
+    c.train_cfg.rcnn_num = 512  # RoI RandomSampler (a quarter positive, gts added as proposals)
+    c.test.rpn_nms_pre = 1000  # test_cfg.rpn
+    c.test.rpn_max_per_img = 1000
+    c.test.rpn_iou_threshold = 0.7
+    del c.test.nms_pre  # RetinaNet's: the RoI head keeps every pair above score_thr
+    return c
 
 
 def _loop_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
