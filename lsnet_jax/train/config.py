@@ -178,14 +178,17 @@ def segmentation_config(model: str = "lsnet_t_semfpn") -> ml_collections.ConfigD
     return _loop_keys(c)
 
 
-HEAD_WIDTHS = ("neck_channels", "feat_channels", "stacked_convs", "fc_channels")  # a detector's (0: published)
+HEAD_WIDTHS = ("neck_channels", "feat_channels", "stacked_convs", "fc_channels", "mask_convs")  # a detector's (0: published)
 
 
 def architecture(config: ml_collections.ConfigDict) -> dict:
     """The model settings a run changes from its variant's (``config.depth``, a detector's
     ``HEAD_WIDTHS``), as ``create_model`` keyword arguments; ``{}`` for the published architecture."""
     out = {"depth": tuple(int(d) for d in config.depth)} if config.get("depth") else {}
-    return out | {k: int(config[k]) for k in HEAD_WIDTHS if config.get(k)}
+    out |= {k: int(config[k]) for k in HEAD_WIDTHS if config.get(k)}
+    if config.get("roi_window"):  # Mask R-CNN's RoIAlign patch (across, along), lsnet_jax.kernels.roi_align
+        out["roi_window"] = tuple(int(v) for v in config.roi_window)
+    return out
 
 
 def detection_config(model: str = "lsnet_t_retinanet") -> ml_collections.ConfigDict:
@@ -270,6 +273,8 @@ def maskrcnn_config(model: str = "lsnet_t_maskrcnn") -> ml_collections.ConfigDic
     c = detection_config(model)
     del c.feat_channels, c.stacked_convs  # RetinaNet's head widths
     c.fc_channels = 0  # the box head's fc width (0: the published 1024)
+    c.mask_convs = 0  # the mask head's 3x3 convs (0: the published 4)
+    c.roi_window = ()  # RoIAlign's patch in feature pixels, (across, along) the RoI (): (32, 64), exact to 1333 px
     c.train_cfg = ml_collections.ConfigDict()
     c.train_cfg.rpn_num = 256  # RPN RandomSampler (a half positive)
     c.train_cfg.proposal_nms_pre = 2000  # train_cfg.rpn_proposal
