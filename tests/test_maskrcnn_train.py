@@ -23,7 +23,7 @@ def digits_config(data_dir, **over):
     c = mod.get_config()
     c.data.data_dir = str(data_dir)
     c.data.max_train_examples = 8
-    c.data.max_eval_examples = 6
+    c.data.max_eval_examples = 3
     c.depth = (0, 1, 1, 1)  # the layers are checked in test_maskrcnn_model: here the task
     c.neck_channels, c.fc_channels = 16, 32
     c.aug.scale = c.aug.test_scale = (256, 64)  # the 128x128 scenes at 64x64
@@ -31,7 +31,7 @@ def digits_config(data_dir, **over):
     c.train_cfg.proposal_nms_pre, c.train_cfg.proposal_max_per_img, c.train_cfg.rcnn_num = 200, 50, 32
     c.test.rpn_nms_pre, c.test.rpn_max_per_img, c.test.max_per_img = 200, 50, 20
     c.batch_size, c.group_size, c.epochs, c.warmup_iters = 4, 2, 2, 2
-    c.eval_batch_size = 6
+    c.eval_batch_size = 3
     c.eval_every_epochs = 2
     c.checkpoint_every_steps = 1
     c.log_every_steps = 2

@@ -24,8 +24,8 @@ from flax import nnx
 from lsnet_jax.kernels.resize import resize_nearest
 from lsnet_jax.models.family import Family, Flat, fresh_heads
 from lsnet_jax.models.layers import BatchNorm, Conv, abstract
-from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, LSNet, LSNetConfig, model_config
-from lsnet_jax.models.semfpn import BIAS_RESOLUTION, ConvModule, _init_kernel, load_backbone
+from lsnet_jax.models.lsnet import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, LSNet, LSNetConfig
+from lsnet_jax.models.semfpn import ConvModule, _init_kernel, dense_config, load_backbone
 
 Array = jax.Array
 
@@ -150,14 +150,7 @@ DEFAULT_CFGS: dict[str, dict] = {
 def retinanet_config(name: str, num_classes: int = 80, **overrides) -> RetinaNetConfig:
     """The config of ``lsnet_{t,s,b}_retinanet``; ``overrides`` set fields of the backbone's
     ``LSNetConfig`` (impl, depth, ...) or of ``RetinaNetConfig`` (feat_channels, ...)."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown detector {name!r}; available: {sorted(VARIANTS)}")
-    own = {f.name for f in dataclasses.fields(RetinaNetConfig)} - {"backbone", "num_classes"}
-    head = {k: v for k, v in overrides.items() if k in own}
-    backbone_kw = {k: v for k, v in overrides.items() if k not in own}
-    backbone_kw.pop("bn_group_size", None)  # frozen backbone BatchNorms have no batch statistics
-    backbone = model_config(VARIANTS[name], num_classes=0, attn_resolution=BIAS_RESOLUTION, **backbone_kw)
-    return RetinaNetConfig(backbone=backbone, num_classes=num_classes, **head)
+    return dense_config(RetinaNetConfig, name, VARIANTS, "detector", num_classes, overrides)
 
 
 # ----- the family (lsnet_jax.models.registry) -----

@@ -200,14 +200,23 @@ DEFAULT_CFGS: dict[str, dict] = {
 def semfpn_config(name: str, num_classes: int = 150, **overrides) -> SemFPNConfig:
     """The config of ``lsnet_{t,s,b}_semfpn``; ``overrides`` set fields of the backbone's
     ``LSNetConfig`` (impl, lks, ...) or of ``SemFPNConfig`` (dropout, head_channels, ...)."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown segmenter {name!r}; available: {sorted(VARIANTS)}")
-    own = {f.name for f in dataclasses.fields(SemFPNConfig)} - {"backbone", "num_classes"}
-    head = {k: v for k, v in overrides.items() if k in own}  # bn_momentum: the head's and the backbone's
-    backbone_kw = {k: v for k, v in overrides.items() if k not in own or k == "bn_momentum"}
+    # bn_momentum: the head's and the backbone's
+    return dense_config(SemFPNConfig, name, VARIANTS, "segmenter", num_classes, overrides, shared=("bn_momentum",))
+
+
+def dense_config(cls, name: str, variants: dict[str, str], kind: str, num_classes: int, overrides: dict,
+                 shared: tuple[str, ...] = ()):
+    """A dense model's config ``cls(backbone=..., num_classes=..., **head fields)``: ``overrides``
+    split between ``cls``'s own fields and the backbone's ``LSNetConfig`` (``shared`` go to both),
+    the backbone built for 14x14 attention tables, headless."""
+    if name not in variants:
+        raise ValueError(f"unknown {kind} {name!r}; available: {sorted(variants)}")
+    own = {f.name for f in dataclasses.fields(cls)} - {"backbone", "num_classes"}
+    head = {k: v for k, v in overrides.items() if k in own}
+    backbone_kw = {k: v for k, v in overrides.items() if k not in own or k in shared}
     backbone_kw.pop("bn_group_size", None)  # frozen backbone BatchNorms have no batch statistics
-    backbone = model_config(VARIANTS[name], num_classes=0, attn_resolution=BIAS_RESOLUTION, **backbone_kw)
-    return SemFPNConfig(backbone=backbone, num_classes=num_classes, **head)
+    backbone = model_config(variants[name], num_classes=0, attn_resolution=BIAS_RESOLUTION, **backbone_kw)
+    return cls(backbone=backbone, num_classes=num_classes, **head)
 
 
 # ----- the family (lsnet_jax.models.registry) -----
