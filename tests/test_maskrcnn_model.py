@@ -347,3 +347,25 @@ def test_losses_on_a_fixed_batch_equal_the_reference(converted):
     logits = jnp.zeros((2, 8, 81)).at[:, :, 80].set(1.0).at[:, 0, 3].set(2.0)  # right: 1 positive, 3 negatives
     out = ms.bbox_loss(logits, jnp.zeros((2, 8, 320)), s, 80, 2)
     assert float(out["acc"]) == pytest.approx(80.0) and float(out["loss_bbox"]) == 0.0
+
+
+def test_pretrained_true_from_an_offline_hub_cache(converted, tmp_path, monkeypatch):
+    """``create_model(NAME, pretrained=True)`` from an offline Hugging Face cache holding the
+    MMDetection checkpoint (jameslahm/lsnet/lsnet_t_maskrcnn.pth) equals the converted weights."""
+    hf_constants = pytest.importorskip("huggingface_hub.constants")
+    from lsnet_jax.models import hub
+
+    assert hub.PUBLISHED[NAME] == ("jameslahm/lsnet", f"{NAME}.pth")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--jameslahm--lsnet"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / f"{NAME}.pth").write_bytes((converted["dir"] / f"{NAME}.pth").read_bytes())
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LSNET_JAX_CACHE", str(tmp_path / "cache"))
+    one_line = flat_state(create_model(NAME, pretrained=True))
+    by_hand = flat_state(converted["jm"])
+    assert set(one_line) == set(by_hand) and all(np.array_equal(one_line[p], by_hand[p]) for p in by_hand)
