@@ -208,12 +208,16 @@ def inside(img_shape: Array, shape: tuple[int, int]) -> Array:
     return ((ys < img_shape[:, 0, None, None]) & (xs < img_shape[:, 1, None, None]))[..., None]
 
 
-def detect_batch(model, batch: dict[str, Array], mean, std, cfg: TestConfig = TestConfig()) -> Detections:
-    """``detect`` on a pipeline batch (``lsnet_jax.data.detection.DetTestTransform``): uint8 images
-    padded with 0, normalised here and set to 0 outside each resized image (mmdet pads the
-    normalised image with 0), with their ``img_shape`` and ``scale_factor``."""
+def batch_images(batch: dict[str, Array], mean, std) -> Array:
+    """A detection pipeline batch's uint8 images (padded with 0) normalised and set to 0 outside
+    each resized image: mmdet pads the NORMALISED image with 0. Training and inference alike."""
     from lsnet_jax.data.normalize import normalize
 
     images = normalize(batch["image"], mean, std)
-    images = jnp.where(inside(batch["img_shape"], images.shape[1:3]), images, 0.0)
-    return detect(model, images, batch["img_shape"], batch["scale_factor"], cfg)
+    return jnp.where(inside(batch["img_shape"], images.shape[1:3]), images, 0.0)
+
+
+def detect_batch(model, batch: dict[str, Array], mean, std, cfg: TestConfig = TestConfig()) -> Detections:
+    """``detect`` on a pipeline batch (``lsnet_jax.data.detection.DetTestTransform``), its images
+    through ``batch_images``, with their ``img_shape`` and ``scale_factor``."""
+    return detect(model, batch_images(batch, mean, std), batch["img_shape"], batch["scale_factor"], cfg)

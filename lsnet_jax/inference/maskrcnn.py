@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsnet_jax.inference.detection import AnchorConfig, batched_nms, decode, inside, level_anchors
+from lsnet_jax.inference.detection import AnchorConfig, batch_images, batched_nms, decode, level_anchors
 
 Array = jax.Array
 
@@ -140,13 +140,9 @@ def detect(model, images: Array, img_shapes: Array, scale_factors: Array, rpn_cf
 
 def detect_batch(model, batch: dict[str, Array], mean, std, rpn_cfg: RPNConfig = RPNConfig(),
                  cfg: RCNNConfig = RCNNConfig()) -> MaskDetections:
-    """``detect`` on a pipeline batch (``lsnet_jax.data.detection.DetTestTransform``), normalised
-    here and set to 0 outside each resized image, as ``detection.detect_batch``."""
-    from lsnet_jax.data.normalize import normalize
-
-    images = normalize(batch["image"], mean, std)
-    images = jnp.where(inside(batch["img_shape"], images.shape[1:3]), images, 0.0)
-    return detect(model, images, batch["img_shape"], batch["scale_factor"], rpn_cfg, cfg)
+    """``detect`` on a pipeline batch (``lsnet_jax.data.detection.DetTestTransform``), its images
+    through ``detection.batch_images``."""
+    return detect(model, batch_images(batch, mean, std), batch["img_shape"], batch["scale_factor"], rpn_cfg, cfg)
 
 
 def _tent(coords: np.ndarray, size: int) -> np.ndarray:

@@ -23,8 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lsnet_jax.data.normalize import normalize
-from lsnet_jax.inference.detection import AnchorConfig, TestConfig, detect_batch, encode, inside, level_anchors
+from lsnet_jax.inference.detection import AnchorConfig, TestConfig, batch_images, detect_batch, encode, level_anchors
 from lsnet_jax.train.seg_steps import SegTrainState as DetTrainState  # the same fields
 
 Array = jax.Array
@@ -217,8 +216,7 @@ def det_train_step(state: DetTrainState, batch: dict[str, Array], *, graphdef: n
                    num_classes: int, loss_cfg: LossConfig = LossConfig()) -> tuple[DetTrainState, dict[str, Array]]:
     """One step: normalise (0 outside each resized image, as mmdet pads the normalised image),
     forward in training mode (the backbone's BatchNorms frozen), RetinaNet's losses, AdamW."""
-    images = normalize(batch["image"], mean, std)
-    images = jnp.where(inside(batch["img_shape"], images.shape[1:3]), images, 0.0)
+    images = batch_images(batch, mean, std)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.batch_stats)

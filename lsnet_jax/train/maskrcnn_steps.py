@@ -34,12 +34,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
+from flax import nnx
 
-from lsnet_jax.inference.detection import encode, level_anchors
-from lsnet_jax.inference.maskrcnn import BBOX_STDS, RPN_ANCHORS, RPNConfig, rpn_proposals
+from lsnet_jax.inference.detection import batch_images, encode
+from lsnet_jax.inference.maskrcnn import BBOX_STDS, RPN_ANCHORS, RCNNConfig, RPNConfig, detect_batch, rpn_proposals
 from lsnet_jax.kernels.roi_align import _axis_samples, _roi_geometry
-from lsnet_jax.train.det_steps import EPS, AssignerConfig, anchor_valid_flags, assign
+from lsnet_jax.train.det_steps import EPS, AssignerConfig, anchor_valid_flags, assign, batch_anchors
 
 Array = jax.Array
 
@@ -105,17 +106,13 @@ def _bce(logits: Array, target: Array) -> Array:
 
 # ----- the RPN -----
 
-def rpn_anchors(level_shapes: list[tuple[int, int]]) -> np.ndarray:
-    return np.concatenate([level_anchors(h, w, s, RPN_ANCHORS) for (h, w), s in zip(level_shapes, RPN_ANCHORS.strides)])
-
-
 def rpn_loss(rpn_cls: tuple[Array, ...], rpn_reg: tuple[Array, ...], batch: dict[str, Array], keys: Array | None,
              cfg: MaskRCNNTrainConfig = MaskRCNNTrainConfig()) -> dict[str, Array]:
     """``loss_rpn_cls`` and ``loss_rpn_bbox`` (means over groups). ``batch``: ``boxes (N, M, 4)`` in
     the padded image's pixels, ``box_valid (N, M)``, ``pad_shape (N, 2)``; ``keys (N,)`` one
     sampler key per image, or None (the first candidates)."""
     shapes = [tuple(x.shape[1:3]) for x in rpn_cls]
-    anchors = jnp.asarray(rpn_anchors(shapes))
+    anchors = jnp.asarray(batch_anchors(shapes, RPN_ANCHORS))
     n = rpn_cls[0].shape[0]
     cls = jnp.concatenate([x.reshape(n, -1) for x in rpn_cls], 1).astype(jnp.float32)
     reg = jnp.concatenate([x.reshape(n, -1, 4) for x in rpn_reg], 1).astype(jnp.float32)
@@ -276,20 +273,16 @@ def maskrcnn_loss(model, images: Array, batch: dict[str, Array], key: Array | No
     return out
 
 
+LOG_KEYS = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "acc", "loss_bbox", "loss_mask")  # the official log's
+
+
 def maskrcnn_train_step(state, batch: dict[str, Array], *, graphdef, tx, mean: tuple[float, ...],
                         std: tuple[float, ...], cfg: MaskRCNNTrainConfig = MaskRCNNTrainConfig(),
                         deterministic: bool = False):
     """One step: normalise (0 outside each resized image), forward in training mode, every loss
     (the samplers keyed by the run's key and the step: a resumed run draws the same samples),
     AdamW. Returns the new state and the logged metrics."""
-    import optax
-    from flax import nnx
-
-    from lsnet_jax.data.normalize import normalize
-    from lsnet_jax.inference.detection import inside
-
-    images = normalize(batch["image"], mean, std)
-    images = jnp.where(inside(batch["img_shape"], images.shape[1:3]), images, 0.0)
+    images = batch_images(batch, mean, std)
     key = None if deterministic else jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
@@ -304,14 +297,8 @@ def maskrcnn_train_step(state, batch: dict[str, Array], *, graphdef, tx, mean: t
     return new, {k: out[k] for k in LOG_KEYS + ("loss", "num_pos")}
 
 
-LOG_KEYS = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "acc", "loss_bbox", "loss_mask")  # the official log's
-
 
 def maskrcnn_eval_outputs(params: dict, batch_stats: dict, batch: dict[str, Array], *, graphdef, mean, std,
                           rpn_cfg: RPNConfig = RPNConfig(), rcnn_cfg=None):
     """The official inference on a padded eval batch (``inference.maskrcnn.detect_batch``)."""
-    from flax import nnx
-
-    from lsnet_jax.inference.maskrcnn import RCNNConfig, detect_batch
-
     return detect_batch(nnx.merge(graphdef, params, batch_stats), batch, mean, std, rpn_cfg, rcnn_cfg or RCNNConfig())
