@@ -280,6 +280,77 @@ def test_predict_draws_masks_and_writes_their_rles(converted, tmp_path):
     assert changed[covered].mean() > 0.9
 
 
+def _gt_batch(n_img: int = 2, m: int = 6, seed: int = 5):
+    """Per image 4 and 3 gt boxes (padded to ``m``) over the fixture's 256x320 padded size, with
+    elliptical masks inside them, random labels."""
+    rng = np.random.default_rng(seed)
+    h, w = SIZE
+    boxes = np.zeros((n_img, m, 4), np.float32)
+    masks = np.zeros((n_img, m, h, w), bool)
+    labels = rng.integers(0, 80, (n_img, m)).astype(np.int32)
+    valid = np.zeros((n_img, m), bool)
+    yy, xx = np.mgrid[:h, :w] + 0.5
+    for i, k in enumerate((4, 3)[:n_img]):
+        for j in range(k):
+            bw, bh = rng.uniform(24, 180), rng.uniform(24, 160)
+            x1, y1 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            boxes[i, j] = (x1, y1, x1 + bw, y1 + bh)
+            cx, cy = x1 + bw / 2, y1 + bh / 2
+            masks[i, j] = ((xx - cx) / (bw / 2)) ** 2 + ((yy - cy) / (bh / 2)) ** 2 <= 1
+            valid[i, j] = True
+    return boxes, labels, valid, masks
+
+
+def test_losses_on_a_fixed_batch_equal_the_reference(converted):
+    """Two images (one official GPU), their gts and masks, the samplers in first-k mode: the RPN's
+    losses from each side's own RPN outputs, and the RoI head's (box, class, acc, mask) on the
+    reference's proposals, within 1e-3 relative of the PyTorch restatement of MMDetection's
+    assigners, samplers, targets and losses."""
+    from flax import nnx
+
+    from lsnet_jax.train import maskrcnn_steps as ms
+
+    tm, jm = converted["tm"], converted["jm"]
+    x = diverse_images(2, SIZE[0], seed=21, width=SIZE[1])
+    boxes, labels, valid, masks = _gt_batch()
+    tgt = [torch.from_numpy(boxes[i][valid[i]]) for i in range(2)]
+    tlab = [torch.from_numpy(labels[i][valid[i]]).long() for i in range(2)]
+    tmask = [torch.from_numpy(masks[i][valid[i]]) for i in range(2)]
+    with torch.inference_mode():
+        cls, reg, feats = tm(torch.from_numpy(x))
+        want_rpn = ref.rpn_loss_reference(cls, reg, tgt)
+        props = [ref.rpn_proposals([c[i:i + 1] for c in cls], [r[i:i + 1] for r in reg], SIZE, 2000, 1000)[0]
+                 for i in range(2)]
+        want_roi = ref.rcnn_loss_reference(tm, feats, props, tgt, tlab, tmask)
+    pp = np.zeros((2, 1000, 4), np.float32)
+    pv = np.zeros((2, 1000), bool)
+    for i, p in enumerate(props):
+        pp[i, :len(p)], pv[i, :len(p)] = p.numpy(), True
+    batch = dict(boxes=jnp.asarray(boxes), labels=jnp.asarray(labels), box_valid=jnp.asarray(valid),
+                 masks=jnp.asarray(masks), pad_shape=jnp.asarray([SIZE] * 2, jnp.float32),
+                 img_shape=jnp.asarray([SIZE] * 2, jnp.float32))
+    graph, state = nnx.split(jm)
+
+    @jax.jit
+    def losses(state, images, batch, pp, pv):
+        model = nnx.merge(graph, state)
+        return ms.maskrcnn_loss(model, images, batch, None, proposals=(pp, pv))
+
+    got = losses(state, jnp.asarray(x.transpose(0, 2, 3, 1)), batch, jnp.asarray(pp), jnp.asarray(pv))
+    pairs = dict(loss_rpn_cls=want_rpn[0], loss_rpn_bbox=want_rpn[1], loss_cls=want_roi[0], loss_bbox=want_roi[1],
+                 loss_mask=want_roi[3])
+    for k, want in pairs.items():
+        want = float(want)
+        print(k, float(got[k]), want)
+        assert want > 0 and abs(float(got[k]) - want) <= 1e-3 * want, k
+    assert float(got["acc"]) == float(want_roi[2])  # 0 for this random head; what acc counts, below
+    s = dict(valid=jnp.asarray([[True] * 5 + [False] * 3] * 2), pos=jnp.asarray([[True] * 2 + [False] * 6] * 2),
+             labels=jnp.asarray([[3, 4, 80, 80, 80, 80, 80, 80]] * 2), targets=jnp.zeros((2, 8, 4)))
+    logits = jnp.zeros((2, 8, 81)).at[:, :, 80].set(1.0).at[:, 0, 3].set(2.0)  # right: 1 positive, 3 negatives
+    out = ms.bbox_loss(logits, jnp.zeros((2, 8, 320)), s, 80, 2)
+    assert float(out["acc"]) == pytest.approx(80.0) and float(out["loss_bbox"]) == 0.0
+
+
 def test_pretrained_true_from_an_offline_hub_cache(converted, tmp_path, monkeypatch):
     """``create_model(NAME, pretrained=True)`` from an offline Hugging Face cache holding the
     MMDetection checkpoint (jameslahm/lsnet/lsnet_t_maskrcnn.pth) equals the converted weights."""
